@@ -1,0 +1,88 @@
+"""Helpers shared by the benchmarks: models with random weights, timing, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
+
+
+def make_embed_fn(model: str, image_size: int, dim: int = 64, seed: int = 0):
+    """A randomly initialised embedding model as a pure embed_fn (a jax.tree_util.Partial)."""
+    if model == "resnet18":
+        net = EmbeddingNet(ResNet18(stages=3), dim)  # the paper's backbone: ResNet-18 cut after layer3
+    elif model == "resnet18_full":
+        net = EmbeddingNet(ResNet18(), dim)
+    elif model == "small_cnn":
+        net = EmbeddingNet(SmallCNN(), dim)
+    else:
+        raise ValueError(f"unknown model {model!r} (resnet18, resnet18_full, small_cnn)")
+    variables = net.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+    # random BN statistics so that inference-mode batch norm is not the identity
+    variables = jax.tree.map(lambda x: x, variables)
+    return embed_fn(net, variables)
+
+
+def timed(fn, *args, repeats: int = 2, **kwargs):
+    """Best wall-clock of ``repeats`` calls after one warm-up call (compilation excluded)."""
+    jax.block_until_ready(fn(*args, **kwargs))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args, **kwargs))
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; since the last reset_peak_rss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine() -> dict:
+    devices = jax.devices()
+    return {
+        "platform": devices[0].platform,
+        "device": devices[0].device_kind,
+        "num_devices": len(devices),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,175 @@
+"""Causal saliency metrics: insertion and deletion (SPEC.md section 3, the paper's Table 1).
+
+For ``t = 0, 1/(S-1), ..., 1`` and ``k = max(round(H*W*t), 1)``:
+
+- insertion keeps the k most salient pixels of the query and sets the rest to the background;
+- deletion sets the k most salient pixels to the background and keeps the rest;
+
+each perturbed query is scored by its similarity to the intact reference (2 S forward passes,
+embedded in compiled chunks). Ties in the saliency are broken by pixel index (row-major).
+Each curve is min-max normalised per pair and integrated with the trapezoid rule over t, so an
+AUC lies in [0, 1] (the paper reports it x 100). Insertion: higher is better; deletion: lower.
+
+A flat curve (range below ``FLAT_TOLERANCE``) carries no ranking information: its normalised
+form is defined as 0.5 everywhere, so its AUC is 0.5, neither good nor bad. (The reference code
+divides by zero there and produces NaN.)
+
+Substrates: ``protocol="sane"`` uses one constant ``background`` (a scalar, a ``[C]`` colour or an
+``[H, W, C]`` image, in the query's input space: SANE uses white for Polyvore and grey 127 for
+AwA2, normalised like the images) for both curves; ``protocol="rise"`` is the original RISE
+metric: a blurred query (Gaussian, 11 taps, sigma 5) for insertion and zeros for deletion.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simexplain_jax.imageops import gaussian_blur
+from simexplain_jax.saliency import _common, engine
+from simexplain_jax.similarity import SimilarityFn, cosine
+
+FLAT_TOLERANCE = 1e-6
+PROTOCOLS = ("sane", "rise")
+NORMALIZATIONS = ("minmax", "none")
+
+
+class InsertionDeletion(NamedTuple):
+    insertion_auc: jax.Array  # scalar in [0, 1] when normalised
+    deletion_auc: jax.Array
+    insertion_curve: jax.Array  # [S]
+    deletion_curve: jax.Array  # [S]
+
+
+def pixel_counts(num_pixels: int, num_steps: int) -> np.ndarray:
+    """``k_j = max(round(num_pixels * t_j), 1)`` for ``t_j = j / (num_steps - 1)`` (round half to even)."""
+    t = np.linspace(0.0, 1.0, num_steps)
+    return np.maximum(np.round(num_pixels * t), 1).astype(np.int32)
+
+
+def minmax_normalize(curve: jax.Array) -> jax.Array:
+    """``(c - min) / (max - min)``; a flat curve becomes 0.5 everywhere (finite, documented)."""
+    lo, hi = jnp.min(curve, axis=-1, keepdims=True), jnp.max(curve, axis=-1, keepdims=True)
+    span = hi - lo
+    flat = span <= FLAT_TOLERANCE
+    return jnp.where(flat, 0.5, (curve - lo) / jnp.where(flat, 1.0, span))
+
+
+def trapezoid_auc(curve: jax.Array) -> jax.Array:
+    """Trapezoid integral of ``curve [..., S]`` sampled uniformly on t in [0, 1]."""
+    dt = 1.0 / (curve.shape[-1] - 1)
+    return jnp.sum(curve[..., 1:] + curve[..., :-1], axis=-1) * (dt / 2.0)
+
+
+def pixel_ranks(saliency: jax.Array) -> jax.Array:
+    """``[H, W]`` -> rank of each pixel in descending saliency (0 = most salient; ties by index)."""
+    flat = saliency.reshape(-1)
+    order = jnp.argsort(-flat, stable=True)
+    return jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32)).reshape(saliency.shape)
+
+
+def _curves(embed_fn, query, reference_embedding, saliency, insertion_substrate, deletion_substrate, num_steps,
+            normalize, batch_size, similarity):
+    height, width = saliency.shape
+    counts = jnp.asarray(pixel_counts(height * width, num_steps))
+    ranks = pixel_ranks(saliency)
+
+    def perturb(indices):
+        indices = jnp.minimum(indices, 2 * num_steps - 1)
+        step = indices % num_steps
+        deleting = (indices >= num_steps)[:, None, None, None]
+        top_k = (ranks[None] < counts[step][:, None, None])[..., None]  # [B, H, W, 1]
+        from_query = jnp.where(deleting, ~top_k, top_k)
+        substrate = jnp.where(deleting, deletion_substrate[None], insertion_substrate[None])
+        return jnp.where(from_query, query[None], substrate), None
+
+    result = engine.run(embed_fn, reference_embedding[None], perturb, 2 * num_steps, batch_size, similarity,
+                        accumulate_maps=False, return_scores=True)
+    curves = result.scores[:, 0].reshape(2, num_steps)
+    if normalize == "minmax":
+        curves = minmax_normalize(curves)
+    auc = trapezoid_auc(curves)
+    return InsertionDeletion(auc[0], auc[1], curves[0], curves[1])
+
+
+@jax.jit(static_argnames=("protocol", "num_steps", "normalize", "batch_size", "similarity"))
+def _insertion_deletion_jit(embed_fn, query, reference_embedding, saliency, background, *, protocol, num_steps,
+                            normalize, batch_size, similarity):
+    dim = _common.embedding_dim(embed_fn, query.shape)
+    _common.check_embedding_dims(dim, reference_embedding, name="reference_embedding")
+    if protocol == "rise":
+        insertion_substrate, deletion_substrate = gaussian_blur(query), jnp.zeros_like(query)
+    else:
+        insertion_substrate = deletion_substrate = jnp.broadcast_to(background, query.shape)
+    return _curves(embed_fn, query, reference_embedding, saliency, insertion_substrate, deletion_substrate,
+                   num_steps, normalize, batch_size, similarity)
+
+
+def insertion_deletion(
+    embed_fn,
+    query,
+    reference_embedding,
+    saliency,
+    *,
+    background=None,
+    protocol: str = "sane",
+    num_steps: int = 101,
+    normalize: str = "minmax",
+    batch_size: int = 256,
+    similarity: SimilarityFn = cosine,
+) -> InsertionDeletion:
+    """Insertion and deletion curves and AUCs of one saliency map (see the module docstring).
+
+    Args:
+      embed_fn: pure ``images [B, H, W, C] -> [B, D]``.
+      query: ``[H, W, C]`` float32 in the model's input space.
+      reference_embedding: ``[D]``, the embedding of the intact reference.
+      saliency: ``[H, W]`` map over the query (higher = more salient); must be finite.
+      background: the constant substrate (scalar, ``[C]`` or ``[H, W, C]``), required when
+        ``protocol="sane"``; must be None for ``protocol="rise"``.
+      protocol: ``"sane"`` (constant background) or ``"rise"`` (blurred query / zeros).
+      num_steps: S points on t in [0, 1] (101 as the paper).
+      normalize: ``"minmax"`` (per curve, as the paper) or ``"none"`` (raw similarities).
+      batch_size: perturbed images per compiled chunk.
+    Returns:
+      ``InsertionDeletion(insertion_auc, deletion_auc, insertion_curve [S], deletion_curve [S])``.
+    """
+    embed_fn = _common.as_pytree_fn(embed_fn)
+    query = _common.check_image(query, "query")
+    if not hasattr(reference_embedding, "shape"):
+        reference_embedding = np.asarray(reference_embedding)
+    if reference_embedding.ndim != 1 or reference_embedding.shape[0] < 1:
+        raise ValueError(f"reference_embedding must be one embedding [D], got shape {tuple(reference_embedding.shape)}")
+    reference_embedding = jnp.asarray(reference_embedding, jnp.float32)
+    if not hasattr(saliency, "shape"):
+        saliency = np.asarray(saliency)
+    if tuple(saliency.shape) != tuple(query.shape[:2]):
+        raise ValueError(f"saliency must be [H, W] = {tuple(query.shape[:2])} like the query, got {tuple(saliency.shape)}")
+    saliency = jnp.asarray(saliency, jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(saliency))):
+        raise ValueError("saliency contains NaN or infinite values")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "sane":
+        if background is None:
+            raise ValueError("background is required for protocol='sane' (a scalar, [C] or [H, W, C] in the query's space)")
+        background = jnp.asarray(background, jnp.float32)
+        try:
+            jnp.broadcast_shapes(background.shape, query.shape)
+        except ValueError:
+            raise ValueError(f"background of shape {background.shape} does not broadcast to the query {query.shape}") from None
+    elif background is not None:
+        raise ValueError("protocol='rise' uses its own substrates (blurred query, zeros): pass background=None")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    batch_size = _common.check_batch_size(batch_size)
+    _common.check_similarity(similarity)
+    return _insertion_deletion_jit(
+        embed_fn, query, reference_embedding, saliency, background, protocol=protocol, num_steps=int(num_steps),
+        normalize=normalize, batch_size=batch_size, similarity=similarity,
+    )

@@ -1,0 +1,126 @@
+"""Argument checking and small helpers shared by the saliency methods (module-internal)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from simexplain_jax.similarity import SimilarityFn
+
+
+def as_pytree_fn(embed_fn) -> Partial:
+    """Wraps ``embed_fn`` as a ``jax.tree_util.Partial`` so that it crosses ``jit`` as an argument.
+
+    A ``Partial(model.apply, variables)`` keeps its parameters as traced arguments: new weights
+    of the same shapes reuse the compiled program. A plain function becomes a ``Partial`` with
+    no arguments; it is then part of the compilation cache key, so pass the same function
+    object on every call (not a fresh lambda) to avoid re-tracing.
+    """
+    if not callable(embed_fn):
+        raise TypeError(f"embed_fn must be callable (images [B, H, W, C] -> embeddings [B, D]), got {type(embed_fn).__name__}")
+    return embed_fn if isinstance(embed_fn, Partial) else Partial(embed_fn)
+
+
+def check_image(image, name: str) -> jax.Array:
+    """``[H, W, C]`` float image; raises ValueError naming ``name`` otherwise."""
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"{name} must be one image [H, W, C], got an array of shape {tuple(image.shape)}")
+    if min(image.shape) < 1:
+        raise ValueError(f"{name} must have positive sizes [H, W, C], got {tuple(image.shape)}")
+    if not (jnp.issubdtype(image.dtype, jnp.floating) or jnp.issubdtype(image.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be a numeric image, got dtype {image.dtype}")
+    return jnp.asarray(image, jnp.float32)
+
+
+def check_reference_embeddings(reference_embeddings, name: str = "reference_embeddings") -> tuple[jax.Array, bool]:
+    """Returns (``[K, D]`` float32, whether the input was a single ``[D]`` vector)."""
+    if not hasattr(reference_embeddings, "shape"):
+        reference_embeddings = np.asarray(reference_embeddings)
+    if reference_embeddings.ndim not in (1, 2) or reference_embeddings.shape[-1] < 1:
+        raise ValueError(f"{name} must be [D] or [K, D], got shape {tuple(reference_embeddings.shape)}")
+    if reference_embeddings.ndim == 2 and reference_embeddings.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one embedding, got shape {tuple(reference_embeddings.shape)}")
+    single = reference_embeddings.ndim == 1
+    refs = jnp.asarray(reference_embeddings, jnp.float32)
+    return (refs[None] if single else refs), single
+
+
+def check_masks(masks, image: jax.Array, name: str = "masks") -> jax.Array:
+    """``[N, H, W]`` masks matching the image's height and width."""
+    if not hasattr(masks, "shape"):
+        masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or masks.shape[0] < 1:
+        raise ValueError(
+            f"{name} must be [N, H, W] with N >= 1 and (H, W) = {tuple(image.shape[:2])}, got shape {tuple(masks.shape)}"
+        )
+    return jnp.asarray(masks, jnp.float32)
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_key_or_masks(key, masks, what: str = "masks") -> None:
+    if (key is None) == (masks is None):
+        raise ValueError(f"pass exactly one of key= (to generate {what} on device) or {what}= (explicit)")
+
+
+def check_similarity(similarity: SimilarityFn) -> None:
+    if not callable(similarity):
+        raise TypeError(f"similarity must be callable ([..., D] x [..., D] -> [...]), got {similarity!r}")
+
+
+def embedding_dim(embed_fn, image_shape, name: str = "query") -> int:
+    """D of ``embed_fn`` on one image of ``image_shape`` (traced abstractly; no FLOPs).
+
+    Call at trace time. Wraps a failure of ``embed_fn`` (typically a channel-count mismatch)
+    into a ValueError that names the image argument.
+    """
+    probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    try:
+        out = jax.eval_shape(embed_fn, probe)
+    except Exception as err:  # the model's own error is kept as the cause
+        raise ValueError(
+            f"embed_fn cannot embed {name} of shape {tuple(image_shape)} (is the channel count C right?): {err}"
+        ) from err
+    if len(out.shape) != 2 or out.shape[0] != 1:
+        raise ValueError(f"embed_fn must map [B, H, W, C] to [B, D]; on a batch of 1 it returned shape {out.shape}")
+    return int(out.shape[1])
+
+
+def check_embedding_dims(embed_dim: int, reference_embeddings: jax.Array, name: str = "reference_embeddings") -> None:
+    if reference_embeddings.shape[-1] != embed_dim:
+        raise ValueError(
+            f"{name} have D={reference_embeddings.shape[-1]} but embed_fn gives D={embed_dim} embeddings"
+        )
+
+
+def embed_in_chunks(embed_fn, images: jax.Array, batch_size: int) -> jax.Array:
+    """``images [N, H, W, C]`` -> ``[N, D]``, embedded ``batch_size`` at a time (last chunk padded)."""
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    chunks = -(-n // batch_size)
+    padded = jnp.pad(images, [(0, chunks * batch_size - n)] + [(0, 0)] * (images.ndim - 1))
+    out = jax.lax.map(embed_fn, padded.reshape(chunks, batch_size, *images.shape[1:]))
+    return out.reshape(chunks * batch_size, -1)[:n]
+
+
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out_size, in_size]`` bilinear interpolation with aligned corners (first and last samples
+    coincide with the first and last pixels)."""
+    u = np.zeros((out_size, in_size), np.float64)
+    if in_size == 1 or out_size == 1:
+        u[:, 0] = 1.0
+        return u.astype(np.float32)
+    pos = np.arange(out_size) * (in_size - 1) / (out_size - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), in_size - 2)
+    frac = pos - lo
+    np.add.at(u, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(u, (np.arange(out_size), lo + 1), frac)
+    return u.astype(np.float32)

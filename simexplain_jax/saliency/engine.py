@@ -1,0 +1,117 @@
+"""The shared perturb -> embed -> score -> accumulate loop behind every perturbation method.
+
+One compiled ``lax.scan`` walks over chunks of ``batch_size`` perturbations. Each step builds
+its chunk of perturbed queries from the chunk's indices (masks are generated or gathered on
+device), embeds the chunk with ``embed_fn``, scores it against all K reference embeddings at
+once, and accumulates
+
+- ``weighted [K, H, W] = sum_i s_ik M_i`` and ``mask_sum [H, W] = sum_i M_i`` (RISE-style maps:
+  one ``[K, B] @ [B, H*W]`` product per chunk), and/or
+- ``scores [N, K]`` (occlusion, insertion/deletion, LIME: the per-perturbation scores).
+
+Peak memory depends on ``batch_size`` and K, never on the number of perturbations N when the
+masks come from a key. The last chunk is padded (padded entries get weight 0), so any N runs
+with one compiled program per shape. Nothing leaves the device inside the loop.
+
+This module is internal machinery: the public methods in ``simexplain_jax.saliency`` validate
+inputs and call :func:`run` inside their own ``jit``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from simexplain_jax.similarity import SimilarityFn, pairwise
+
+# indices [B] int32 -> (perturbed images [B, H, W, C], masks [B, H, W] or None)
+PerturbFn = Callable[[jax.Array], tuple[jax.Array, Optional[jax.Array]]]
+EmbedFn = Callable[[jax.Array], jax.Array]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class EngineResult(NamedTuple):
+    weighted: Optional[jax.Array]  # [K, H, W]: sum_i s_ik M_i
+    mask_sum: Optional[jax.Array]  # [H, W]: sum_i M_i
+    scores: Optional[jax.Array]  # [N, K]: s_ik
+
+
+def masked_perturbation(query: jax.Array, masks_for: Callable[[jax.Array], jax.Array],
+                        substrate: jax.Array | float = 0.0) -> PerturbFn:
+    """``q * M + substrate * (1 - M)`` for each mask of the chunk (substrate 0: RISE/occlusion)."""
+
+    def perturb(indices):
+        masks = masks_for(indices)
+        m = masks[..., None]
+        images = query[None] * m
+        if not (isinstance(substrate, float) and substrate == 0.0):
+            images = images + jnp.asarray(substrate, query.dtype) * (1.0 - m)
+        return images, masks
+
+    return perturb
+
+
+def num_chunks(num_items: int, batch_size: int) -> int:
+    return -(-num_items // batch_size)
+
+
+def run(
+    embed_fn: EmbedFn,
+    reference_embeddings: jax.Array,
+    perturb: PerturbFn,
+    num_items: int,
+    batch_size: int,
+    similarity: SimilarityFn,
+    *,
+    accumulate_maps: bool = True,
+    return_scores: bool = False,
+) -> EngineResult:
+    """Runs the chunked loop; call inside ``jit``.
+
+    Args:
+      embed_fn: images ``[B, H, W, C]`` -> embeddings ``[B, D]``.
+      reference_embeddings: ``[K, D]``.
+      perturb: chunk indices ``[B]`` (values >= ``num_items`` are padding) -> images, masks.
+      num_items: N, the number of perturbations (static).
+      batch_size: the chunk size B (static); clipped to N.
+      similarity: broadcasting similarity, see ``simexplain_jax.similarity``.
+      accumulate_maps: accumulate ``weighted`` and ``mask_sum`` (needs ``perturb`` to return masks).
+      return_scores: also return the ``[N, K]`` scores.
+    """
+    batch_size = max(1, min(int(batch_size), int(num_items)))
+    chunks = num_chunks(num_items, batch_size)
+    num_refs = reference_embeddings.shape[0]
+
+    def step(carry, chunk):
+        weighted, mask_sum = carry
+        indices = chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
+        valid = (indices < num_items).astype(jnp.float32)  # [B]
+        images, masks = perturb(indices)
+        embeddings = embed_fn(images)
+        scores = pairwise(similarity, embeddings, reference_embeddings)  # [B, K]
+        scores = scores.astype(jnp.float32) * valid[:, None]
+        if accumulate_maps:
+            flat = masks.reshape(batch_size, -1)
+            weighted = weighted + jnp.matmul(scores.T, flat, precision=_HIGHEST)
+            mask_sum = mask_sum + jnp.matmul(valid, flat, precision=_HIGHEST)
+        return (weighted, mask_sum), (scores if return_scores else None)
+
+    if accumulate_maps:
+        probe_images, probe_masks = jax.eval_shape(perturb, jnp.zeros((batch_size,), jnp.int32))
+        if probe_masks is None:
+            raise ValueError("accumulate_maps needs a perturbation that returns masks")
+        height, width = probe_masks.shape[1:]
+        init = (jnp.zeros((num_refs, height * width), jnp.float32), jnp.zeros((height * width,), jnp.float32))
+    else:
+        height = width = None
+        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    (weighted, mask_sum), scores = jax.lax.scan(step, init, jnp.arange(chunks, dtype=jnp.int32))
+    if return_scores:
+        scores = scores.reshape(chunks * batch_size, num_refs)[:num_items]
+    if accumulate_maps:
+        return EngineResult(weighted.reshape(num_refs, height, width), mask_sum.reshape(height, width), scores)
+    return EngineResult(None, None, scores)

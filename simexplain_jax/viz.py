@@ -1,0 +1,55 @@
+"""Figures: saliency overlays and pair galleries (matplotlib, Agg backend; writes PNG files)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def normalize_map(saliency: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] for display (a flat map becomes zeros)."""
+    s = np.asarray(saliency, np.float64)
+    span = s.max() - s.min()
+    return np.zeros_like(s) if span <= 0 else (s - s.min()) / span
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """``image [H, W, 3]`` uint8 and ``saliency [H, W]`` -> blended uint8 RGB."""
+    heat = plt.get_cmap(cmap)(normalize_map(saliency))[..., :3]
+    blended = (1 - alpha) * np.asarray(image, np.float64) / 255.0 + alpha * heat
+    return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def pair_gallery(path: str, queries: np.ndarray, references: np.ndarray, maps: dict[str, np.ndarray],
+                 captions: dict[str, Sequence[str]] | None = None, title: str | None = None) -> str:
+    """One row per pair: query, reference, then each method's map over the query. Writes ``path``.
+
+    ``maps[name]`` is ``[P, H, W]``; ``captions[name][i]`` is printed under that panel.
+    """
+    rows, cols = len(queries), 2 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    for i in range(rows):
+        panels = [("query", queries[i], None), ("reference", references[i], None)]
+        panels += [(name, overlay(queries[i], m[i]), (captions or {}).get(name, [None] * rows)[i])
+                   for name, m in maps.items()]
+        for ax, (name, picture, caption) in zip(axes[i], panels):
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if caption:
+                ax.set_xlabel(caption, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

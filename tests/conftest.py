@@ -1,0 +1,58 @@
+"""Shared fixtures: small analytic models whose saliency is known in closed form."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def box_mask(size: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    ymin, xmin, ymax, xmax = box
+    m = np.zeros((size, size), bool)
+    m[ymin:ymax, xmin:xmax] = True
+    return m
+
+
+class RegionModel:
+    """An embedding that sees only one box of the image.
+
+    ``embed(x) = [fraction of the box's channel-0 mass kept - 0.5, 0.1]``: its cosine with the
+    reference direction ``[1, 0]`` is near +1 when most of the box is kept and near -1 when it
+    is removed, and nothing outside the box can change it.
+    """
+
+    def __init__(self, size: int = 32, box=(4, 4, 28, 28)):
+        self.size = size
+        self.region = box_mask(size, box)
+        self._weights = jnp.asarray(self.region, jnp.float32) / self.region.sum()
+        self.reference = jnp.array([1.0, 0.0])
+        self.query = jnp.ones((size, size, 3), jnp.float32)
+
+    def __call__(self, images):
+        kept = jnp.sum(images[..., 0] * self._weights, axis=(1, 2))
+        return jnp.stack([kept - 0.5, jnp.full_like(kept, 0.1)], axis=-1)
+
+
+@pytest.fixture
+def region_model():
+    return RegionModel()
+
+
+def linear_embed_fn(size: int, channels: int = 3, dim: int = 8, seed: int = 0):
+    """A random linear embedding ``[B, H, W, C] -> [B, D]`` (plain function) and its weights."""
+    w = jax.random.normal(jax.random.key(seed), (size * size * channels, dim)) / np.sqrt(size * size * channels)
+    w = w + 0.05  # a shared component so that similarities vary around a positive value
+
+    def embed(images):
+        return images.reshape(images.shape[0], -1) @ w
+
+    return embed, np.asarray(w)
+
+
+@pytest.fixture
+def linear_model():
+    return linear_embed_fn(16)

@@ -1,0 +1,181 @@
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+import simexplain_jax as sx
+from conftest import linear_embed_fn
+
+rise_module = importlib.import_module("simexplain_jax.saliency.rise")
+
+
+def np_cosine(a, b):
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return np.sum(a * b, -1) / np.maximum(na * nb, 1e-30)
+
+
+def naive_rise(w, query, refs, masks, normalize="per_pixel", p=0.5):
+    """SPEC section 2 as a plain loop: s_i = cos(f(q * M_i), r); S = sum_i s_i M_i / norm."""
+    n = masks.shape[0]
+    maps = np.zeros((refs.shape[0],) + masks.shape[1:])
+    for i in range(n):
+        e = (query * masks[i][..., None]).reshape(-1).astype(np.float64) @ w
+        for k in range(refs.shape[0]):
+            maps[k] += np_cosine(e, refs[k]) * masks[i]
+    if normalize == "per_pixel":
+        return maps / (masks.sum(0) / n)
+    return maps / (n * p)
+
+
+@pytest.mark.parametrize("normalize", ["per_pixel", "expected"])
+def test_rise_with_explicit_masks_equals_numpy_loop(linear_model, normalize):
+    embed, w = linear_model
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    refs = rng.normal(size=(3, 8)).astype(np.float32)
+    masks = np.asarray(sx.masks.rise_masks(jax.random.key(1), 50, 4, 0.5, (16, 16)))
+    got = sx.saliency.rise(embed, query, refs, masks=masks, batch_size=16, normalize=normalize)
+    assert got.shape == (3, 16, 16)
+    np.testing.assert_allclose(got, naive_rise(w, query, refs, masks, normalize), rtol=1e-5)
+    single = sx.saliency.rise(embed, query, refs[1], masks=masks, batch_size=16, normalize=normalize)
+    assert single.shape == (16, 16)
+    np.testing.assert_allclose(single, got[1], rtol=1e-6)
+
+
+def test_key_equals_the_masks_it_generates(linear_model):
+    embed, _ = linear_model
+    query = jnp.ones((16, 16, 3))
+    ref = embed(query[None])[0]
+    key = jax.random.key(7)
+    from_key = sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4)
+    masks = sx.masks.rise_masks(key, 40, 4, 0.4, (16, 16))
+    np.testing.assert_allclose(from_key, sx.saliency.rise(embed, query, ref, masks=masks, p=0.4), rtol=1e-6)
+    np.testing.assert_array_equal(from_key, sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4))
+
+
+def test_region_model_puts_mass_in_its_region(region_model):
+    maps = sx.saliency.rise(region_model, region_model.query, region_model.reference, key=jax.random.key(0),
+                            num_masks=16000, grid_size=32, batch_size=2000)
+    positive = np.maximum(np.asarray(maps), 0)
+    assert positive[region_model.region].sum() >= 0.9 * positive.sum()
+    # a random map has about the region's area fraction inside it: the test can fail
+    noise = np.asarray(sx.saliency.random(None, region_model.query, key=jax.random.key(0)))
+    assert noise[region_model.region].sum() < 0.7 * noise.sum()
+
+
+@pytest.mark.parametrize("num_masks", [37, 256])
+def test_batch_size_does_not_change_the_map(linear_model, num_masks):
+    embed, _ = linear_model
+    query = jax.random.normal(jax.random.key(2), (16, 16, 3))
+    refs = jax.random.normal(jax.random.key(3), (2, 8))
+    maps = [sx.saliency.rise(embed, query, refs, key=jax.random.key(0), num_masks=num_masks, grid_size=4,
+                             batch_size=b) for b in (1, 7, 256)]
+    for other in maps[1:]:
+        np.testing.assert_allclose(other, maps[0], rtol=1e-6, atol=1e-6 * float(jnp.abs(maps[0]).max()))
+
+
+def test_second_call_does_not_trace_again():
+    traces = []
+    _, w = linear_embed_fn(16)
+
+    def apply(weights, images):
+        traces.append(images.shape)
+        return images.reshape(images.shape[0], -1) @ weights
+
+    query = jnp.ones((16, 16, 3))
+    kwargs = dict(num_masks=30, grid_size=4, batch_size=8)
+    sx.saliency.rise(Partial(apply, w), query, jnp.ones(8), key=jax.random.key(0), **kwargs)
+    count = len(traces)
+    assert count > 0
+    sx.saliency.rise(Partial(apply, w), query + 1, jnp.ones(8) * 2, key=jax.random.key(1), **kwargs)
+    # new weights of the same shape are arguments, not constants: no new trace either
+    sx.saliency.rise(Partial(apply, w * 2), query, jnp.ones(8), key=jax.random.key(1), **kwargs)
+    assert len(traces) == count
+
+
+def test_peak_memory_does_not_grow_with_num_masks(linear_model):
+    embed = Partial(linear_model[0])
+    args = (embed, jnp.ones((16, 16, 3)), jnp.ones((1, 8)), jax.random.key(0), None)
+    temp = []
+    for n in (2000, 8000):
+        compiled = rise_module._rise_jit.lower(*args, num_masks=n, grid_size=4, p=0.5, batch_size=64,
+                                               normalize="per_pixel", similarity=sx.similarity.cosine).compile()
+        temp.append(compiled.memory_analysis().temp_size_in_bytes)
+    assert temp[1] <= 1.01 * temp[0]
+
+
+def test_rise_variable_equals_mean_of_naive_maps(linear_model):
+    embed, w = linear_model
+    rng = np.random.default_rng(5)
+    query = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    reference = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    masks = np.asarray(sx.masks.rise_masks(jax.random.key(1), 40, 4, 0.5, (16, 16)))
+    ref_masks = np.asarray(sx.masks.rise_masks(jax.random.key(2), 5, 4, 0.5, (16, 16)))
+    got = sx.saliency.rise_variable(embed, query, reference, masks=masks, reference_masks=ref_masks, batch_size=16)
+    naive = np.mean([
+        naive_rise(w, query, ((reference * m[..., None]).reshape(1, -1).astype(np.float64) @ w), masks)[0]
+        for m in ref_masks], axis=0)
+    np.testing.assert_allclose(got, naive, rtol=1e-5, atol=1e-5 * np.abs(naive).max())
+    key = jax.random.key(9)
+    from_key = sx.saliency.rise_variable(embed, query, reference, key=key, num_masks=40, num_reference_masks=5,
+                                         grid_size=4)
+    explicit = sx.saliency.rise_variable(
+        embed, query, reference, masks=sx.masks.rise_masks(jax.random.fold_in(key, 0), 40, 4, 0.5, (16, 16)),
+        reference_masks=sx.masks.rise_masks(jax.random.fold_in(key, 1), 5, 4, 0.5, (16, 16)))
+    np.testing.assert_allclose(from_key, explicit, rtol=1e-6)
+
+
+def test_rise_variable_costs_n_plus_k_forward_passes():
+    seen = []
+    embed, _ = linear_embed_fn(16)
+
+    def counting(images):
+        seen.append(images.shape[0])
+        return embed(images)
+
+    sx.saliency.rise_variable(counting, jnp.ones((16, 16, 3)), jnp.ones((16, 16, 3)), key=jax.random.key(0),
+                              num_masks=64, num_reference_masks=30, grid_size=4, batch_size=64)
+    # traced once per distinct call site: one chunk of 30 reference images, one chunk of 64 masked queries
+    assert sorted(set(seen) - {1}) == [30, 64]
+
+
+def test_zero_norm_embeddings_give_finite_maps():
+    zero = lambda images: jnp.zeros((images.shape[0], 4))  # noqa: E731
+    maps = sx.saliency.rise(zero, jnp.ones((8, 8, 3)), jnp.zeros(4), key=jax.random.key(0), num_masks=16, grid_size=2)
+    assert np.all(np.isfinite(maps)) and float(jnp.abs(maps).max()) == 0.0
+    assert np.all(np.isfinite(sx.saliency.rise_variable(zero, jnp.ones((8, 8, 3)), jnp.ones((8, 8, 3)),
+                                                        key=jax.random.key(0), num_masks=16, grid_size=2)))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(query=np.ones((16, 16))), "query"),
+    (dict(query=np.ones((1, 16, 16, 3))), "query"),
+    (dict(query=np.ones((16, 16, 1))), "query"),
+    (dict(reference_embeddings=np.ones(5)), "reference_embeddings"),
+    (dict(reference_embeddings=np.ones((2, 2, 8))), "reference_embeddings"),
+    (dict(num_masks=0), "num_masks"),
+    (dict(p=0.0), "p"),
+    (dict(p=1.01), "p"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(normalize="mean"), "normalize"),
+    (dict(masks=np.ones((4, 8, 8))), "key"),
+    (dict(key=None, masks=np.ones((4, 8, 8))), "masks"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(linear_model, change, message):
+    embed, _ = linear_model
+    args = dict(embed_fn=embed, query=np.ones((16, 16, 3), np.float32), reference_embeddings=np.ones(8),
+                key=jax.random.key(0), num_masks=8, grid_size=2)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        sx.saliency.rise(**args)
+
+
+def test_rise_variable_rejects_mismatched_reference(linear_model):
+    embed, _ = linear_model
+    with pytest.raises(ValueError, match="reference"):
+        sx.saliency.rise_variable(embed, np.ones((16, 16, 3)), np.ones((16, 16, 1)), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="reference_masks"):
+        sx.saliency.rise_variable(embed, np.ones((16, 16, 3)), np.ones((16, 16, 3)), masks=np.ones((4, 16, 16)))
