@@ -12,4 +12,4 @@ python3 -m benchmarks.saliency_throughput --model=resnet18 --image_size=112 --nu
   --batch_size=500 --repeats=5 2>"$out/n2000.err" | tee "$out/n2000.jsonl"
 python3 -m benchmarks.saliency_throughput --model=resnet18 --image_size=112 --num_masks=20000 \
   --batch_size=1000 --repeats=3 --noreference_loop --nomemory 2>"$out/n20000.err" | tee "$out/n20000.jsonl"
-tail -3 "$out"/*.err
+for f in "$out"/*.err; do tail -n 3 "$f"; done
