@@ -53,3 +53,30 @@ def pair_gallery(path: str, queries: np.ndarray, references: np.ndarray, maps: d
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: np.ndarray | None = None,
+                  columns: int = 10, title: str | None = None) -> str:
+    """A grid of ``images [N, H, W, 3]`` uint8 with a title each and, optionally, one box each
+    (``boxes [N, 4]``: ymin, xmin, ymax, xmax in pixels, max exclusive) drawn in cyan. Writes ``path``."""
+    from matplotlib.patches import Rectangle
+
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (image, name) in enumerate(zip(images, titles)):
+        ax = axes.ravel()[i]
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(name, fontsize=6)
+        if boxes is not None:
+            ymin, xmin, ymax, xmax = boxes[i]
+            ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin, fill=False, edgecolor="cyan",
+                                   linewidth=1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,103 @@
+"""Input pipeline: grain loaders over ``tfds.data_source`` with the paper's preprocessing.
+
+Real datasets (AwA2, Polyvore) are resized so the shorter side is 112, centre-cropped to
+112 x 112 and normalised with ImageNet mean/std; the shapes benchmark keeps its native size and
+is normalised the same way. Shuffling is deterministic given the seed; each process reads its
+own shard (``shard_index`` / ``shard_count``, by default ``jax.process_index()`` /
+``jax.process_count()``). Batches are dicts of numpy arrays ready for ``jit``.
+
+Transforms are module-level classes so grain's worker processes can pickle them; entry points
+that use ``worker_count > 0`` need ``if __name__ == "__main__":``. With several workers the
+number of batches can change with the worker count: tests use ``worker_count=0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from simexplain_jax.data.preprocess import normalize_images
+
+PAPER_IMAGE_SIZE = 112
+
+
+def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: shorter side to ``size`` (bilinear), then the central ``size x size``."""
+    height, width = image.shape[:2]
+    if (height, width) != (size, size):
+        scale = size / min(height, width)
+        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        image = image[top:top + size, left:left + size]
+    return image
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess(grain.transforms.Map):
+    """Decoded example -> model-ready example: ``image`` float32 normalised, chosen keys kept.
+
+    ``image_size=None`` keeps the native size (the shapes benchmark); an int resizes and
+    centre-crops (112 for the paper's real datasets). ``keys`` selects the fields to keep
+    besides ``image`` (text fields come back as bytes).
+    """
+
+    image_size: Optional[int] = None
+    keys: Sequence[str] = ("label", "attributes")
+
+    def map(self, example):
+        image = np.asarray(example["image"])
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if self.image_size is not None:
+            image = resize_and_center_crop(image, self.image_size)
+        out = {"image": normalize_images(image)}
+        for key in self.keys:
+            out[key] = np.asarray(example[key])
+        return out
+
+
+def make_loader(
+    source,
+    *,
+    batch_size: int,
+    preprocess: Preprocess = Preprocess(),
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: Optional[int] = 1,
+    shard_index: Optional[int] = None,
+    shard_count: Optional[int] = None,
+    drop_remainder: bool = False,
+    worker_count: int = 0,
+) -> grain.DataLoader:
+    """A grain ``DataLoader`` over a random-access ``source`` (e.g. ``tfds.data_source(...)``).
+
+    Yields dicts of numpy arrays with a leading batch axis. ``num_epochs=None`` repeats forever.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(source) == 0:
+        raise ValueError("the data source is empty")
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
+    shard = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
+                                          num_epochs=num_epochs, seed=seed)
+    return grain.DataLoader(data_source=source, sampler=sampler,
+                            operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)],
+                            worker_count=worker_count)
+
+
+def load_all(source, preprocess: Preprocess = Preprocess(), batch_size: int = 512) -> dict:
+    """The whole source, in order, as one dict of arrays (for small evaluation splits)."""
+    batches = list(make_loader(source, batch_size=batch_size, preprocess=preprocess, shuffle=False,
+                               shard_index=0, shard_count=1))
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}

@@ -1,0 +1,151 @@
+"""TFDS builder ``polyvore_outfits``: Polyvore Outfits from the folder the user downloaded.
+
+Layout (the polyvore_outfits archive, extracted; ``manual_dir`` may be that folder or its parent):
+
+    images/<item_id>.jpg
+    polyvore_item_metadata.json      {item_id: {"semantic_category": "tops", ...}, ...}
+    nondisjoint/{train,valid,test}.json and disjoint/{train,valid,test}.json:
+                                     [{"set_id": "...", "items": [{"item_id": "...", "index": 1}, ...]}, ...]
+    polyvore_attributes.json         {"attributes": [205 names], "annotations": {item_id: [attribute ids]}}
+
+Configs ``nondisjoint`` (the paper's) and ``disjoint``. Each split holds every item of that
+split's outfits once, with the outfits it belongs to. Items of different types in one outfit are
+compatible (positive) pairs; their *type condition* is the unordered pair of their semantic
+categories, one of ``type_conditions(...)`` (all pairs of distinct categories that co-occur in a
+training outfit, sorted), stored in the builder's metadata. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from simexplain_jax.data._manual import manual_root, rgb_image_feature
+
+INSTRUCTIONS = (
+    "Download Polyvore Outfits (polyvore_outfits.zip, about 6 GB; see https://github.com/mvasil/fashion-compatibility) "
+    "and the SANE attribute annotations (polyvore_attributes.json, from https://github.com/VisionLearningGroup/SANE), "
+    "put polyvore_attributes.json inside the extracted polyvore_outfits folder, and pass that folder as manual_dir: "
+    "tfds.builder('polyvore_outfits/nondisjoint', data_dir=...).download_and_prepare("
+    "download_config=tfds.download.DownloadConfig(manual_dir=FOLDER))."
+)
+SPLIT_FILES = {"train": "train.json", "validation": "valid.json", "test": "test.json"}
+NUM_ATTRIBUTES = 205
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def outfit_items(outfits: list) -> dict[str, list[str]]:
+    """``{set_id: [item_id, ...]}`` from a split file's outfits."""
+    return {str(o["set_id"]): [str(item["item_id"]) for item in o["items"]] for o in outfits}
+
+
+def type_conditions(outfits: dict[str, list[str]], categories: dict[str, str]) -> list[tuple[str, str]]:
+    """All unordered pairs of distinct semantic categories that co-occur in an outfit, sorted."""
+    pairs = set()
+    for items in outfits.values():
+        for a, b in itertools.combinations(items, 2):
+            ca, cb = categories[a], categories[b]
+            if ca != cb:
+                pairs.add(tuple(sorted((ca, cb))))
+    return sorted(pairs)
+
+
+def condition_index(conditions: list[tuple[str, str]], category_a: str, category_b: str) -> int:
+    """Index of the type condition of a pair of items (order does not matter)."""
+    key = tuple(sorted((category_a, category_b)))
+    try:
+        return conditions.index(key)
+    except ValueError:
+        raise ValueError(f"no type condition for categories {key}; known: {len(conditions)} pairs") from None
+
+
+def compatible_pairs(outfits: dict[str, list[str]], categories: dict[str, str],
+                     conditions: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    """``(item_a, item_b, condition)`` for every pair of different-type items in one outfit."""
+    out = []
+    for items in outfits.values():
+        for a, b in itertools.combinations(items, 2):
+            if categories[a] != categories[b]:
+                out.append((a, b, condition_index(conditions, categories[a], categories[b])))
+    return out
+
+
+@dataclasses.dataclass
+class PolyvoreConfig(tfds.core.BuilderConfig):
+    split_folder: str = "nondisjoint"
+
+
+class PolyvoreOutfits(tfds.core.GeneratorBasedBuilder):
+    """Polyvore Outfits with SANE's 205 attributes (manual download)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    BUILDER_CONFIGS = [PolyvoreConfig(name="nondisjoint", split_folder="nondisjoint"),
+                       PolyvoreConfig(name="disjoint", split_folder="disjoint")]
+    DEFAULT_CONFIG_NAME = "nondisjoint"
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Polyvore Outfits: typed fashion items grouped into compatible outfits.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "item_id": tfds.features.Text(),
+                "category": tfds.features.Text(),
+                "attributes": tfds.features.Tensor(shape=(NUM_ATTRIBUTES,), dtype=np.bool_),
+                "outfits": tfds.features.Sequence(tfds.features.Text()),
+            }),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        folder = self.builder_config.split_folder
+        required = ["polyvore_item_metadata.json", "polyvore_attributes.json", "images"]
+        required += [f"{folder}/{name}" for name in SPLIT_FILES.values()]
+        root = manual_root(dl_manager, "polyvore_outfits", "polyvore_outfits", required, INSTRUCTIONS)
+        metadata = read_json(os.path.join(root, "polyvore_item_metadata.json"))
+        categories = {str(k): v["semantic_category"] for k, v in metadata.items()}
+        attributes = read_json(os.path.join(root, "polyvore_attributes.json"))
+        names = list(attributes["attributes"])
+        if len(names) != NUM_ATTRIBUTES:
+            raise ValueError(f"polyvore_attributes.json lists {len(names)} attributes, expected {NUM_ATTRIBUTES}")
+        splits = {split: outfit_items(read_json(os.path.join(root, folder, file)))
+                  for split, file in SPLIT_FILES.items()}
+        for split, outfits in splits.items():
+            for items in outfits.values():
+                for item in items:
+                    if item not in categories:
+                        raise ValueError(f"item {item} of {folder}/{SPLIT_FILES[split]} is not in polyvore_item_metadata.json")
+        conditions = type_conditions(splits["train"], categories)
+        self.info.metadata.update(attribute_names=names, type_conditions=[list(c) for c in conditions],
+                                  categories=sorted(set(categories.values())))
+        annotations = {str(k): v for k, v in attributes["annotations"].items()}
+        return {split: self._generate_examples(root, outfits, categories, annotations)
+                for split, outfits in splits.items()}
+
+    def _generate_examples(self, root, outfits, categories, annotations):
+        membership: dict[str, list[str]] = {}
+        for set_id, items in outfits.items():
+            for item in items:
+                membership.setdefault(item, []).append(set_id)
+        for item in sorted(membership):
+            labels = np.zeros(NUM_ATTRIBUTES, bool)
+            labels[np.asarray(annotations.get(item, []), np.int64)] = True
+            path = os.path.join(root, "images", f"{item}.jpg")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"polyvore_outfits: missing image {path}.\n{INSTRUCTIONS}")
+            yield item, {"image": rgb_image_feature(path), "item_id": item, "category": categories[item],
+                         "attributes": labels, "outfits": sorted(membership[item])}

@@ -1,0 +1,174 @@
+"""AwA2 and Polyvore Outfits importers over small fixture folders in the datasets' real layouts."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import simexplain_jax.data  # noqa: F401  (registers the builders)
+from simexplain_jax.data import ManualDataError, pairs
+from simexplain_jax.data.tfds_awa2 import is_validation
+from simexplain_jax.data.tfds_polyvore import compatible_pairs, condition_index, outfit_items, type_conditions
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                      "sane_reference")
+AWA2_CLASSES = (
+    "antelope grizzly+bear killer+whale beaver dalmatian persian+cat horse german+shepherd blue+whale siamese+cat "
+    "skunk mole tiger hippopotamus leopard moose spider+monkey humpback+whale elephant gorilla ox fox sheep seal "
+    "chimpanzee hamster squirrel rhinoceros rabbit bat giraffe wolf chihuahua rat weasel otter buffalo zebra "
+    "giant+panda deer bobcat pig lion mouse polar+bear collie walrus raccoon cow dolphin").split()
+AWA2_TEST = "chimpanzee giant+panda leopard persian+cat pig hippopotamus humpback+whale raccoon rat seal".split()
+
+
+def write_jpeg(path, seed, size=(12, 10), mode="RGB"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    (image.convert("L") if mode == "L" else image).save(path, format="JPEG")
+
+
+@pytest.fixture(scope="module")
+def awa2_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("awa2_download") / "Animals_with_Attributes2"
+    root.mkdir()
+    (root / "classes.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(AWA2_CLASSES)))
+    (root / "predicates.txt").write_text("".join(f"{i + 1}\tpredicate{i}\n" for i in range(85)))
+    matrix = np.random.default_rng(0).integers(0, 2, (50, 85))
+    (root / "predicate-matrix-binary.txt").write_text("\n".join(" ".join(map(str, row)) for row in matrix) + "\n")
+    (root / "trainclasses.txt").write_text("\n".join(c for c in AWA2_CLASSES if c not in AWA2_TEST) + "\n")
+    (root / "testclasses.txt").write_text("\n".join(AWA2_TEST) + "\n")
+    for c, name in enumerate(AWA2_CLASSES):
+        for k in range(2):
+            write_jpeg(str(root / "JPEGImages" / name / f"{name}_{10000 + k}.jpg"), c * 10 + k,
+                       mode="L" if (c, k) == (0, 1) else "RGB")
+    return root, matrix
+
+
+def test_awa2_import(awa2_folder, tmp_path):
+    root, matrix = awa2_folder
+    builder = tfds.builder("awa2", data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root.parent)))
+    assert builder.info.metadata["attribute_names"] == [f"predicate{i}" for i in range(85)]
+    assert builder.info.features["label"].names == AWA2_CLASSES
+    ids = {}
+    for split in ("train", "validation", "test"):
+        source = builder.as_data_source(split)
+        for i in range(len(source)):
+            example = source[i]
+            image_id = example["image_id"].decode()
+            name = AWA2_CLASSES[example["label"]]
+            assert image_id.rsplit("_", 1)[0] == name
+            np.testing.assert_array_equal(example["attributes"], matrix[example["label"]].astype(bool))
+            assert example["image"].shape == (10, 12, 3)  # the grayscale JPEG comes back as RGB
+            ids[image_id] = split
+    assert len(ids) == 100
+    for image_id, split in ids.items():
+        name = image_id.rsplit("_", 1)[0]
+        expected = "test" if name in AWA2_TEST else ("validation" if is_validation(image_id) else "train")
+        assert split == expected
+
+
+def test_awa2_missing_file_names_it(awa2_folder, tmp_path):
+    root, _ = awa2_folder
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("classes.txt", "predicates.txt", "trainclasses.txt", "testclasses.txt"):
+        (broken / name).write_text((root / name).read_text())
+    builder = tfds.builder("awa2", data_dir=str(tmp_path / "out"))
+    with pytest.raises(ManualDataError, match="predicate-matrix-binary.txt") as err:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(broken)))
+    assert "cvml.ista.ac.at" in str(err.value)
+    with pytest.raises(ManualDataError, match="manual folder"):
+        tfds.builder("awa2", data_dir=str(tmp_path / "out2")).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "does_not_exist")))
+
+
+POLYVORE_ITEMS = {  # item_id: semantic category
+    "101": "tops", "102": "bottoms", "103": "shoes", "104": "bags",
+    "201": "tops", "202": "bottoms", "203": "jewellery",
+    "301": "tops", "302": "shoes", "303": "bags", "304": "jewellery",
+}
+POLYVORE_SPLITS = {"train": [("o1", ["101", "102", "103", "104"]), ("o2", ["201", "202", "203", "103"])],
+                   "valid": [("o3", ["301", "302"])],
+                   "test": [("o4", ["303", "304", "301"])]}
+
+
+@pytest.fixture(scope="module")
+def polyvore_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("polyvore_download") / "polyvore_outfits"
+    for i, item in enumerate(POLYVORE_ITEMS):
+        write_jpeg(str(root / "images" / f"{item}.jpg"), i)
+    metadata = {item: {"url_name": f"item {item}", "description": "", "categories": [], "title": "",
+                       "related": [], "category_id": "1", "semantic_category": cat}
+                for item, cat in POLYVORE_ITEMS.items()}
+    (root / "polyvore_item_metadata.json").write_text(json.dumps(metadata))
+    for folder in ("nondisjoint", "disjoint"):
+        (root / folder).mkdir()
+        for split, outfits in POLYVORE_SPLITS.items():
+            data = [{"set_id": set_id, "items": [{"item_id": item, "index": k + 1} for k, item in enumerate(items)]}
+                    for set_id, items in outfits]
+            (root / folder / f"{split}.json").write_text(json.dumps(data))
+    with open(os.path.join(SHARED, "polyvore_attribute_list.txt")) as f:
+        names = [line.strip() for line in f if line.strip()]
+    annotations = {"101": [0, 5], "303": [204]}
+    (root / "polyvore_attributes.json").write_text(json.dumps({"attributes": names, "annotations": annotations}))
+    return root, names
+
+
+def test_polyvore_import(polyvore_folder, tmp_path):
+    root, names = polyvore_folder
+    builder = tfds.builder("polyvore_outfits/nondisjoint", data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    assert builder.info.metadata["attribute_names"] == names and len(names) == 205
+    conditions = [tuple(c) for c in builder.info.metadata["type_conditions"]]
+    assert conditions == sorted({("bottoms", "tops"), ("shoes", "tops"), ("bags", "tops"), ("bottoms", "shoes"),
+                                 ("bags", "bottoms"), ("bags", "shoes"), ("bottoms", "jewellery"),
+                                 ("jewellery", "tops"), ("jewellery", "shoes")})
+    train = builder.as_data_source("train")
+    items = {train[i]["item_id"].decode(): train[i] for i in range(len(train))}
+    assert sorted(items) == ["101", "102", "103", "104", "201", "202", "203"]
+    assert [o.decode() for o in items["103"]["outfits"]] == ["o1", "o2"]  # shared by two outfits
+    assert items["104"]["category"].decode() == "bags"
+    assert np.flatnonzero(items["101"]["attributes"]).tolist() == [0, 5]
+    assert not items["102"]["attributes"].any()
+    test = builder.as_data_source("test")
+    assert sorted(test[i]["item_id"].decode() for i in range(len(test))) == ["301", "303", "304"]
+    assert np.flatnonzero([test[i]["attributes"] for i in range(3) if test[i]["item_id"] == b"303"][0]).tolist() == [204]
+
+
+def test_polyvore_type_conditions_of_compatible_pairs():
+    outfits = outfit_items([{"set_id": s, "items": [{"item_id": i} for i in items]}
+                            for s, items in POLYVORE_SPLITS["train"]])
+    conditions = type_conditions(outfits, POLYVORE_ITEMS)
+    found = compatible_pairs(outfits, POLYVORE_ITEMS, conditions)
+    assert len(found) == 6 + 6
+    for a, b, condition in found:
+        assert conditions[condition] == tuple(sorted((POLYVORE_ITEMS[a], POLYVORE_ITEMS[b])))
+    assert condition_index(conditions, "tops", "shoes") == condition_index(conditions, "shoes", "tops")
+    with pytest.raises(ValueError, match="no type condition"):
+        condition_index(conditions, "tops", "tops")
+
+
+def test_polyvore_missing_file_names_it(polyvore_folder, tmp_path):
+    root, _ = polyvore_folder
+    broken = tmp_path / "polyvore_outfits"
+    os.makedirs(broken / "nondisjoint")
+    (broken / "polyvore_item_metadata.json").write_text((root / "polyvore_item_metadata.json").read_text())
+    builder = tfds.builder("polyvore_outfits/nondisjoint", data_dir=str(tmp_path / "out"))
+    with pytest.raises(ManualDataError, match="polyvore_attributes.json"):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name", ["awa2_test_pairs.txt", "awa2_valid_pairs.txt", "polyvore_outfits_test_pairs.txt"])
+def test_reference_pair_lists_parse(name):
+    path = os.path.join(SHARED, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not beside this checkout")
+    parsed = pairs.read_pairs(path)
+    assert len(parsed) == 20000 and sum(p.label for p in parsed) == 10000
+    if name.startswith("awa2"):
+        assert {p.query.rsplit("_", 1)[0] for p in parsed} == set(AWA2_TEST)
