@@ -4,8 +4,9 @@
 
 Writes to the workdir: results.json (per pair and mean insertion/deletion AUC x100 per method,
 seconds per pair), results.md (the same as a table) and pairs.png (query, reference, overlays).
-This first version explains an untrained small CNN on generated pairs; later versions train the
-model on the shapes benchmark first.
+This version explains an untrained small CNN on positive pairs (same class) of the shapes
+benchmark's test split, built into ``config.data_dir`` (default ``<workdir>/tfds``) on first use;
+later versions train the model first.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from tqdm import tqdm
 
 import simexplain_jax as sx
 from simexplain_jax import viz
+import tensorflow_datasets as tfds
+
+import simexplain_jax.data  # noqa: F401  (registers the builders)
+from simexplain_jax.data import pairs
 from simexplain_jax.data.preprocess import normalize_images, normalized_color
-from simexplain_jax.data.toy import toy_pairs
 from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (experiments/configs/*.py)")
@@ -44,12 +48,24 @@ def build_embed_fn(config):
     return embed_fn(net, variables)
 
 
+def load_positive_pairs(config, workdir):
+    """``config.num_pairs`` same-class pairs from the shapes test split: uint8 queries, references."""
+    builder = tfds.builder(f"shapes/{config.image_size}px", data_dir=config.data_dir or os.path.join(workdir, "tfds"))
+    builder.download_and_prepare()
+    source = builder.as_data_source("test")
+    labels = [source[i]["label"] for i in range(len(source))]
+    positives = [p for p in pairs.sample_pairs(labels, 2 * config.num_pairs, seed=config.seed) if p.label][: config.num_pairs]
+    queries = np.stack([source[int(p.query)]["image"] for p in positives])
+    references = np.stack([source[int(p.reference)]["image"] for p in positives])
+    return queries, references
+
+
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     embed = build_embed_fn(config)
-    queries_u8, references_u8 = toy_pairs(config.seed, config.num_pairs, config.image_size)
+    queries_u8, references_u8 = load_positive_pairs(config, workdir)
     queries, references = normalize_images(queries_u8), normalize_images(references_u8)
     ref_embeddings = jax.jit(lambda f, x: f(x))(embed, jnp.asarray(references))
     background = normalized_color(config.insertion_deletion.background)
@@ -81,7 +97,7 @@ def main(argv):
         os.path.join(workdir, "pairs.png"), queries_u8, references_u8, {k: np.stack(v) for k, v in maps.items()},
         captions={name: [f"ins {r[name]['insertion_auc']:.0f} / del {r[name]['deletion_auc']:.0f}" for r in rows]
                   for name in methods},
-        title="untrained small CNN: which query regions drive the similarity")
+        title="shapes test pairs (same class), untrained small CNN: which query regions drive the similarity")
     results = {"num_pairs": config.num_pairs, "summary": summary, "pairs": rows, "figure": figure,
                "config": config.to_dict()}
     with open(os.path.join(workdir, "results.json"), "w") as f:

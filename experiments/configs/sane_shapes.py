@@ -1,4 +1,4 @@
-"""The main job (`make demo`). First version: an untrained small CNN on generated pairs.
+"""The main job (`make demo`). This version: an untrained small CNN on shapes benchmark pairs.
 
 Usage: python -m experiments.sane --config=experiments/configs/sane_shapes.py[:runlocal] --workdir=DIR
 """
@@ -10,6 +10,7 @@ def get_config(arg=None):
     args = set((arg or "").split(",")) - {""}
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
     config.image_size = 64
     config.num_pairs = 4
     config.model = "small_cnn"
