@@ -56,3 +56,15 @@ def linear_embed_fn(size: int, channels: int = 3, dim: int = 8, seed: int = 0):
 @pytest.fixture
 def linear_model():
     return linear_embed_fn(16)
+
+
+@pytest.fixture(scope="session")
+def shapes32_dir(tmp_path_factory):
+    """A TFDS data folder with shapes/32px built once per test session."""
+    import tensorflow_datasets as tfds
+
+    import simexplain_jax.data  # noqa: F401
+
+    data_dir = str(tmp_path_factory.mktemp("tfds_shapes32"))
+    tfds.builder("shapes/32px", data_dir=data_dir).download_and_prepare()
+    return data_dir

@@ -10,11 +10,8 @@ from simexplain_jax.data.tfds_shapes import Shapes, make_example
 
 
 @pytest.fixture(scope="module")
-def shapes32(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    builder = tfds.builder("shapes/32px", data_dir=data_dir)
-    builder.download_and_prepare()
-    return builder, data_dir
+def shapes32(shapes32_dir):
+    return tfds.builder("shapes/32px", data_dir=shapes32_dir), shapes32_dir
 
 
 def test_builder_metadata_and_splits(shapes32):

@@ -15,9 +15,9 @@ def run_module(module, *args):
                           timeout=600)
 
 
-def test_sane_demo_runlocal_writes_results_and_figure(tmp_path):
+def test_sane_demo_runlocal_writes_results_and_figure(tmp_path, shapes32_dir):
     proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
-                      f"--workdir={tmp_path}")
+                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["num_pairs"] == 2
@@ -33,3 +33,27 @@ def test_bad_config_argument_fails_at_start(tmp_path):
     proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:nonsense",
                       f"--workdir={tmp_path}")
     assert proc.returncode != 0 and "nonsense" in proc.stderr
+
+
+def test_train_similarity_runlocal_reaches_auc(tmp_path, shapes32_dir):
+    proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
+                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_pair_auc"] >= 0.80
+    assert results["steps"] == 600 and results["seconds"] < 180
+    assert os.path.isdir(results["checkpoint_dir"]) and (tmp_path / "checkpoints" / "config.json").exists()
+    assert [h["step"] for h in results["history"]] == [200, 400, 600]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.dataset=imagenet", "dataset must be one of"),
+    ("--config.embedding_dim=0", "embedding_dim"),
+    ("--config.dataset=awa2", "manual_dir"),
+    ("--config.model=vgg", "model must be one of"),
+])
+def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
+    proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
+                      f"--workdir={tmp_path}", override)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "checkpoints").exists()

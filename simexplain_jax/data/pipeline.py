@@ -39,7 +39,7 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess(grain.transforms.Map):
-    """Decoded example -> model-ready example: ``image`` float32 normalised, chosen keys kept.
+    """Decoded example -> model-ready example: each of ``image_keys`` float32 normalised, ``keys`` kept.
 
     ``image_size=None`` keeps the native size (the shapes benchmark); an int resizes and
     centre-crops (112 for the paper's real datasets). ``keys`` selects the fields to keep
@@ -48,14 +48,17 @@ class Preprocess(grain.transforms.Map):
 
     image_size: Optional[int] = None
     keys: Sequence[str] = ("label", "attributes")
+    image_keys: Sequence[str] = ("image",)
 
     def map(self, example):
-        image = np.asarray(example["image"])
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if self.image_size is not None:
-            image = resize_and_center_crop(image, self.image_size)
-        out = {"image": normalize_images(image)}
+        out = {}
+        for image_key in self.image_keys:
+            image = np.asarray(example[image_key])
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)
+            if self.image_size is not None:
+                image = resize_and_center_crop(image, self.image_size)
+            out[image_key] = normalize_images(image)
         for key in self.keys:
             out[key] = np.asarray(example[key])
         return out

@@ -1,0 +1,47 @@
+"""Triplet training of the similarity model on the shapes benchmark.
+
+python -m experiments.train_similarity --config=experiments/configs/similarity_shapes.py[:runlocal] --workdir=DIR
+"""
+
+import ml_collections
+
+
+def base_config():
+    config = ml_collections.ConfigDict()
+    config.dataset = "shapes/64px"
+    config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
+    config.manual_dir = ""  # the downloaded folder, for awa2 and polyvore_outfits
+    config.test_pairs = ""  # a reference pair file for the test set; empty: sampled pairs
+    config.model = "small_cnn"
+    config.width = 64
+    config.stages = 3
+    config.embedding_dim = 64
+    config.init_weights = ""  # a torchvision ResNet state dict (.pth or .npz), optional
+    config.batch_size = 128
+    config.num_steps = 1500
+    config.learning_rate = 1e-3
+    config.lr_decay_rate = 0.985
+    config.lr_decay_steps = 0  # 0: one epoch of the training source
+    config.margin = 0.2
+    config.mining = "semi_hard"
+    config.eval_every = 250
+    config.checkpoint_every = 500
+    config.num_eval_pairs = 2000
+    config.seed = 0
+    return config
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(",")) - {""}
+    config = base_config()
+    if "runlocal" in args:
+        config.dataset = "shapes/32px"
+        config.width = 32
+        config.num_steps = 600
+        config.eval_every = 200
+        config.checkpoint_every = 200
+        config.num_eval_pairs = 1000
+    unknown = args - {"runlocal"}
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal")
+    return config

@@ -1,0 +1,124 @@
+"""Train a similarity model with a triplet loss; resumable; writes results.json.
+
+    python -m experiments.train_similarity --config=experiments/configs/similarity_shapes.py:runlocal --workdir=DIR
+
+Outputs in the workdir: ``checkpoints/`` (``last/``, ``best/`` by validation pair AUC,
+``config.json``), ``results.json`` with ``test_pair_auc`` (of the best checkpoint),
+``validation_pair_auc``, ``best_step``, ``steps``, ``seconds`` (this invocation's wall clock),
+``checkpoint_dir``, ``history`` (validation AUC over steps), ``model`` and ``dataset``. Run the
+same command again after an interruption: it resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
+from simexplain_jax.data.pipeline import make_loader
+from simexplain_jax.models import EmbeddingNet, TypeAwareEmbedding, load_torchvision_resnet
+from simexplain_jax.models.factory import BACKBONES, backbone
+from simexplain_jax.train import similarity as sim
+from simexplain_jax.train.datasets import check_dataset, similarity_data
+from simexplain_jax.train.loop import fit
+from simexplain_jax.train.triplet import MININGS
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/similarity_*.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from its checkpoints)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def validate(config) -> None:
+    """Fails at start, with a clear message, on a config that could not run to the end."""
+    check_dataset(config.dataset, config.manual_dir)
+    if config.model not in BACKBONES:
+        raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
+    if config.embedding_dim < 1:
+        raise ValueError(f"config.embedding_dim must be >= 1, got {config.embedding_dim}")
+    if config.batch_size < 2 or config.num_steps < 1:
+        raise ValueError(f"need batch_size >= 2 and num_steps >= 1, got {config.batch_size}, {config.num_steps}")
+    if config.mining not in MININGS:
+        raise ValueError(f"config.mining must be one of {MININGS}, got {config.mining!r}")
+    if config.init_weights and not os.path.exists(config.init_weights):
+        raise FileNotFoundError(f"config.init_weights {config.init_weights!r} does not exist")
+    if config.test_pairs and not os.path.exists(config.test_pairs):
+        raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
+
+
+def build_model(config, num_conditions: int):
+    net = backbone(config.model, width=config.width, stages=config.stages)
+    if num_conditions:
+        return TypeAwareEmbedding(net, num_conditions=num_conditions, dim=config.embedding_dim)
+    return EmbeddingNet(net, dim=config.embedding_dim)
+
+
+def main(argv):
+    del argv
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    validate(config)
+    start_time = time.perf_counter()
+    data = similarity_data(config.dataset, data_dir=config.data_dir or os.path.join(workdir, "tfds"),
+                           manual_dir=config.manual_dir, num_eval_pairs=config.num_eval_pairs, seed=config.seed,
+                           test_pairs=config.test_pairs, progress=True)
+    model = build_model(config, data.num_conditions)
+    steps_per_epoch = max(len(data.train_source) // config.batch_size, 1)
+    optimizer = sim.make_optimizer(config.learning_rate, config.lr_decay_rate,
+                                   config.lr_decay_steps or steps_per_epoch)
+    sample = jnp.zeros((1, data.image_size, data.image_size, 3))
+    variables = model.init(jax.random.key(config.seed), sample)
+    if config.init_weights:
+        variables = load_torchvision_resnet(variables, config.init_weights, prefix=("backbone",))
+    state = sim.create_train_state(model, optimizer, None, sample, variables=variables)
+    train_step = sim.make_train_step(model, optimizer, margin=config.margin, mining=config.mining,
+                                     batch_kind=data.batch_kind)
+    loader = make_loader(data.train_source, batch_size=config.batch_size, preprocess=data.preprocess,
+                         seed=config.seed, num_epochs=None, drop_remainder=True)
+    iterator = iter(loader)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    checkpointer = Checkpointer(checkpoint_dir, metric="val_auc", config=config.to_dict())
+
+    def evaluate(state):
+        return {"val_auc": sim.evaluate_pairs(model, state.variables(), data.validation)}
+
+    bar = tqdm(total=config.num_steps, desc="train", unit="step", initial=checkpointer.latest_step() or 0)
+
+    def on_step(step, metrics):
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", active=f"{float(metrics['fraction_active']):.2f}")
+
+    state, history = fit(state, train_step, iterator, num_steps=config.num_steps, checkpointer=checkpointer,
+                         evaluate=evaluate, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+                         on_step=on_step, best_metric="val_auc")
+    bar.close()
+    best_step = checkpointer.best_step()
+    best_state = checkpointer.restore(state, which="best")[0] if best_step is not None else state
+    results = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "test_pair_auc": sim.evaluate_pairs(model, best_state.variables(), data.test),
+        "validation_pair_auc": sim.evaluate_pairs(model, best_state.variables(), data.validation),
+        "best_step": best_step,
+        "steps": int(state.step),
+        "seconds": time.perf_counter() - start_time,
+        "checkpoint_dir": checkpoint_dir,
+        "num_test_pairs": int(len(data.test.labels)),
+        "history": history,
+    }
+    checkpointer.close()
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    print(json.dumps({k: v for k, v in results.items() if k != "history"}))
+    print(f"test pair AUC {results['test_pair_auc']:.4f} (best step {best_step}), {results['seconds']:.0f} s; "
+          f"{os.path.join(workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

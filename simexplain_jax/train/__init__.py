@@ -1,0 +1,1 @@
+"""Pure train steps and the shared training loop."""
