@@ -1,5 +1,8 @@
-"""Metrics for explanations: causal insertion/deletion (more in later modules)."""
+"""Metrics for explanations: causal insertion/deletion, pointing, pair verification."""
 
 from simexplain_jax.metrics.causal import InsertionDeletion, insertion_deletion, minmax_normalize, trapezoid_auc
+from simexplain_jax.metrics.pointing import Pointing, pointing
+from simexplain_jax.metrics.verification import roc_auc
 
-__all__ = ["InsertionDeletion", "insertion_deletion", "minmax_normalize", "trapezoid_auc"]
+__all__ = ["InsertionDeletion", "insertion_deletion", "minmax_normalize", "trapezoid_auc", "Pointing", "pointing",
+           "roc_auc"]

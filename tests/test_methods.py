@@ -1,0 +1,170 @@
+"""LIME, the meaningful-perturbation mask, gradients, pointing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simexplain_jax as sx
+from simexplain_jax.saliency.lime import weighted_ridge
+from simexplain_jax.saliency.perturbation import median_blur
+
+
+def grid_segments(size=16, cells=4):
+    rows = np.arange(size) // (size // cells)
+    return (rows[:, None] * cells + rows[None, :]).astype(np.int32)
+
+
+def superpixel_linear_model(segments, weights):
+    """similarity(f(q'), r) with dot similarity = sum_s w_s * (fraction of superpixel s kept)."""
+    onehot = np.eye(weights.size)[segments]  # [H, W, S]
+    per_pixel = jnp.asarray((onehot / onehot.sum((0, 1))) @ weights, jnp.float32)  # each superpixel sums to w_s
+
+    def embed(images):
+        return jnp.sum(images[..., 0] * per_pixel, axis=(1, 2))[:, None]
+
+    return embed
+
+
+def test_lime_recovers_linear_superpixel_weights():
+    segments = grid_segments()
+    weights = np.random.default_rng(0).normal(size=16)
+    embed = superpixel_linear_model(segments, weights)
+    query = jnp.ones((16, 16, 3))
+    maps = sx.saliency.lime(embed, query, jnp.ones(1), key=jax.random.key(0), segments=segments, num_samples=300,
+                            ridge_alpha=1e-6, similarity=sx.similarity.dot)
+    np.testing.assert_allclose(np.asarray(maps), weights[segments], atol=1e-3)
+
+
+def test_lime_k_references_equal_k_separate_solves(linear_model):
+    embed, _ = linear_model
+    query = jax.random.normal(jax.random.key(0), (16, 16, 3))
+    refs = jax.random.normal(jax.random.key(1), (3, 8))
+    segments = grid_segments()
+    together = sx.saliency.lime(embed, query, refs, key=jax.random.key(2), segments=segments, num_samples=200)
+    for k in range(3):
+        alone = sx.saliency.lime(embed, query, refs[k], key=jax.random.key(2), segments=segments, num_samples=200)
+        np.testing.assert_allclose(together[k], alone, rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_ridge_equals_the_normal_equations():
+    rng = np.random.default_rng(3)
+    z = rng.integers(0, 2, (50, 6)).astype(np.float64)
+    y = rng.normal(size=(50, 2))
+    w = rng.uniform(0.1, 1, 50)
+    design = np.hstack([np.ones((50, 1)), z])
+    penalty = np.diag([0.0] + [0.5] * 6)
+    expected = np.linalg.solve(design.T @ (w[:, None] * design) + penalty, design.T @ (w[:, None] * y))[1:].T
+    with jax.default_matmul_precision("highest"):
+        got = weighted_ridge(jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32), jnp.asarray(w, jnp.float32), 0.5)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_lime_default_superpixels_and_variable_reference(linear_model):
+    embed, _ = linear_model
+    query = jax.random.normal(jax.random.key(0), (16, 16, 3))
+    maps = sx.saliency.lime(embed, query, embed(query[None])[0], key=jax.random.key(0), num_samples=64,
+                            num_segments=10)
+    assert maps.shape == (16, 16) and np.all(np.isfinite(maps))
+    variable = sx.saliency.lime_variable(embed, query, query, key=jax.random.key(0), num_samples=64, num_segments=10,
+                                         num_reference_masks=4, grid_size=2)
+    assert variable.shape == (16, 16) and np.all(np.isfinite(variable))
+    with pytest.raises(ValueError, match="num_samples"):
+        sx.saliency.lime(embed, query, jnp.ones(8), key=jax.random.key(0), num_samples=1)
+    with pytest.raises(ValueError, match="segments"):
+        sx.saliency.lime(embed, query, jnp.ones(8), key=jax.random.key(0), segments=np.zeros((4, 4), np.int32))
+
+
+class TextureModel:
+    """Texture inside a box raises the similarity, texture outside lowers it:
+    e = [12 * (mean_box (x - .5)^2 - mean_out (x - .5)^2) + 0.5, 0.1] against r = [1, 0]. The query is
+    uniform random texture (variance 1/12) everywhere, so median-blurring the box flips the
+    similarity to negative while blurring anything else raises it: a deletion mask must delete
+    the box and keep the rest."""
+
+    def __init__(self, size=32, box=(8, 8, 24, 24)):
+        self.region = np.zeros((size, size), bool)
+        self.region[box[0]:box[2], box[1]:box[3]] = True
+        self._inside = jnp.asarray(self.region / self.region.sum(), jnp.float32)
+        self._outside = jnp.asarray(~self.region / (~self.region).sum(), jnp.float32)
+        self.query = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (size, size, 3)), jnp.float32)
+        self.reference = jnp.array([1.0, 0.0])
+
+    def __call__(self, images):
+        energy = (images[..., 0] - 0.5) ** 2
+        inside, outside = jnp.sum(energy * self._inside, axis=(1, 2)), jnp.sum(energy * self._outside, axis=(1, 2))
+        return jnp.stack([12 * (inside - outside) + 0.5, jnp.full_like(inside, 0.1)], axis=-1)
+
+
+def test_perturbation_mask_finds_the_region():
+    model = TextureModel()
+    maps = sx.saliency.perturbation(model, model.query, model.reference, key=jax.random.key(0), num_steps=150)
+    positive = np.maximum(np.asarray(maps), 0)
+    assert positive[model.region].sum() >= 0.75 * positive.sum()
+    assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+
+
+def test_perturbation_vmapped_pairs_equal_one_at_a_time(linear_model):
+    embed, _ = linear_model
+    queries = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    refs = jax.random.normal(jax.random.key(1), (3, 8))
+    keys = jax.random.split(jax.random.key(5), 3)
+    together = sx.saliency.perturbation_batch(embed, queries, refs, key=keys, num_steps=30)
+    for i in range(3):
+        alone = sx.saliency.perturbation_batch(embed, queries[i:i + 1], refs[i:i + 1], key=keys[i:i + 1],
+                                               num_steps=30)
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
+    folded = sx.saliency.perturbation_batch(embed, queries, refs, key=jax.random.key(5), num_steps=30)
+    single = sx.saliency.perturbation(embed, queries[0], refs[0], key=jax.random.key(5), num_steps=30)
+    np.testing.assert_allclose(folded[0], single, atol=1e-5)
+    variable = sx.saliency.perturbation_variable_batch(embed, queries, queries[::-1], key=jax.random.key(5),
+                                                       num_steps=10)
+    assert variable.shape == (3, 16, 16) and np.all(np.isfinite(variable))
+    with pytest.raises(ValueError, match="same shape"):
+        sx.saliency.perturbation_variable_batch(embed, queries, queries[:2], key=jax.random.key(0))
+    with pytest.raises(ValueError, match="keys"):
+        sx.saliency.perturbation_batch(embed, queries, refs, key=keys[:2])
+
+
+def test_median_blur_equals_scipy():
+    from scipy import ndimage
+
+    image = np.random.default_rng(0).normal(size=(20, 24, 3)).astype(np.float32)
+    expected = np.stack([ndimage.median_filter(image[..., c], size=11, mode="nearest") for c in range(3)], -1)
+    np.testing.assert_allclose(median_blur(jnp.asarray(image)), expected, atol=1e-6)
+
+
+def test_integrated_gradients_completeness_and_gradient_x_input():
+    size = 16
+    w1 = jax.random.normal(jax.random.key(0), (size * size * 3, 16)) / 30
+    w2 = jax.random.normal(jax.random.key(1), (16, 8))
+
+    bias = jax.random.normal(jax.random.key(5), (16,))
+
+    def embed(images):  # a smooth non-linear model whose embedding is not 0 at the baseline
+        return jnp.tanh(images.reshape(images.shape[0], -1) @ w1 + bias) @ w2
+
+    query = jax.random.normal(jax.random.key(2), (size, size, 3))
+    reference = embed(jax.random.normal(jax.random.key(3), (1, size, size, 3)))[0]
+    attributions = sx.saliency.integrated_gradients(embed, query, reference, num_steps=64)
+    difference = sx.similarity.cosine(embed(query[None])[0], reference) - sx.similarity.cosine(
+        embed(jnp.zeros((1, size, size, 3)))[0], reference)
+    assert abs(float(attributions.sum()) - float(difference)) <= 0.01 * abs(float(difference))
+    # gradient x input of a linear score is exactly the per-pixel contribution
+    w = jax.random.normal(jax.random.key(4), (size * size * 3,))
+    linear = lambda images: (images.reshape(images.shape[0], -1) @ w)[:, None]  # noqa: E731
+    got = sx.saliency.gradient(linear, query, jnp.ones(1), similarity=sx.similarity.dot)
+    np.testing.assert_allclose(got, (query * w.reshape(size, size, 3)).sum(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_pointing():
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 2:4] = True
+    saliency = np.zeros((8, 8))
+    saliency[3, 3] = 2.0
+    saliency[6, 6] = 1.0
+    result = sx.metrics.pointing(saliency, mask)
+    assert result.hit and result.mass_on_key == pytest.approx(2 / 3)
+    assert not sx.metrics.pointing(np.ones((8, 8)), mask).hit  # a flat map does not point
+    with pytest.raises(ValueError, match="key_mask"):
+        sx.metrics.pointing(saliency, np.zeros((8, 8), bool))
