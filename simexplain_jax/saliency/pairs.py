@@ -1,0 +1,180 @@
+"""Explaining many pairs at once: grouped by query so shared work is done once.
+
+``explain_pairs(method, embed_fn, queries, references, key=..., pairs=[[q, r], ...], config={...})``
+returns one ``[H, W]`` map per pair, in the order of ``pairs``.
+
+- Fixed-reference RISE, sliding window and LIME: every reference of a query is explained in one
+  call (K reference embeddings, one pass over the query's perturbations). K is padded to a power
+  of two so a few compiled programs serve any grouping.
+- Variable-reference RISE: the query's N masked embeddings are shared by all its references
+  (N + R * K passes for R references).
+- The mask method: pairs are optimised ``pair_batch`` at a time in one vmapped call.
+- Randomness: the query with index i in ``queries`` uses ``fold_in(key, i)``, so a pair's map is the
+  same as the single-pair function called with that key, whatever else is in the list.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simexplain_jax.saliency import _common
+from simexplain_jax.saliency.cache import SaliencyCache
+from simexplain_jax.saliency.gradients import gradient, integrated_gradients
+from simexplain_jax.saliency.lime import lime, lime_variable
+from simexplain_jax.saliency.occlusion import sliding_window, sliding_window_variable
+from simexplain_jax.saliency.perturbation import perturbation_batch, perturbation_variable_batch
+from simexplain_jax.saliency.random import random
+from simexplain_jax.saliency.rise import rise
+from simexplain_jax.masks import rise_masks
+
+METHODS = ("rise", "rise_variable", "sliding_window", "sliding_window_variable", "lime", "lime_variable",
+           "perturbation", "perturbation_variable", "gradient", "integrated_gradients", "random")
+_GROUPED = ("rise", "sliding_window", "lime")
+
+
+@jax.jit
+def _embed(embed_fn, images):
+    return embed_fn(images)
+
+
+def _embed_rows(embed_fn, images: np.ndarray, rows, batch_size: int = 128) -> dict[int, np.ndarray]:
+    rows = sorted(set(int(r) for r in rows))
+    batch_size = min(batch_size, _bucket(len(rows)))
+    out = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        embeddings = np.asarray(_embed(embed_fn, jnp.asarray(images[padded])))
+        out.update({r: embeddings[i] for i, r in enumerate(chunk)})
+    return out
+
+
+def _bucket(k: int) -> int:
+    return 1 << (k - 1).bit_length()
+
+
+def _check(method, queries, references, pairs):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"pairs must be a non-empty [P, 2] array of (query, reference) indices, got {pairs.shape}")
+    if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= len(queries) or pairs[:, 1].min() < 0 or \
+            pairs[:, 1].max() >= len(references):
+        raise ValueError("pairs index outside queries / references")
+    if np.shape(queries)[1:] != np.shape(references)[1:] or np.ndim(queries) != 4:
+        raise ValueError(f"queries and references must be image batches [N, H, W, C] of one shape, got "
+                         f"{np.shape(queries)} and {np.shape(references)}")
+    return pairs.astype(np.int64)
+
+
+def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
+                  progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
+                  pair_batch: int = 16) -> np.ndarray:
+    """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
+
+    ``config`` holds the method's options (e.g. ``{"num_masks": 2000}``). ``progress(n)`` is called
+    with the number of pairs finished after each group (e.g. ``tqdm(total=P).update``). With
+    ``cache_dir``, maps are stored per query (``SaliencyCache``) and reused on a rerun.
+    """
+    config = dict(config or {})
+    embed_fn = _common.as_pytree_fn(embed_fn)
+    pairs = _check(method, queries, references, pairs)
+    queries, references = np.asarray(queries, np.float32), np.asarray(references, np.float32)
+    cache = SaliencyCache(cache_dir, {"method": method, "config": config}) if cache_dir else None
+    out = np.zeros((len(pairs), *queries.shape[1:3]), np.float32)
+    groups: "OrderedDict[int, list[int]]" = OrderedDict()
+    for position, (q, _) in enumerate(pairs):
+        groups.setdefault(int(q), []).append(position)
+
+    todo = OrderedDict()
+    for q, positions in groups.items():
+        refs = pairs[positions, 1]
+        cached = cache.get(q, refs) if cache else None
+        if cached is not None:
+            out[positions] = cached
+            if progress:
+                progress(len(positions))
+        else:
+            todo[q] = positions
+
+    if method in ("perturbation", "perturbation_variable"):
+        flat = [(q, p) for q, positions in todo.items() for p in positions]
+        needed = _embed_rows(embed_fn, references, pairs[[p for _, p in flat], 1]) if method == "perturbation" else {}
+        for start in range(0, len(flat), pair_batch):
+            chunk = flat[start:start + pair_batch]
+            chunk_pairs = pairs[[p for _, p in chunk]]
+            keys = jnp.stack([jax.random.fold_in(key, int(q)) for q, _ in chunk])
+            if method == "perturbation":
+                refs = np.stack([needed[int(r)] for r in chunk_pairs[:, 1]])
+                maps = perturbation_batch(embed_fn, queries[chunk_pairs[:, 0]], refs, key=keys, **config)
+            else:
+                maps = perturbation_variable_batch(embed_fn, queries[chunk_pairs[:, 0]],
+                                                   references[chunk_pairs[:, 1]], key=keys, **config)
+            out[[p for _, p in chunk]] = np.asarray(maps)
+            if progress:
+                progress(len(chunk))
+        if cache:
+            for q, positions in todo.items():
+                cache.put(q, pairs[positions, 1], out[positions])
+        return out
+
+    ref_embeddings = (_embed_rows(embed_fn, references, [pairs[p, 1] for ps in todo.values() for p in ps])
+                      if method in _GROUPED + ("gradient", "integrated_gradients") else {})
+    for q, positions in todo.items():
+        query = queries[q]
+        query_key = jax.random.fold_in(key, q)
+        refs = pairs[positions, 1]
+        if method in _GROUPED:
+            emb = np.stack([ref_embeddings[int(r)] for r in refs])
+            padded = np.zeros((_bucket(len(refs)), emb.shape[1]), np.float32)
+            padded[: len(refs)] = emb
+            if method == "rise":
+                maps = rise(embed_fn, query, padded, key=query_key, **config)
+            elif method == "sliding_window":
+                maps = sliding_window(embed_fn, query, padded, **config)
+            else:
+                maps = lime(embed_fn, query, padded, key=query_key, **config)
+            maps = np.asarray(maps)[: len(refs)]
+        elif method == "random":  # a pair's map depends on (query, reference) only
+            maps = np.stack([np.asarray(random(None, query, key=jax.random.fold_in(query_key, int(r)))) for r in refs])
+        elif method == "rise_variable":
+            maps = _rise_variable_group(embed_fn, query, references[refs], query_key, config)
+        else:
+            single = []
+            for r in refs:
+                if method == "sliding_window_variable":
+                    single.append(sliding_window_variable(embed_fn, query, references[r], **config))
+                elif method == "lime_variable":
+                    single.append(lime_variable(embed_fn, query, references[r], key=query_key, **config))
+                elif method == "gradient":
+                    single.append(gradient(embed_fn, query, ref_embeddings[int(r)], **config))
+                else:
+                    single.append(integrated_gradients(embed_fn, query, ref_embeddings[int(r)], **config))
+            maps = np.stack([np.asarray(m) for m in single])
+        out[positions] = maps
+        if cache:
+            cache.put(q, refs, maps)
+        if progress:
+            progress(len(positions))
+    return out
+
+
+def _rise_variable_group(embed_fn, query, refs_images, query_key, config):
+    """rise_variable for every reference of one query, sharing the N masked-query embeddings:
+    equals ``rise_variable(embed_fn, query, r, key=query_key, **config)`` for each r."""
+    config = dict(config)
+    k = config.pop("num_reference_masks", 30)
+    grid, p = config.get("grid_size", 8), config.get("p", 0.5)
+    ref_masks = np.asarray(rise_masks(jax.random.fold_in(query_key, 1), k, grid, p, refs_images.shape[1:3]))
+    masked = (refs_images[:, None] * ref_masks[None, :, :, :, None]).reshape(-1, *refs_images.shape[1:])
+    embeddings = np.stack([v for _, v in sorted(_embed_rows(embed_fn, masked, range(len(masked))).items())])
+    padded = np.zeros((_bucket(len(embeddings)), embeddings.shape[1]), np.float32)
+    padded[: len(embeddings)] = embeddings
+    maps = np.asarray(rise(embed_fn, query, padded, key=jax.random.fold_in(query_key, 0), **config))
+    return maps[: len(embeddings)].reshape(len(refs_images), k, *maps.shape[1:]).mean(axis=1)
