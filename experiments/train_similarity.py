@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
 from simexplain_jax.data.pipeline import make_loader
-from simexplain_jax.models import EmbeddingNet, TypeAwareEmbedding, load_torchvision_resnet
-from simexplain_jax.models.factory import BACKBONES, backbone
+from simexplain_jax.models import load_torchvision_resnet
+from simexplain_jax.models.factory import BACKBONES, similarity_model
 from simexplain_jax.train import similarity as sim
 from simexplain_jax.train.datasets import check_dataset, similarity_data
 from simexplain_jax.train.loop import fit
@@ -52,13 +52,6 @@ def validate(config) -> None:
         raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
 
 
-def build_model(config, num_conditions: int):
-    net = backbone(config.model, width=config.width, stages=config.stages)
-    if num_conditions:
-        return TypeAwareEmbedding(net, num_conditions=num_conditions, dim=config.embedding_dim)
-    return EmbeddingNet(net, dim=config.embedding_dim)
-
-
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
@@ -68,7 +61,7 @@ def main(argv):
     data = similarity_data(config.dataset, data_dir=config.data_dir or os.path.join(workdir, "tfds"),
                            manual_dir=config.manual_dir, num_eval_pairs=config.num_eval_pairs, seed=config.seed,
                            test_pairs=config.test_pairs, progress=True)
-    model = build_model(config, data.num_conditions)
+    model = similarity_model(config, data.num_conditions)
     steps_per_epoch = max(len(data.train_source) // config.batch_size, 1)
     optimizer = sim.make_optimizer(config.learning_rate, config.lr_decay_rate,
                                    config.lr_decay_steps or steps_per_epoch)
@@ -83,7 +76,9 @@ def main(argv):
                          seed=config.seed, num_epochs=None, drop_remainder=True)
     iterator = iter(loader)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(checkpoint_dir, metric="val_auc", config=config.to_dict())
+    saved_config = dict(config.to_dict(), num_conditions=data.num_conditions, image_size=data.image_size,
+                        steps_per_epoch=steps_per_epoch)
+    checkpointer = Checkpointer(checkpoint_dir, metric="val_auc", config=saved_config)
 
     def evaluate(state):
         return {"val_auc": sim.evaluate_pairs(model, state.variables(), data.validation)}

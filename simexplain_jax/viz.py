@@ -12,6 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str, dpi: int = 100) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def normalize_map(saliency: np.ndarray) -> np.ndarray:
     """Min-max to [0, 1] for display (a flat map becomes zeros)."""
     s = np.asarray(saliency, np.float64)
@@ -49,10 +56,7 @@ def pair_gallery(path: str, queries: np.ndarray, references: np.ndarray, maps: d
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: np.ndarray | None = None,
@@ -76,7 +80,22 @@ def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: n
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
+
+
+def curves(path: str, named_curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """Mean insertion and deletion curves per method (two panels). Writes ``path``."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, (insertion, deletion) in named_curves.items():
+        t = np.linspace(0, 1, len(insertion))
+        style = "--" if name == "random" else "-"
+        axes[0].plot(t, insertion, style, label=name)
+        axes[1].plot(t, deletion, style, label=name)
+    for ax, title in zip(axes, ("insertion (higher is better)", "deletion (lower is better)")):
+        ax.set_title(title)
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("normalised similarity")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)

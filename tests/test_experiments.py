@@ -35,10 +35,18 @@ def test_bad_config_argument_fails_at_start(tmp_path):
     assert proc.returncode != 0 and "nonsense" in proc.stderr
 
 
-def test_train_similarity_runlocal_reaches_auc(tmp_path, shapes32_dir):
+@pytest.fixture(scope="module")
+def trained_similarity(tmp_path_factory, shapes32_dir):
+    """The runlocal similarity model, trained once for this module's tests."""
+    workdir = tmp_path_factory.mktemp("similarity")
     proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}")
+                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_train_similarity_runlocal_reaches_auc(trained_similarity):
+    tmp_path = trained_similarity
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test_pair_auc"] >= 0.80
     assert results["steps"] == 600 and results["seconds"] < 180
@@ -57,3 +65,27 @@ def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message)
                       f"--workdir={tmp_path}", override)
     assert proc.returncode != 0 and message in proc.stderr
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_saliency_eval_runlocal_has_every_row(tmp_path, shapes32_dir, trained_similarity):
+    proc = run_module("experiments.saliency_eval", "--config=experiments/configs/saliency_shapes.py:runlocal",
+                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}",
+                      f"--config.similarity_workdir={trained_similarity}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["method"], r["reference"]) for r in results["rows"]}
+    expected = {(m, ref) for m in ("rise", "sliding_window", "lime", "perturbation") for ref in ("fixed", "variable")}
+    expected |= {("gradient", "fixed"), ("integrated_gradients", "fixed"), ("random", "fixed")}
+    assert rows == expected and results["num_pairs"] == 8
+    for r in results["rows"]:
+        assert 0 <= r["insertion_auc"] <= 100 and 0 <= r["deletion_auc"] <= 100
+        assert 0 <= r["pointing_accuracy"] <= 1 and 0 <= r["mass_on_key"] <= 1 and r["seconds_per_pair"] > 0
+    assert "| rise | fixed |" in (tmp_path / "results.md").read_text()
+    for name in ("curves.png", "gallery.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and (tmp_path / name).stat().st_size > 10_000
+
+
+def test_saliency_eval_rejects_bad_rows(tmp_path):
+    proc = run_module("experiments.saliency_eval", "--config=experiments/configs/saliency_shapes.py:runlocal",
+                      f"--workdir={tmp_path}", "--config.rows=shap:fixed")
+    assert proc.returncode != 0 and "bad row" in proc.stderr

@@ -163,8 +163,15 @@ def test_pointing():
     saliency = np.zeros((8, 8))
     saliency[3, 3] = 2.0
     saliency[6, 6] = 1.0
-    result = sx.metrics.pointing(saliency, mask)
+    result = sx.metrics.pointing(saliency, mask, baseline="zero")
     assert result.hit and result.mass_on_key == pytest.approx(2 / 3)
+    offset = sx.metrics.pointing(saliency + 100.0, mask)  # the median baseline ignores a constant offset
+    assert offset.hit and offset.mass_on_key == pytest.approx(2 / 3)
     assert not sx.metrics.pointing(np.ones((8, 8)), mask).hit  # a flat map does not point
+    superpixel = np.zeros((8, 8))
+    superpixel[2:4, 1:4] = 1.0  # a maximal region mostly (4 of 6 pixels) on the key object
+    assert sx.metrics.pointing(superpixel, mask).hit
+    superpixel[4:8, 1:4] = 1.0
+    assert not sx.metrics.pointing(superpixel, mask).hit
     with pytest.raises(ValueError, match="key_mask"):
         sx.metrics.pointing(saliency, np.zeros((8, 8), bool))

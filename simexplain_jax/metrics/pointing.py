@@ -7,17 +7,26 @@ from typing import NamedTuple
 import numpy as np
 
 
+BASELINES = ("median", "zero")
+
+
 class Pointing(NamedTuple):
     hit: bool  # the map's maximum lies on the key object
     mass_on_key: float  # fraction of the positive saliency mass on the key object
 
 
-def pointing(saliency, key_mask) -> Pointing:
+def pointing(saliency, key_mask, baseline: str = "median") -> Pointing:
     """Pointing-game hit and positive mass on ``key_mask [H, W]`` (bool) of ``saliency [H, W]``.
 
-    Ties at the maximum count as a hit only if every maximal pixel is on the key object (a flat
-    map does not point). A map with no positive mass has ``mass_on_key`` 0.
+    With ties at the maximum (a superpixel method's best superpixel), it is a hit when most of the
+    maximal pixels lie on the key object; a flat map does not point (unless the key object covers
+    most of the image). ``mass_on_key`` is the fraction of ``max(S - b, 0)`` on the key object,
+    with ``b`` the map's median (``baseline="median"``, the default) or 0 (``"zero"``). Methods
+    differ by arbitrary offsets (a RISE map is about N times the mean similarity everywhere), so
+    mass above the typical pixel is what compares across methods. No positive mass gives 0.
     """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     s = np.asarray(saliency, np.float64)
     mask = np.asarray(key_mask, bool)
     if s.shape != mask.shape or s.ndim != 2:
@@ -27,6 +36,6 @@ def pointing(saliency, key_mask) -> Pointing:
     if not mask.any():
         raise ValueError("key_mask is empty")
     top = s == s.max()
-    positive = np.maximum(s, 0.0)
+    positive = np.maximum(s - (np.median(s) if baseline == "median" else 0.0), 0.0)
     total = positive.sum()
-    return Pointing(bool(np.all(mask[top])), float(positive[mask].sum() / total) if total > 0 else 0.0)
+    return Pointing(bool(mask[top].mean() > 0.5), float(positive[mask].sum() / total) if total > 0 else 0.0)

@@ -19,3 +19,14 @@ def backbone(name: str, *, width: int = 64, stages: int = 3) -> nn.Module:
     if name == "small_cnn":
         return SmallCNN(features=(max(width // 2, 1), width, 2 * width))
     return {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}[name](width=width, stages=stages)
+
+
+def similarity_model(config, num_conditions: int = 0) -> nn.Module:
+    """The similarity model a ``similarity_*`` config describes (``model``, ``width``, ``stages``,
+    ``embedding_dim``): an EmbeddingNet, or a TypeAwareEmbedding when there are type conditions."""
+    from simexplain_jax.models.embedding import EmbeddingNet, TypeAwareEmbedding
+
+    net = backbone(config["model"], width=config["width"], stages=config["stages"])
+    if num_conditions:
+        return TypeAwareEmbedding(net, num_conditions=num_conditions, dim=config["embedding_dim"])
+    return EmbeddingNet(net, dim=config["embedding_dim"])

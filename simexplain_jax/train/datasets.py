@@ -128,3 +128,54 @@ def similarity_data(dataset: str, *, data_dir: str, manual_dir: str = "", num_ev
         sets[split] = PairSet(_images(source, size, progress), pairs, labels, cond)
     preprocess = Preprocess(image_size=size, keys=("condition", "category", "outfit"), image_keys=("anchor", "positive"))
     return SimilarityData(train, preprocess, "outfits", size, sets["validation"], sets["test"], len(conditions))
+
+
+@dataclasses.dataclass
+class ExplanationPairs:
+    """Pairs to explain: uint8 images at model resolution, index pairs, labels, and (shapes only)
+    the key-object masks; ``conditions`` for type-aware models."""
+
+    images: np.ndarray
+    pairs: np.ndarray
+    labels: np.ndarray
+    key_masks: Optional[np.ndarray] = None
+    conditions: Optional[np.ndarray] = None
+
+
+def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
+                      num_pairs: int = 100, seed: int = 0, test_pairs: str = "") -> ExplanationPairs:
+    """Balanced pairs (or a reference pair file) of one split, with what evaluation needs."""
+    check_dataset(dataset, manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    builder.download_and_prepare(download_config=download_config)
+    source = builder.as_data_source(split)
+    name = dataset.split("/")[0]
+    if name == "shapes":
+        arrays = load_arrays(source, ["image", "label", "key_mask"])
+        pairs, labels = _sampled_pairs(arrays["label"], num_pairs, seed)
+        return ExplanationPairs(arrays["image"], pairs, labels, arrays["key_mask"])
+    id_key = "image_id" if name == "awa2" else "item_id"
+    ids = [source[i][id_key].decode() for i in range(len(source))]
+    if test_pairs:
+        pairs, labels = _listed_pairs(test_pairs, ids)
+        keep = np.concatenate([np.flatnonzero(labels == 1)[: num_pairs // 2],
+                               np.flatnonzero(labels == 0)[: num_pairs - num_pairs // 2]])  # balanced, in file order
+        pairs, labels = pairs[np.sort(keep)], labels[np.sort(keep)]
+    elif name == "awa2":
+        pairs, labels = _sampled_pairs(load_arrays(source, ["label"])["label"], num_pairs, seed)
+    else:
+        outfit_of = [source[i]["outfits"][0].decode() if len(source[i]["outfits"]) else str(i)
+                     for i in range(len(source))]
+        pairs, labels = _sampled_pairs(outfit_of, num_pairs, seed)
+    used = np.unique(pairs)
+    remap = {int(u): k for k, u in enumerate(used)}
+    images = np.stack([resize_and_center_crop(np.asarray(source[int(u)]["image"]), PAPER_IMAGE_SIZE) for u in used])
+    conditions = None
+    if name == "polyvore_outfits":
+        table = [tuple(c) for c in builder.info.metadata["type_conditions"]]
+        categories = {int(u): source[int(u)]["category"].decode() for u in used}
+        conditions = np.array([table.index(tuple(sorted((categories[a], categories[b]))))
+                               if tuple(sorted((categories[a], categories[b]))) in table else -1 for a, b in pairs])
+    pairs = np.vectorize(remap.get)(pairs)
+    return ExplanationPairs(images, pairs, labels, None, conditions)

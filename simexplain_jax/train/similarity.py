@@ -151,3 +151,33 @@ def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256)
     a, b = a * weight, b * weight
     scores = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return roc_auc(scores, pair_set.labels)
+
+
+def load_trained(checkpoint_dir: str, which: str = "best"):
+    """``(model, variables, config)`` of a model trained by ``experiments.train_similarity``.
+
+    Rebuilds the model and its optimizer from ``<checkpoint_dir>/config.json`` and restores the
+    ``best`` (or ``last``) checkpoint.
+    """
+    import json
+    import os
+
+    from simexplain_jax.checkpoint import Checkpointer
+    from simexplain_jax.models.factory import similarity_model
+
+    path = os.path.join(checkpoint_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {checkpoint_dir} a train_similarity checkpoint folder?")
+    with open(path) as f:
+        config = json.load(f)
+    model = similarity_model(config, config.get("num_conditions", 0))
+    optimizer = make_optimizer(config["learning_rate"], config["lr_decay_rate"],
+                               config["lr_decay_steps"] or config.get("steps_per_epoch", 1))
+    size = config["image_size"]
+    state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    checkpointer = Checkpointer(checkpoint_dir)
+    try:
+        state, _ = checkpointer.restore(state, which=which)
+    finally:
+        checkpointer.close()
+    return model, state.variables(), config

@@ -1,0 +1,61 @@
+"""The paper's Table 1 on the shapes benchmark, plus localisation against the key object.
+
+python -m experiments.saliency_eval --config=experiments/configs/saliency_shapes.py[:runlocal] --workdir=DIR
+
+The similarity model comes from ``similarity_workdir`` (default ``<workdir>/similarity``); when it
+has no results.json, this experiment trains it first with ``similarity_config``.
+"""
+
+import ml_collections
+
+ROWS = (("rise", "fixed"), ("rise", "variable"), ("sliding_window", "fixed"), ("sliding_window", "variable"),
+        ("lime", "fixed"), ("lime", "variable"), ("perturbation", "fixed"), ("perturbation", "variable"),
+        ("gradient", "fixed"), ("integrated_gradients", "fixed"), ("random", "fixed"))
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(",")) - {""}
+    config = ml_collections.ConfigDict()
+    config.similarity_config = "experiments/configs/similarity_shapes.py"
+    config.similarity_workdir = ""
+    config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
+    config.manual_dir = ""
+    config.split = "test"
+    config.num_pairs = 100  # half positive, half negative (as the paper)
+    config.test_pairs = ""  # a reference pair file instead of sampled pairs
+    config.seed = 0
+    config.rows = ",".join(f"{m}:{r}" for m, r in ROWS)  # override e.g. --config.rows=rise:fixed,random:fixed
+    config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
+    config.insertion_steps = 101
+    config.gallery_pairs = 4
+    config.methods = ml_collections.ConfigDict(dict(
+        rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250),
+        rise_variable=dict(num_masks=2000, grid_size=8, p=0.5, num_reference_masks=30, batch_size=250),
+        sliding_window=dict(window=16, stride=3, padding=4),
+        sliding_window_variable=dict(window=16, stride=3, padding=4, reference_window=16, reference_stride=8),
+        lime=dict(num_samples=1000, num_segments=40),
+        lime_variable=dict(num_samples=1000, num_segments=40, num_reference_masks=30),
+        perturbation=dict(num_steps=500),
+        perturbation_variable=dict(num_steps=500),
+        gradient=dict(),
+        integrated_gradients=dict(num_steps=32),
+        random=dict(),
+    ))
+    if "runlocal" in args:
+        config.similarity_config = "experiments/configs/similarity_shapes.py:runlocal"
+        config.num_pairs = 8
+        config.insertion_steps = 21
+        config.gallery_pairs = 2
+        m = config.methods
+        m.rise.num_masks = m.rise_variable.num_masks = 300
+        m.rise_variable.num_reference_masks = 4
+        m.sliding_window.update(window=8, stride=4, padding=2)
+        m.sliding_window_variable.update(window=8, stride=4, padding=2, reference_window=16, reference_stride=16)
+        m.lime.update(num_samples=150, num_segments=16)
+        m.lime_variable.update(num_samples=150, num_segments=16, num_reference_masks=4)
+        m.perturbation.num_steps = m.perturbation_variable.num_steps = 40
+        m.integrated_gradients.num_steps = 8
+    unknown = args - {"runlocal"}
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal")
+    return config
