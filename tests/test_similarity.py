@@ -36,3 +36,14 @@ def test_dimension_mismatch_raises():
         sx.similarity.cosine(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         sx.similarity.pairwise_cosine(np.ones(3), np.ones((2, 3)))
+
+
+def test_the_core_library_does_not_import_the_dataset_stack():
+    """Saliency and metrics must run where tensorflow-datasets/grain are absent (e.g. an accelerator image)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, simexplain_jax as sx, simexplain_jax.saliency, simexplain_jax.metrics, simexplain_jax.models; "
+            "bad = [m for m in ('tensorflow_datasets', 'grain') if m in sys.modules]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simexplain_jax import masks as _masks
-from simexplain_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from simexplain_jax.imageops import IMAGENET_MEAN, IMAGENET_STD
 from simexplain_jax.saliency import _common, engine
 from simexplain_jax.similarity import SimilarityFn, cosine
 
