@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -30,6 +28,7 @@ from simexplain_jax.data.preprocess import normalize_images, normalized_color
 from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.train.datasets import explanation_pairs
 from simexplain_jax.train.similarity import load_trained
+from experiments.stages import ensure_stage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/saliency_*.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -49,19 +48,6 @@ def parse_rows(rows: str):
     return parsed
 
 
-def ensure_similarity_model(config, workdir, data_dir):
-    """The similarity workdir, trained first (with its own config) when it has no results.json."""
-    sim_dir = config.similarity_workdir or os.path.join(workdir, "similarity")
-    if not os.path.exists(os.path.join(sim_dir, "results.json")):
-        logging.warning("no trained similarity model in %s: training it with %s", sim_dir, config.similarity_config)
-        command = [sys.executable, "-m", "experiments.train_similarity", f"--config={config.similarity_config}",
-                   f"--workdir={sim_dir}", f"--config.data_dir={data_dir}"]
-        if config.manual_dir:
-            command.append(f"--config.manual_dir={config.manual_dir}")
-        subprocess.run(command, check=True)
-    return sim_dir
-
-
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
@@ -69,7 +55,9 @@ def main(argv):
     rows = parse_rows(config.rows)
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
-    sim_dir = ensure_similarity_model(config, workdir, data_dir)
+    sim_dir = ensure_stage("train_similarity", config.similarity_config,
+                           config.similarity_workdir or os.path.join(workdir, "similarity"),
+                           {"data_dir": data_dir, "manual_dir": config.manual_dir})
     model, variables, sim_config = load_trained(os.path.join(sim_dir, "checkpoints"))
     data = explanation_pairs(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir,
                              split=config.split, num_pairs=config.num_pairs, seed=config.seed,

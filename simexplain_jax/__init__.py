@@ -8,10 +8,10 @@
 
 import importlib
 
-from simexplain_jax import masks, metrics, saliency, similarity
+from simexplain_jax import attributes, masks, metrics, saliency, similarity
 
 __version__ = "0.1.0"
-__all__ = ["masks", "metrics", "saliency", "similarity", "data", "models", "viz"]
+__all__ = ["attributes", "masks", "metrics", "saliency", "similarity", "data", "models", "viz"]
 _LAZY = ("data", "models", "viz")
 
 

@@ -31,10 +31,22 @@ class Checkpointer:
     ``meta`` (a JSON dict: e.g. the data iterator's state and the metrics).
     """
 
-    def __init__(self, directory: str, *, metric: str = "val_auc", mode: str = "max", config: Optional[dict] = None):
+    def __init__(self, directory: str, *, metric: Optional[str] = None, mode: str = "max",
+                 config: Optional[dict] = None):
+        """``metric=None`` reopens an existing folder with the metric it was written with."""
         self.directory = os.path.abspath(directory)
-        self.metric = metric
         os.makedirs(self.directory, exist_ok=True)
+        settings = os.path.join(self.directory, "checkpointer.json")
+        if metric is None:
+            if os.path.exists(settings):
+                with open(settings) as f:
+                    stored = json.load(f)
+                metric, mode = stored["metric"], stored["mode"]
+            else:
+                metric = "val_auc"
+        else:
+            write_json_atomic(settings, {"metric": metric, "mode": mode})
+        self.metric = metric
         options = dict(max_to_keep=1, create=True, enable_async_checkpointing=False)
         self._last = ocp.CheckpointManager(os.path.join(self.directory, "last"),
                                            options=ocp.CheckpointManagerOptions(**options))

@@ -89,3 +89,37 @@ def test_saliency_eval_rejects_bad_rows(tmp_path):
     proc = run_module("experiments.saliency_eval", "--config=experiments/configs/saliency_shapes.py:runlocal",
                       f"--workdir={tmp_path}", "--config.rows=shap:fixed")
     assert proc.returncode != 0 and "bad row" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_attributes(tmp_path_factory, shapes32_dir, trained_similarity):
+    workdir = tmp_path_factory.mktemp("attributes")
+    proc = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
+                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}",
+                      f"--config.similarity_workdir={trained_similarity}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_train_attributes_runlocal_reports_both_lambdas(trained_attributes):
+    results = json.loads((trained_attributes / "results.json").read_text())
+    assert [r["lambda"] for r in results["runs"]] == [0.0, 0.1] and results["seed"] == 0
+    for run in results["runs"]:
+        assert 0 < run["test_map"] <= 100 and run["best_epoch"] >= 1
+    shards = sorted(p.name for p in (trained_attributes / "saliency_cache").iterdir())
+    assert shards == ["meta.json", "shard_0000000.npz", "shard_0000100.npz"]
+
+
+def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attributes):
+    proc = run_module("experiments.explain_attributes",
+                      "--config=experiments/configs/explain_attributes_shapes.py:runlocal", f"--workdir={tmp_path}",
+                      f"--config.data_dir={shapes32_dir}", f"--config.attributes_workdir={trained_attributes}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    settings = [(r["selector"], r["w"]) for r in results["rows"]]
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert settings == [("paper", w) for w in weights] + [("pair_aware", w) for w in weights] + [("random", None)]
+    for r in results["rows"]:
+        assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
+    assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
+    assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"

@@ -148,3 +148,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert (tmp_path / "b" / "config.json").exists()
     assert sorted(p.name for p in (tmp_path / "b" / "last").iterdir() if p.name.isdigit()) == ["7"]
     assert len([p for p in (tmp_path / "b" / "best").iterdir() if p.name.isdigit()]) == 1
+
+
+def test_checkpointer_remembers_its_metric(tmp_path):
+    from simexplain_jax.checkpoint import Checkpointer
+
+    _, _, state = small_setup()
+    writer = Checkpointer(str(tmp_path), metric="val_map", config={"x": 1})
+    writer.save_best(1, state, {"step": 1}, {"val_map": 0.5})
+    writer.close()
+    reader = Checkpointer(str(tmp_path))  # reopened without naming the metric
+    assert reader.metric == "val_map" and reader.best_step() == 1
+    reader.close()

@@ -88,13 +88,18 @@ class _ConditionApply:
         return self.model.apply(variables, images, conditions, train=False, method=TypeAwareEmbedding.embed)
 
 
+def inference_fn(model: nn.Module, variables) -> Partial:
+    """The pure ``images -> model outputs`` function of any model in inference mode (a Partial)."""
+    return Partial(_InferenceApply(model), variables)
+
+
 def embed_fn(model: nn.Module, variables) -> Partial:
     """The pure ``images [B, H, W, C] -> [B, D]`` function of ``model`` in inference mode.
 
     A ``jax.tree_util.Partial``: the variables travel through ``jit`` as arguments, so new
     weights of the same shapes reuse compiled saliency programs.
     """
-    return Partial(_InferenceApply(model), variables)
+    return inference_fn(model, variables)
 
 
 def condition_embed_fn(model: TypeAwareEmbedding, variables, condition) -> Partial:

@@ -140,6 +140,7 @@ class ExplanationPairs:
     labels: np.ndarray
     key_masks: Optional[np.ndarray] = None
     conditions: Optional[np.ndarray] = None
+    scenes: Optional[list] = None  # shapes: each image's scene JSON
 
 
 def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
@@ -152,9 +153,10 @@ def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", spli
     source = builder.as_data_source(split)
     name = dataset.split("/")[0]
     if name == "shapes":
-        arrays = load_arrays(source, ["image", "label", "key_mask"])
+        arrays = load_arrays(source, ["image", "label", "key_mask", "scene"])
         pairs, labels = _sampled_pairs(arrays["label"], num_pairs, seed)
-        return ExplanationPairs(arrays["image"], pairs, labels, arrays["key_mask"])
+        return ExplanationPairs(arrays["image"], pairs, labels, arrays["key_mask"],
+                                scenes=[s.decode() for s in arrays["scene"]])
     id_key = "image_id" if name == "awa2" else "item_id"
     ids = [source[i][id_key].decode() for i in range(len(source))]
     if test_pairs:
@@ -179,3 +181,37 @@ def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", spli
                                if tuple(sorted((categories[a], categories[b]))) in table else -1 for a, b in pairs])
     pairs = np.vectorize(remap.get)(pairs)
     return ExplanationPairs(images, pairs, labels, None, conditions)
+
+
+@dataclasses.dataclass
+class AttributeSplit:
+    images: np.ndarray  # uint8 [N, H, W, 3] at model resolution
+    attributes: np.ndarray  # bool [N, A]
+    groups: np.ndarray  # [N]: class label, or the first outfit (Polyvore), for positive references
+    ids: list
+
+
+def attribute_splits(dataset: str, *, data_dir: str, manual_dir: str = "") -> dict[str, AttributeSplit]:
+    """Train / validation / test images with attribute labels, for the attribute predictor."""
+    check_dataset(dataset, manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    builder.download_and_prepare(download_config=download_config)
+    name = dataset.split("/")[0]
+    out = {}
+    for split in ("train", "validation", "test"):
+        source = builder.as_data_source(split)
+        if name == "shapes":
+            arrays = load_arrays(source, ["image", "attributes", "label", "image_id"])
+            out[split] = AttributeSplit(arrays["image"], arrays["attributes"], arrays["label"],
+                                        [i.decode() for i in arrays["image_id"]])
+            continue
+        id_key = "image_id" if name == "awa2" else "item_id"
+        records = [source[i] for i in range(len(source))]
+        groups = [r["label"] if name == "awa2" else (r["outfits"][0].decode() if len(r["outfits"]) else str(i))
+                  for i, r in enumerate(records)]
+        _, group_ids = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+        out[split] = AttributeSplit(
+            np.stack([resize_and_center_crop(np.asarray(r["image"]), PAPER_IMAGE_SIZE) for r in records]),
+            np.stack([r["attributes"] for r in records]), group_ids, [r[id_key].decode() for r in records])
+    return out

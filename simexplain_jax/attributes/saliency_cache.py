@@ -1,0 +1,56 @@
+"""The training-saliency cache of Eq. 2: for every training image, up to R saliency maps against
+positive references, computed query-major through ``explain_pairs`` (one pass over the masks per
+image for all its references), resized to the activation-map grid and stored in shards.
+
+Layout: ``<directory>/meta.json`` and ``shard_<start>.npz`` (``maps [S, R, g, g]``, ``valid [S, R]``),
+each written atomically; a rerun loads finished shards and computes only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simexplain_jax.saliency.cache import SaliencyCache
+from simexplain_jax.saliency.pairs import explain_pairs
+
+
+def resize_maps(maps: np.ndarray, grid: int) -> np.ndarray:
+    """``[N, H, W] -> [N, grid, grid]`` by area-weighted (antialiased) linear resizing."""
+    return np.asarray(jax.image.resize(jnp.asarray(maps), (maps.shape[0], grid, grid), "linear", antialias=True))
+
+
+def training_saliency(method: str, embed_fn, images: np.ndarray, references: Sequence[Sequence[int]], *,
+                      key: jax.Array, config: dict, grid: int, max_references: int, directory: str,
+                      shard_size: int = 256, progress: Optional[Callable[[int], None]] = None):
+    """``(maps [Q, R, grid, grid] float32, valid [Q, R] bool)`` for the first Q = ``len(references)``
+    of ``images`` (normalised ``[N, H, W, C]``) against ``references[i]`` (indices into all of
+    ``images``; at most R of them are used)."""
+    n = len(references)
+    cache = SaliencyCache(directory, {"method": method, "config": config, "grid": grid, "R": max_references,
+                                      "num_queries": n, "num_images": len(images), "shard_size": shard_size})
+    maps = np.zeros((n, max_references, grid, grid), np.float32)
+    valid = np.zeros((n, max_references), bool)
+    for start in range(0, n, shard_size):
+        stop = min(start + shard_size, n)
+        path = os.path.join(directory, f"shard_{start:07d}.npz")
+        if os.path.exists(path):
+            with np.load(path) as data:
+                maps[start:stop], valid[start:stop] = data["maps"], data["valid"]
+        else:
+            pairs = [(i, r) for i in range(start, stop) for r in list(references[i])[:max_references]]
+            if pairs:
+                full = explain_pairs(method, embed_fn, images, images, key=key, pairs=np.array(pairs), config=config)
+                small = resize_maps(full, grid)
+                slot = {i: 0 for i in range(start, stop)}
+                for (i, _), m in zip(pairs, small):
+                    maps[i, slot[i]], valid[i, slot[i]] = m, True
+                    slot[i] += 1
+            cache._write_atomic(path, lambda f: np.savez(f, maps=maps[start:stop], valid=valid[start:stop]))
+        if progress:
+            progress(stop - start)
+    return maps, valid

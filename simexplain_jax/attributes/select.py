@@ -1,0 +1,80 @@
+"""Choosing the attribute that explains a match (SPEC.md section 4).
+
+Candidates are the attributes the predictor believes present in the query (calibrated
+thresholds). ``paper``: rank by ``w * confidence(a | q) + (1 - w) * match(S(q, r), AAM_a(q))``.
+``pair_aware`` (ours): an attribute that explains a match should be shared by both images, so
+candidates must be present in the query and in the reference, and the match term averages the
+query's agreement (its map of q against r vs. q's activation map) and the reference's (its map of
+r against q vs. r's activation map). ``confidence`` is the sigmoid of the score; ``match`` is the
+cosine similarity of the softmax-normalised saliency map (as in Eq. 2) and the attribute's spatial
+softmax, both on the activation-map grid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+SELECTORS = ("paper", "pair_aware", "random")
+
+
+class Explanation(NamedTuple):
+    attributes: list  # indices, best first
+    scores: list  # their ranking scores
+
+
+def _softmax(x):
+    x = np.asarray(x, np.float64).reshape(*np.shape(x)[:-2], -1) if np.ndim(x) >= 2 else np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def map_match(saliency: np.ndarray, aams: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the standardised, softmaxed saliency map ``[g, g]`` with each attribute's
+    spatial softmax (``aams [g, g, A]``) -> ``[A]``."""
+    s = np.asarray(saliency, np.float64)
+    s = (s - s.mean()) / (s.std() + 1e-6)
+    target = _softmax(s[None])[0]  # [g*g]
+    attention = _softmax(np.moveaxis(np.asarray(aams, np.float64), -1, 0))  # [A, g*g]
+    return attention @ target / (np.linalg.norm(attention, axis=1) * np.linalg.norm(target) + 1e-12)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def select(query_scores, query_aams, query_saliency, thresholds, *, w: float = 0.5, selector: str = "paper",
+           reference_scores=None, reference_aams=None, reference_saliency=None, top_k: int = 3,
+           rng: Optional[np.random.Generator] = None) -> Explanation:
+    """The top ``top_k`` attributes explaining a pair, with their scores (see the module docstring).
+
+    ``query_scores [A]``, ``query_aams [g, g, A]``, ``query_saliency [g, g]`` (the query's map
+    against the reference, resized to the grid); ``thresholds`` a ``Thresholds``. ``pair_aware``
+    needs the reference's three as well; ``random`` orders the query's candidates at random.
+    """
+    if selector not in SELECTORS:
+        raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"w must be in [0, 1], got {w}")
+    present = thresholds.present(query_scores)
+    if selector == "random":
+        candidates = np.flatnonzero(present)
+        order = (rng or np.random.default_rng(0)).permutation(candidates)[:top_k]
+        return Explanation(order.tolist(), [float("nan")] * len(order))
+    confidence = sigmoid(query_scores)
+    match = map_match(query_saliency, query_aams)
+    if selector == "pair_aware":
+        if reference_scores is None or reference_aams is None or reference_saliency is None:
+            raise ValueError("selector='pair_aware' needs reference_scores, reference_aams and reference_saliency")
+        present = present & thresholds.present(reference_scores)
+        confidence = np.sqrt(confidence * sigmoid(reference_scores))
+        match = 0.5 * (match + map_match(reference_saliency, reference_aams))
+    ranking = w * confidence + (1.0 - w) * match
+    candidates = np.flatnonzero(present)
+    order = candidates[np.argsort(-ranking[candidates], kind="stable")][:top_k]
+    return Explanation(order.tolist(), ranking[order].tolist())
+
+
+def top_names(explanation: Explanation, names: Sequence[str]) -> list[str]:
+    return [names[a] for a in explanation.attributes]

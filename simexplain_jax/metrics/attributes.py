@@ -1,0 +1,31 @@
+"""Attribute recognition: mean average precision (scikit-learn's average precision), x 1."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def average_precision(scores, labels) -> float:
+    """AP of one attribute: mean over positives of the precision at their rank (ties: a tied group
+    is ranked as a whole, as scikit-learn's step-wise precision/recall curve)."""
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tied group
+    tp = np.cumsum(y)[distinct]
+    fp = (distinct + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores, labels) -> float:
+    """Mean AP over the attributes with at least one positive: ``scores, labels [N, A]``."""
+    scores, labels = np.asarray(scores), np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be [N, A]")
+    columns = [a for a in range(labels.shape[1]) if labels[:, a].any()]
+    if not columns:
+        raise ValueError("no attribute has a positive example")
+    return float(np.mean([average_precision(scores[:, a], labels[:, a]) for a in columns]))

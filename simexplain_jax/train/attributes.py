@@ -1,0 +1,95 @@
+"""Training the attribute predictor: classification plus lambda x saliency matching (Eq. 2).
+
+Batches: ``{"image" [B, H, W, C], "attributes" [B, A], "saliency" [B, R, g, g], "valid" [B, R]}``
+with g the activation-map grid. The step is jitted with the state donated; batch norm runs in
+training mode and its statistics are carried in the state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from simexplain_jax.attributes.losses import classification_loss, saliency_matching_loss, saliency_targets
+from simexplain_jax.metrics.attributes import mean_average_precision
+from simexplain_jax.models.attributes import spatial_softmax
+from simexplain_jax.train.similarity import TrainState
+
+
+def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: float,
+                        classification: str = "sigmoid_bce", normalize: str = "zscore") -> Callable:
+    """``step(state, batch) -> (state, {"loss", "classification", "matching"})``."""
+
+    def loss_fn(params, state, batch):
+        (scores, aams), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                              train=True, mutable=["batch_stats"])
+        cls = classification_loss(scores, batch["attributes"], classification)
+        if aams.shape[1:3] != batch["saliency"].shape[-2:]:
+            raise ValueError(f"saliency maps are {batch['saliency'].shape[-2:]} but the activation maps are "
+                             f"{aams.shape[1:3]}: cache them at the activation-map grid")
+        matching = saliency_matching_loss(spatial_softmax(aams), saliency_targets(batch["saliency"], normalize),
+                                          batch["valid"], batch["attributes"])
+        return cls + lam * matching, (cls, matching, updates["batch_stats"])
+
+    def step(state: TrainState, batch):
+        (loss, (cls, matching, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             batch_stats=stats, opt_state=opt_state), {
+            "loss": loss, "classification": cls, "matching": matching}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+@jax.jit
+def _predict_chunk(model_apply, images):
+    return model_apply(images)
+
+
+def predict(model, variables, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [N, A], aams [N, h, w, A])`` of normalised ``images`` in inference mode."""
+    from simexplain_jax.models.embedding import inference_fn
+
+    apply = inference_fn(model, variables)
+    scores, aams = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+        s, m = _predict_chunk(apply, jnp.asarray(chunk))
+        scores.append(np.asarray(s)[: batch_size - pad])
+        aams.append(np.asarray(m)[: batch_size - pad])
+    return np.concatenate(scores), np.concatenate(aams)
+
+
+def evaluate_map(model, variables, images: np.ndarray, labels: np.ndarray) -> float:
+    return mean_average_precision(predict(model, variables, images)[0], labels)
+
+
+def load_attribute_predictor(checkpoint_dir: str, which: str = "best"):
+    """``(model, variables, config)`` of a predictor trained by ``experiments.train_attributes``."""
+    import json
+    import os
+
+    from simexplain_jax.checkpoint import Checkpointer
+    from simexplain_jax.models.attributes import AttributePredictor
+    from simexplain_jax.models.factory import backbone
+    from simexplain_jax.train.similarity import create_train_state, make_optimizer
+
+    with open(os.path.join(checkpoint_dir, "config.json")) as f:
+        config = json.load(f)
+    model = AttributePredictor(backbone(config["model"], width=config["width"], stages=config["stages"]),
+                               config["num_attributes"])
+    optimizer = make_optimizer(config["learning_rate"], config["lr_decay_rate"], config["steps_per_epoch"])
+    size = config["image_size"]
+    state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    checkpointer = Checkpointer(checkpoint_dir)
+    try:
+        state, _ = checkpointer.restore(state, which=which)
+    finally:
+        checkpointer.close()
+    return model, state.variables(), config
