@@ -4,7 +4,8 @@ game and the saliency mass on the key object (positive pairs).
 
     python -m experiments.saliency_eval --config=experiments/configs/saliency_shapes.py:runlocal --workdir=DIR
 
-Writes ``results.json`` (``rows``: method, reference, insertion_auc, deletion_auc,
+Maps are cached per method under ``<workdir>/cache`` (one file per query), so a killed run
+resumes without recomputing finished pairs. Writes ``results.json`` (``rows``: method, reference, insertion_auc, deletion_auc,
 pointing_accuracy, mass_on_key, seconds_per_pair; ``num_pairs``, ``num_positive``, ...),
 ``results.md``, ``curves.png`` (mean insertion/deletion curves) and ``gallery.png``.
 """
@@ -79,8 +80,10 @@ def main(argv):
         start = time.perf_counter()
         for condition in np.unique(conditions):
             chosen = np.flatnonzero(conditions == condition)
+            cache_dir = os.path.join(workdir, "cache", name if condition < 0 else f"{name}_c{condition}")
             maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), images, images, key=key,
-                                                     pairs=data.pairs[chosen], config=options, progress=bar.update)
+                                                     pairs=data.pairs[chosen], config=options, progress=bar.update,
+                                                     cache_dir=cache_dir)
         seconds = time.perf_counter() - start
         bar.close()
         insertion, deletion, hits, mass = [], [], [], []

@@ -1,12 +1,12 @@
-"""The main job: explain matched pairs with RISE and sliding window, score the maps, draw them.
+"""The main job: data -> similarity model -> saliency evaluation -> attribute predictor ->
+attribute explanations -> an HTML report.
 
     python -m experiments.sane --config=experiments/configs/sane_shapes.py --workdir=workdir/demo
 
-Writes to the workdir: results.json (per pair and mean insertion/deletion AUC x100 per method,
-seconds per pair), results.md (the same as a table) and pairs.png (query, reference, overlays).
-This version explains an untrained small CNN on positive pairs (same class) of the shapes
-benchmark's test split, built into ``config.data_dir`` (default ``<workdir>/tfds``) on first use;
-later versions train the model first.
+Stages run as their own experiment modules into ``<workdir>/{similarity,saliency,attributes,
+explanations}`` and are skipped when their ``results.json`` exists; saliency maps are cached per
+query, so a run killed at any point resumes where it stopped. Writes ``<workdir>/report.html``
+(self-contained: tables, curves, galleries) and ``<workdir>/results.json`` (every stage's results).
 """
 
 from __future__ import annotations
@@ -15,102 +15,87 @@ import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
-from tqdm import tqdm
 
-import simexplain_jax as sx
+from experiments.stages import ensure_stage
 from simexplain_jax import viz
-import tensorflow_datasets as tfds
+from simexplain_jax.checkpoint import write_json_atomic
 
-import simexplain_jax.data  # noqa: F401  (registers the builders)
-from simexplain_jax.data import pairs
-from simexplain_jax.data.preprocess import normalize_images, normalized_color
-from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (experiments/configs/*.py)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/sane_*.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODELS = {"small_cnn": lambda: SmallCNN(), "resnet18": lambda: ResNet18(stages=3)}
+
+def _flatten(overrides: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested stage overrides as --config.a.b=1 flags."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
-def build_embed_fn(config):
-    if config.model not in MODELS:
-        raise ValueError(f"config.model must be one of {sorted(MODELS)}, got {config.model!r}")
-    if config.embedding_dim < 1:
-        raise ValueError(f"config.embedding_dim must be >= 1, got {config.embedding_dim}")
-    net = EmbeddingNet(MODELS[config.model](), config.embedding_dim)
-    variables = net.init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)))
-    return embed_fn(net, variables)
+def _load(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        return json.load(f)
 
 
-def load_positive_pairs(config, workdir):
-    """``config.num_pairs`` same-class pairs from the shapes test split: uint8 queries, references."""
-    builder = tfds.builder(f"shapes/{config.image_size}px", data_dir=config.data_dir or os.path.join(workdir, "tfds"))
-    builder.download_and_prepare()
-    source = builder.as_data_source("test")
-    labels = [source[i]["label"] for i in range(len(source))]
-    positives = [p for p in pairs.sample_pairs(labels, 2 * config.num_pairs, seed=config.seed) if p.label][: config.num_pairs]
-    queries = np.stack([source[int(p.query)]["image"] for p in positives])
-    references = np.stack([source[int(p.reference)]["image"] for p in positives])
-    return queries, references
+def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
+    sim, sal, attr, expl = (results[k] for k in ("similarity", "saliency", "attributes", "explanations"))
+    sections = [("Summary", (
+        f"<p>Dataset <b>{sim['dataset']}</b>; similarity model <b>{sim['model']}</b> with test pair AUC "
+        f"<b>{sim['test_pair_auc']:.4f}</b> ({sim['steps']} steps). Saliency: {sal['num_pairs']} test pairs "
+        f"({sal['num_positive']} positive). Attribute explanations: {expl['num_pairs']} positive pairs; "
+        f"oracle: {expl['oracle']}.</p>"))]
+    sections.append(("Explained matches: saliency and the attribute that explains each match",
+                     "<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
+                     "(pair-aware selector, w = 0.5) with their scores and the ground truth.</p>"
+                     + viz.image_html(os.path.join(folders["explanations"], "gallery.png"), "attribute gallery",
+                                      "60%")))
+    sections.append(("Saliency methods (insertion / deletion AUC x100; pointing on the key object)",
+                     viz.table_html(sal["rows"], ["method", "reference", "insertion_auc", "deletion_auc",
+                                                  "pointing_accuracy", "mass_on_key", "seconds_per_pair"])
+                     + viz.image_html(os.path.join(folders["saliency"], "curves.png"), "curves", "80%")
+                     + viz.image_html(os.path.join(folders["saliency"], "gallery.png"), "saliency gallery")))
+    sections.append(("Attribute predictor (test mAP x100, same seed)",
+                     viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
+    sections.append(("Attribute explanations (ground truth and counterfactual oracle)",
+                     viz.table_html(expl["rows"], ["selector", "w", "gt_top1", "gt_top3", "oracle_agreement",
+                                                   "mean_similarity_drop"])))
+    return sections
 
 
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
-    embed = build_embed_fn(config)
-    queries_u8, references_u8 = load_positive_pairs(config, workdir)
-    queries, references = normalize_images(queries_u8), normalize_images(references_u8)
-    ref_embeddings = jax.jit(lambda f, x: f(x))(embed, jnp.asarray(references))
-    background = normalized_color(config.insertion_deletion.background)
-    key = jax.random.key(config.seed)
-    metric_options = dict(config.insertion_deletion.to_dict(), background=background)
-
-    methods = {
-        "rise": lambda q, r: sx.saliency.rise(embed, q, r, key=key, **config.rise),
-        "sliding_window": lambda q, r: sx.saliency.sliding_window(embed, q, r, **config.sliding_window),
-    }
-    maps = {name: [] for name in methods}
-    rows = []
-    for i in tqdm(range(config.num_pairs), desc="pairs", unit="pair"):
-        row = {"pair": i, "similarity": float(sx.similarity.cosine(embed(queries[i][None])[0], ref_embeddings[i]))}
-        for name, method in methods.items():
-            start = time.perf_counter()
-            saliency = jax.block_until_ready(method(queries[i], ref_embeddings[i]))
-            seconds = time.perf_counter() - start
-            scores = sx.metrics.insertion_deletion(embed, queries[i], ref_embeddings[i], saliency,
-                                                   **metric_options)
-            maps[name].append(np.asarray(saliency))
-            row[name] = {"insertion_auc": 100 * float(scores.insertion_auc),
-                         "deletion_auc": 100 * float(scores.deletion_auc), "seconds": seconds}
-        rows.append(row)
-
-    summary = {name: {metric: float(np.mean([r[name][metric] for r in rows]))
-                      for metric in ("insertion_auc", "deletion_auc", "seconds")} for name in methods}
-    figure = viz.pair_gallery(
-        os.path.join(workdir, "pairs.png"), queries_u8, references_u8, {k: np.stack(v) for k, v in maps.items()},
-        captions={name: [f"ins {r[name]['insertion_auc']:.0f} / del {r[name]['deletion_auc']:.0f}" for r in rows]
-                  for name in methods},
-        title="shapes test pairs (same class), untrained small CNN: which query regions drive the similarity")
-    results = {"num_pairs": config.num_pairs, "summary": summary, "pairs": rows, "figure": figure,
-               "config": config.to_dict()}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    lines = ["| method | insertion AUC x100 (higher is better) | deletion AUC x100 (lower is better) | s / pair |",
-             "|---|---|---|---|"]
-    lines += [f"| {name} | {s['insertion_auc']:.1f} | {s['deletion_auc']:.1f} | {s['seconds']:.3f} |"
-              for name, s in summary.items()]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    logging.info("wrote %s", workdir)
-    print("\n".join(lines))
-    print(f"results: {os.path.join(workdir, 'results.json')}; figure: {figure}")
+    start = time.perf_counter()
+    data_dir = os.path.abspath(config.data_dir or os.path.join(workdir, "tfds"))
+    folders = {name: os.path.join(workdir, name) for name in ("similarity", "saliency", "attributes", "explanations")}
+    stages = config.stages
+    ensure_stage("train_similarity", config.similarity_config, folders["similarity"],
+                 {"data_dir": data_dir, **_flatten(stages.similarity.to_dict())})
+    ensure_stage("saliency_eval", config.saliency_config, folders["saliency"],
+                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **_flatten(stages.saliency.to_dict())})
+    ensure_stage("train_attributes", config.attributes_config, folders["attributes"],
+                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **_flatten(stages.attributes.to_dict())})
+    ensure_stage("explain_attributes", config.explain_config, folders["explanations"],
+                 {"data_dir": data_dir, "attributes_workdir": folders["attributes"], **_flatten(stages.explanations.to_dict())})
+    results = {name: _load(folder) for name, folder in folders.items()}
+    for run in results["attributes"]["runs"]:
+        run.pop("history", None)
+    report = viz.write_report(os.path.join(workdir, "report.html"), "simexplain_jax: why do these match?",
+                              report_sections(results, folders))
+    results["seconds_this_invocation"] = time.perf_counter() - start
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    print("wrote:")
+    for name, folder in folders.items():
+        print(f"  {name:13s} {folder}")
+    print(f"  report        {report}\n  results       {os.path.join(workdir, 'results.json')}")
+    print(f"similarity test AUC {results['similarity']['test_pair_auc']:.4f}; "
+          f"{time.perf_counter() - start:.0f} s this run")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from simexplain_jax.models import embed_fn
 from simexplain_jax.models.attributes import AttributePredictor
 from simexplain_jax.models.factory import backbone
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.attributes import evaluate_map, make_attribute_step
+from simexplain_jax.train.attributes import evaluate_map, make_attribute_step, predict
+from simexplain_jax.attributes import Thresholds
+import tensorflow_datasets as tfds
 from simexplain_jax.train.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
@@ -42,9 +44,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def predictor_config(config, num_attributes: int, image_size: int) -> dict:
-    return {"model": config.model, "width": config.width, "stages": config.stages, "num_attributes": num_attributes,
-            "image_size": image_size, "learning_rate": config.learning_rate, "lr_decay_rate": config.lr_decay_rate}
+def predictor_config(config, attribute_names: list, image_size: int) -> dict:
+    return {"model": config.model, "width": config.width, "stages": config.stages,
+            "num_attributes": len(attribute_names), "attribute_names": attribute_names, "image_size": image_size,
+            "learning_rate": config.learning_rate, "lr_decay_rate": config.lr_decay_rate}
 
 
 def main(argv):
@@ -64,6 +67,7 @@ def main(argv):
     train = splits["train"]
     images = normalize_images(train.images)
     num_attributes = train.attributes.shape[1]
+    attribute_names = list(tfds.builder(sim_config["dataset"], data_dir=data_dir).info.metadata["attribute_names"])
 
     # the training saliency cache (query-major through explain_pairs), for the first cache_images images
     references = positive_references(groups_from_labels(train.groups.tolist()), len(images), config.max_references,
@@ -100,7 +104,7 @@ def main(argv):
                                     num_epochs=None, drop_remainder=True))
         checkpoint_dir = os.path.join(workdir, f"lambda_{lam:g}", "checkpoints")
         checkpointer = Checkpointer(checkpoint_dir, metric="val_map",
-                                    config=dict(predictor_config(config, num_attributes, images.shape[1]),
+                                    config=dict(predictor_config(config, attribute_names, images.shape[1]),
                                                 **{"lambda": lam, "steps_per_epoch": steps_per_epoch}))
         num_steps = config.num_epochs * steps_per_epoch
         bar = tqdm(total=num_steps, desc=f"attributes lambda={lam:g}", unit="step",
@@ -120,6 +124,11 @@ def main(argv):
         best_step = checkpointer.best_step()
         best = checkpointer.restore(state, which="best")[0]
         checkpointer.close()
+        # presence thresholds for users of this checkpoint (experiments.explain), from validation data only
+        val_scores = predict(predictor, best.variables(), val_images)[0]
+        thresholds = Thresholds.fit(val_scores, splits["validation"].attributes, split="validation")
+        write_json_atomic(os.path.join(checkpoint_dir, "thresholds.json"),
+                          {"split": thresholds.split, "values": [float(v) for v in thresholds.values]})
         runs.append({"lambda": lam,
                      "test_map": 100 * evaluate_map(predictor, best.variables(), test_images, splits["test"].attributes),
                      "val_map": 100 * evaluate_map(predictor, best.variables(), val_images,

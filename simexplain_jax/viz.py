@@ -99,3 +99,46 @@ def curves(path: str, named_curves: dict[str, tuple[np.ndarray, np.ndarray]]) ->
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def image_html(path: str, alt: str = "", width: str = "100%") -> str:
+    """An ``<img>`` with the PNG embedded as base64 (the page needs no other file)."""
+    import base64
+    import html
+
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width:{width}">'
+
+
+def table_html(rows: Sequence[dict], columns: Sequence[str], digits: int = 3) -> str:
+    """An HTML table of ``rows`` (dicts) over ``columns``; floats rounded, None shown as a dash."""
+    import html
+
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.{digits}f}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(path: str, title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """A self-contained HTML page: ``sections`` are (heading, HTML fragment). Writes ``path``."""
+    import html
+
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}th{background:#f0f0f0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}")
+    body = "".join(f'<section id="s{i}"><h2>{html.escape(h)}</h2>{fragment}</section>'
+                   for i, (h, fragment) in enumerate(sections))
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(page)
+    return path

@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,20 +16,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_module(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
-
-
-def test_sane_demo_runlocal_writes_results_and_figure(tmp_path, shapes32_dir):
-    proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
-                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["num_pairs"] == 2
-    for method in ("rise", "sliding_window"):
-        for metric in ("insertion_auc", "deletion_auc"):
-            assert 0.0 <= results["summary"][method][metric] <= 100.0
-    png = (tmp_path / "pairs.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "| rise |" in (tmp_path / "results.md").read_text()
 
 
 def test_bad_config_argument_fails_at_start(tmp_path):
@@ -123,3 +112,124 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def sane_run(tmp_path_factory, shapes32_dir, trained_similarity):
+    """The main job, runlocal, reusing the module's trained similarity model as its first stage."""
+    workdir = tmp_path_factory.mktemp("sane")
+    shutil.copytree(trained_similarity, workdir / "similarity")
+    start = time.perf_counter()
+    proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
+                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, time.perf_counter() - start, proc.stdout
+
+
+def test_sane_runlocal_writes_report_and_results(sane_run):
+    workdir, seconds, stdout = sane_run
+    assert seconds < 180
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results) >= {"similarity", "saliency", "attributes", "explanations"}
+    assert {r["method"] for r in results["saliency"]["rows"]} == {"rise", "sliding_window", "lime", "random"}
+    page = (workdir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
+    assert "report" in stdout and str(workdir / "report.html") in stdout
+
+
+def test_sane_rerun_reuses_every_stage(sane_run, shapes32_dir):
+    workdir, _, _ = sane_run
+    stamps = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
+    start = time.perf_counter()
+    proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
+                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.perf_counter() - start < 60
+    assert {p: p.stat().st_mtime for p in workdir.glob("*/results.json")} == stamps and len(stamps) == 4
+
+
+def test_saliency_eval_resumes_from_its_cache(tmp_path, shapes32_dir, trained_similarity):
+    args = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--workdir={tmp_path}",
+            f"--config.data_dir={shapes32_dir}", f"--config.similarity_workdir={trained_similarity}",
+            "--config.rows=rise:fixed"]
+    assert run_module("experiments.saliency_eval", *args).returncode == 0
+    first = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    cached = sorted((tmp_path / "cache" / "rise").glob("q*.npz"))
+    assert cached
+    cached[-1].unlink()  # as if the run had been killed before its last query
+    stamps = {p: p.stat().st_mtime for p in cached[:-1]}
+    assert run_module("experiments.saliency_eval", *args).returncode == 0
+    assert {p: p.stat().st_mtime for p in cached[:-1]} == stamps and cached[-1].exists()
+    again = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert again["insertion_auc"] == pytest.approx(first["insertion_auc"], rel=1e-5)
+
+
+def chromium():
+    path = shutil.which("chromium")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=600)
+        path = shutil.which("chromium")
+    return path
+
+
+def test_report_renders_in_headless_chromium(sane_run, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed and could not be installed (apt-get unavailable or failed)")
+    workdir, _, _ = sane_run
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                           "--window-size=1400,2400", f"--screenshot={shot}", f"file://{workdir / 'report.html'}"],
+                          capture_output=True, text=True, timeout=120)
+    console_errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
+    assert not console_errors, console_errors
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (2400, 1400) and image.std() > 20  # not a blank page: the gallery is there
+
+
+def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_attributes):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (90, 40, 3), dtype=np.uint8)).save(tmp_path / "b.jpg", format="JPEG")
+    Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8), mode="L").save(tmp_path / "c.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    attributes = trained_attributes / "lambda_0" / "checkpoints"
+    proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--query={tmp_path / 'a.png'}",
+                      f"--reference={tmp_path / 'b.jpg'}", f"--attributes={attributes}", "--num_masks=100",
+                      f"--out={tmp_path / 'out1'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "similarity" in proc.stdout and "top attributes" in proc.stdout
+    assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "pairs.txt").write_text("a b 1\nbroken c 0\nc a 0\n")
+    proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--pairs={tmp_path / 'pairs.txt'}",
+                      f"--image_dir={tmp_path}", "--method=sliding_window", f"--out={tmp_path / 'out2'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "broken.png" in proc.stderr and proc.stdout.count("similarity") == 2
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["pair_0000.png", "pair_0002.png"]
+
+
+@pytest.mark.parametrize("variant", [None, "runlocal"])
+def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
+    import importlib
+
+    from experiments.sane import _flatten
+
+    names = [f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments", "configs"))
+             if f.endswith(".py") and f not in ("__init__.py", "common.py")]
+    configs = {n: importlib.import_module(f"experiments.configs.{n}").get_config(variant) for n in names}
+    sane = configs["sane_shapes"]
+    for stage, field in (("similarity", "similarity_config"), ("saliency", "saliency_config"),
+                         ("attributes", "attributes_config"), ("explanations", "explain_config")):
+        target = configs[os.path.basename(getattr(sane, field).split(":")[0])[:-3]]
+        for key in _flatten(getattr(sane.stages, stage).to_dict()):
+            node = target
+            for part in key.split("."):
+                assert part in node, f"sane stage {stage} overrides {key}, which its config does not have"
+                node = node[part]
