@@ -68,6 +68,8 @@ def run(
     *,
     accumulate_maps: bool = True,
     return_scores: bool = False,
+    index_offset=0,
+    num_local: Optional[int] = None,
 ) -> EngineResult:
     """Runs the chunked loop; call inside ``jit``.
 
@@ -80,15 +82,20 @@ def run(
       similarity: broadcasting similarity, see ``simexplain_jax.similarity``.
       accumulate_maps: accumulate ``weighted`` and ``mask_sum`` (needs ``perturb`` to return masks).
       return_scores: also return the ``[N, K]`` scores.
+      index_offset, num_local: process only perturbations ``index_offset .. index_offset +
+        num_local - 1`` (one device's share when the masks of one pair are split over a mesh;
+        ``index_offset`` may be traced). Default: all N.
     """
-    batch_size = max(1, min(int(batch_size), int(num_items)))
-    chunks = num_chunks(num_items, batch_size)
+    num_local = int(num_items if num_local is None else num_local)
+    batch_size = max(1, min(int(batch_size), num_local))
+    chunks = num_chunks(num_local, batch_size)
     num_refs = reference_embeddings.shape[0]
 
     def step(carry, chunk):
         weighted, mask_sum = carry
-        indices = chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
-        valid = (indices < num_items).astype(jnp.float32)  # [B]
+        local = chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
+        indices = index_offset + local
+        valid = ((local < num_local) & (indices < num_items)).astype(jnp.float32)  # [B]
         images, masks = perturb(indices)
         embeddings = embed_fn(images)
         scores = pairwise(similarity, embeddings, reference_embeddings)  # [B, K]
@@ -111,7 +118,7 @@ def run(
 
     (weighted, mask_sum), scores = jax.lax.scan(step, init, jnp.arange(chunks, dtype=jnp.int32))
     if return_scores:
-        scores = scores.reshape(chunks * batch_size, num_refs)[:num_items]
+        scores = scores.reshape(chunks * batch_size, num_refs)[:num_local]
     if accumulate_maps:
         return EngineResult(weighted.reshape(num_refs, height, width), mask_sum.reshape(height, width), scores)
     return EngineResult(None, None, scores)

@@ -75,7 +75,7 @@ def _check(method, queries, references, pairs):
 
 def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
-                  pair_batch: int = 16) -> np.ndarray:
+                  pair_batch: int = 16, mesh=None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     ``config`` holds the method's options (e.g. ``{"num_masks": 2000}``). ``progress(n)`` is called
@@ -122,6 +122,16 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
         if cache:
             for q, positions in todo.items():
                 cache.put(q, pairs[positions, 1], out[positions])
+        return out
+
+    if mesh is not None and method in _GROUPED and todo:
+        maps = _explain_sharded(method, embed_fn, queries, references, pairs, todo, key, config, mesh)
+        for q, positions in todo.items():
+            out[positions] = maps[q]
+            if cache:
+                cache.put(q, pairs[positions, 1], maps[q])
+        if progress:
+            progress(sum(len(p) for p in todo.values()))
         return out
 
     ref_embeddings = (_embed_rows(embed_fn, references, [pairs[p, 1] for ps in todo.values() for p in ps])
@@ -178,3 +188,59 @@ def _rise_variable_group(embed_fn, query, refs_images, query_key, config):
     padded[: len(embeddings)] = embeddings
     maps = np.asarray(rise(embed_fn, query, padded, key=jax.random.fold_in(query_key, 0), **config))
     return maps[: len(embeddings)].reshape(len(refs_images), k, *maps.shape[1:]).mean(axis=1)
+
+
+def _explain_sharded(method, embed_fn, queries, references, pairs, todo, key, config, mesh):
+    """{query: maps [R, H, W]} for the grouped methods, queries split over ``mesh``."""
+    import importlib
+    import inspect
+
+    from simexplain_jax import masks as _masks
+    from simexplain_jax.parallel import sharded_queries
+    from simexplain_jax.saliency import occlusion
+
+    # the package re-exports functions named like these modules: import the modules themselves
+    rise_module = importlib.import_module("simexplain_jax.saliency.rise")
+    lime_module = importlib.import_module("simexplain_jax.saliency.lime")
+
+    options = {name: param.default for name, param in inspect.signature(
+        {"rise": rise, "sliding_window": sliding_window, "lime": lime}[method]).parameters.items()
+        if param.kind == param.KEYWORD_ONLY and param.default is not inspect.Parameter.empty}
+    options.update(config)
+    order = list(todo)
+    ref_embeddings = _embed_rows(embed_fn, references, [pairs[p, 1] for ps in todo.values() for p in ps])
+    k = _bucket(max(len(todo[q]) for q in order))
+    refs = np.zeros((len(order), k, next(iter(ref_embeddings.values())).shape[0]), np.float32)
+    for i, q in enumerate(order):
+        refs[i, : len(todo[q])] = np.stack([ref_embeddings[int(r)] for r in pairs[todo[q], 1]])
+    stacked = [queries[order], refs, np.asarray(jax.random.key_data(jnp.stack([jax.random.fold_in(key, q)
+                                                                                 for q in order])))]
+    similarity = options["similarity"]
+    if method == "rise":
+        num_masks = options["num_masks"]
+        _masks.check_rise_options(num_masks, options["grid_size"], options["p"])
+
+        def one(embed, query, r, key_data):
+            return rise_module._rise_maps(embed, query, r, jax.random.wrap_key_data(key_data), None, num_masks,
+                                          options["grid_size"], options["p"], options["batch_size"],
+                                          options["normalize"], similarity)
+    elif method == "sliding_window":
+        def one(embed, query, r, key_data):
+            scores = occlusion._occlusion_scores(embed, query, r, options["window"], options["stride"],
+                                                 options["padding"], options["batch_size"], similarity)
+            return occlusion._upsample_grid(1.0 - scores, query.shape[0], query.shape[1])
+    else:
+        segments = np.stack([options["segments"] if options.get("segments") is not None else
+                             lime_module.superpixels(lime_module.denormalize(queries[q]), options["num_segments"])
+                             for q in order]).astype(np.int32)
+        stacked.append(segments)
+        num_segments = int(segments.max()) + 1
+
+        def one(embed, query, r, key_data, seg):
+            coefficients = lime_module._lime_coefficients(
+                embed, query, r, jax.random.wrap_key_data(key_data), seg, num_segments, options["num_samples"],
+                options["kernel_width"], options["ridge_alpha"], options["batch_size"], similarity)
+            return coefficients[:, seg]
+
+    maps = sharded_queries(one, mesh)(embed_fn, *stacked)
+    return {q: maps[i, : len(todo[q])] for i, q in enumerate(order)}

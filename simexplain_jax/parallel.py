@@ -1,0 +1,120 @@
+"""Scaling out with JAX's own runtime: meshes, pair-sharded and mask-sharded saliency, sharded batches.
+
+- ``make_mesh(num_devices)``: a 1-D mesh over the local (or global, after
+  ``initialize_distributed``) devices with the axis ``"pairs"``.
+- ``sharded_queries(fn, mesh)``: runs ``fn`` (one query's work) for a stack of queries, split
+  over the mesh with ``shard_map``; the stack is padded to a multiple of the device count (no
+  recompilation for ragged sizes beyond the padded shape) and the padding dropped.
+- ``shard_batch(batch, mesh)``: puts a batch's leading axis across the mesh, for data-parallel
+  train steps (the jitted step is then partitioned by XLA over the global batch).
+- ``initialize_distributed(...)``: multi-host start-up (``jax.distributed.initialize``), with CPU
+  collectives (gloo) when the platform is the CPU.
+
+Results depend on the configuration and keys only, not on the number of devices (to float
+rounding): each query's computation is the same program whatever device runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "pairs"
+
+
+def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (default: all of them)."""
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+    return Mesh(np.asarray(devices[:num_devices]), (axis,))
+
+
+def pad_leading(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pads axis 0 to a multiple of ``multiple`` by repeating the last row (valid inputs, dropped later)."""
+    extra = (-len(x)) % multiple
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+
+def sharded_queries(fn: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
+    """``run(shared, *stacked) -> stacked outputs``: ``fn(shared, *one_query_args)`` vmapped over
+    the leading axis of ``stacked`` and split over ``mesh``; ``shared`` (e.g. the embed_fn with its
+    parameters) is replicated."""
+    size = mesh.shape[axis]
+
+    def per_device(shared, *stacked):
+        return jax.vmap(lambda *args: fn(shared, *args))(*stacked)
+
+    @jax.jit
+    def run_padded(shared, *stacked):
+        specs = (P(),) + (P(axis),) * len(stacked)
+        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False)(
+            shared, *stacked)
+
+    def run(shared, *stacked):
+        n = len(stacked[0])
+        padded = [jnp.asarray(pad_leading(np.asarray(s), size)) for s in stacked]
+        return np.asarray(run_padded(shared, *padded))[:n]
+
+    return run
+
+
+def shard_batch(batch, mesh: Mesh, axis: str = AXIS):
+    """Places every array of ``batch`` with its leading axis split over ``mesh``."""
+    sharding = NamedSharding(mesh, P(axis))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
+                           local_device_ids=None) -> None:
+    """Joins a multi-process run (one call per process, before any other JAX call).
+
+    On CPU the collectives go through gloo. On a TPU pod or a GPU cluster managed by SLURM,
+    ``jax.distributed.initialize()`` with no arguments discovers everything itself.
+    """
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, local_device_ids=local_device_ids)
+
+
+def rise_split_masks(embed_fn, query, reference_embeddings, *, key, mesh: Mesh, num_masks: int = 2000,
+                     grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
+                     axis: str = AXIS):
+    """RISE for one pair with its N masks split over the devices of ``mesh`` (partial maps summed
+    with ``psum``): equals ``sx.saliency.rise(..., key=key)`` to float rounding. ``[K, H, W]`` or ``[H, W]``."""
+    from simexplain_jax import masks as _masks
+    from simexplain_jax.saliency import _common, engine
+    from simexplain_jax.saliency.rise import _normalize_maps
+    from simexplain_jax.similarity import cosine
+
+    embed_fn = _common.as_pytree_fn(embed_fn)
+    query = _common.check_image(query, "query")
+    refs, single = _common.check_reference_embeddings(reference_embeddings)
+    _masks.check_rise_options(num_masks, grid_size, p)
+    size = mesh.shape[axis]
+    per_device = -(-num_masks // size)
+
+    def local(embed, q, r, key_data):
+        offset = jax.lax.axis_index(axis) * per_device
+        masks_for = _masks.rise_mask_fn(jax.random.wrap_key_data(key_data), grid_size, p, q.shape)
+        result = engine.run(embed, r, engine.masked_perturbation(q, masks_for), num_masks, batch_size, cosine,
+                            index_offset=offset, num_local=per_device)
+        weighted = jax.lax.psum(result.weighted, axis)
+        mask_sum = jax.lax.psum(result.mask_sum, axis)
+        return _normalize_maps(weighted, mask_sum, num_masks, p, normalize)
+
+    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=P(), check_vma=False))
+    maps = run(embed_fn, query, refs, jax.random.key_data(key))
+    return maps[0] if single else maps
