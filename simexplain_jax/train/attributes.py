@@ -75,21 +75,12 @@ def load_attribute_predictor(checkpoint_dir: str, which: str = "best"):
     import json
     import os
 
-    from simexplain_jax.checkpoint import Checkpointer
     from simexplain_jax.models.attributes import AttributePredictor
     from simexplain_jax.models.factory import backbone
-    from simexplain_jax.train.similarity import create_train_state, make_optimizer
+    from simexplain_jax.train.similarity import restore_variables
 
     with open(os.path.join(checkpoint_dir, "config.json")) as f:
         config = json.load(f)
     model = AttributePredictor(backbone(config["model"], width=config["width"], stages=config["stages"]),
                                config["num_attributes"])
-    optimizer = make_optimizer(config["learning_rate"], config["lr_decay_rate"], config["steps_per_epoch"])
-    size = config["image_size"]
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    checkpointer = Checkpointer(checkpoint_dir)
-    try:
-        state, _ = checkpointer.restore(state, which=which)
-    finally:
-        checkpointer.close()
-    return model, state.variables(), config
+    return model, restore_variables(checkpoint_dir, model, config, which), config

@@ -162,7 +162,6 @@ def load_trained(checkpoint_dir: str, which: str = "best"):
     import json
     import os
 
-    from simexplain_jax.checkpoint import Checkpointer
     from simexplain_jax.models.factory import similarity_model
 
     path = os.path.join(checkpoint_dir, "config.json")
@@ -171,8 +170,16 @@ def load_trained(checkpoint_dir: str, which: str = "best"):
     with open(path) as f:
         config = json.load(f)
     model = similarity_model(config, config.get("num_conditions", 0))
+    return model, restore_variables(checkpoint_dir, model, config, which), config
+
+
+def restore_variables(checkpoint_dir: str, model, config: dict, which: str = "best"):
+    """The variables of ``model`` from a ``Checkpointer`` folder, given the training ``config``
+    (image size and the optimizer settings that shape the saved optimizer state)."""
+    from simexplain_jax.checkpoint import Checkpointer
+
     optimizer = make_optimizer(config["learning_rate"], config["lr_decay_rate"],
-                               config["lr_decay_steps"] or config.get("steps_per_epoch", 1))
+                               config.get("lr_decay_steps") or config.get("steps_per_epoch", 1))
     size = config["image_size"]
     state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     checkpointer = Checkpointer(checkpoint_dir)
@@ -180,4 +187,4 @@ def load_trained(checkpoint_dir: str, which: str = "best"):
         state, _ = checkpointer.restore(state, which=which)
     finally:
         checkpointer.close()
-    return model, state.variables(), config
+    return state.variables()
