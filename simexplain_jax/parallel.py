@@ -27,9 +27,10 @@ from jax.sharding import PartitionSpec as P
 AXIS = "pairs"
 
 
-def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (default: all of them)."""
-    devices = jax.devices()
+def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS, local: bool = False) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (default: all of them; with ``local``,
+    this process's devices only)."""
+    devices = jax.local_devices() if local else jax.devices()
     if num_devices is None:
         num_devices = len(devices)
     if not 1 <= num_devices <= len(devices):
@@ -118,3 +119,31 @@ def rise_split_masks(embed_fn, query, reference_embeddings, *, key, mesh: Mesh, 
     run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=P(), check_vma=False))
     maps = run(embed_fn, query, refs, jax.random.key_data(key))
     return maps[0] if single else maps
+
+
+def explain_pairs_distributed(method: str, embed_fn, queries, references, *, key, pairs, config=None, **options):
+    """``explain_pairs`` over every process of a multi-process run (after ``initialize_distributed``).
+
+    Process i explains the pairs ``i, i + P, i + 2P, ...`` (its shard, whole query groups stay
+    together when pairs are grouped by query beforehand) on a mesh of its local devices; the maps
+    are gathered with JAX's collectives, so every process returns all ``[num_pairs, H, W]`` maps,
+    equal to a single-process run (randomness is keyed by query index, not by process).
+    """
+    from jax.experimental import multihost_utils
+
+    from simexplain_jax.saliency.pairs import explain_pairs
+
+    pairs = np.asarray(pairs)
+    count, index = jax.process_count(), jax.process_index()
+    positions = np.arange(index, len(pairs), count)
+    per_process = -(-len(pairs) // count)
+    local = np.zeros((per_process, *np.shape(queries)[1:3]), np.float32)
+    if len(positions):
+        local[: len(positions)] = explain_pairs(method, embed_fn, queries, references, key=key, pairs=pairs[positions],
+                                                config=config, mesh=make_mesh(local=True), **options)
+    gathered = np.asarray(multihost_utils.process_allgather(local))  # [count, per_process, H, W]
+    out = np.zeros((len(pairs), *local.shape[1:]), np.float32)
+    for process in range(count):
+        mine = np.arange(process, len(pairs), count)
+        out[mine] = gathered[process, : len(mine)]
+    return out

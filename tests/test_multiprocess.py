@@ -1,0 +1,61 @@
+"""Two processes on localhost (gloo CPU collectives), 4 fake devices each, explain one pair list:
+the same maps as one process, each process explaining only its shard."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = textwrap.dedent("""
+    import sys, jax, numpy as np
+    from simexplain_jax import parallel
+    process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if process >= 0:
+        parallel.initialize_distributed(f"localhost:{port}", 2, process)
+    import jax.numpy as jnp
+    import simexplain_jax as sx
+    w = jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8)) / 30 + 0.05
+    embed = jax.tree_util.Partial(lambda w, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w), w)
+    images = np.random.default_rng(0).normal(size=(9, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([[q, (q + 3) % 9] for q in range(9)])
+    config = dict(num_masks=48, grid_size=4, batch_size=16)
+    if process >= 0:
+        maps = parallel.explain_pairs_distributed("rise", embed, images, images, key=jax.random.key(2), pairs=pairs,
+                                                  config=config)
+        assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
+    else:
+        maps = sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(2), pairs=pairs,
+                                         config=config)
+    np.save(out, maps)
+""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    port = str(free_port())
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, str(tmp_path / f"p{i}.npy")], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    if any(w.returncode for w in workers) and any("gloo" in err.lower() and "not" in err.lower() for _, err in outputs):
+        pytest.skip("this jaxlib has no gloo CPU collectives: " + outputs[0][1][-300:])
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    single = subprocess.run([sys.executable, "-c", WORKER, "-1", port, str(tmp_path / "single.npy")], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = np.load(tmp_path / "single.npy")
+    for i in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"p{i}.npy"), expected, rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(expected).max()))
