@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import simexplain_jax as sx
-from simexplain_jax import viz
+from simexplain_jax import parallel, viz
 from simexplain_jax.checkpoint import write_json_atomic
 from simexplain_jax.data.preprocess import normalize_images, normalized_color
 from simexplain_jax.models import condition_embed_fn, embed_fn
@@ -54,6 +54,10 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
     rows = parse_rows(config.rows)
+    if config.distributed.num_processes > 1:  # one command per host; see the README's "Many devices and hosts"
+        parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
+                                        config.distributed.process_id)
+    mesh = parallel.make_mesh(config.mesh_devices or None, local=True)
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     sim_dir = ensure_stage("train_similarity", config.similarity_config,
@@ -81,9 +85,14 @@ def main(argv):
         for condition in np.unique(conditions):
             chosen = np.flatnonzero(conditions == condition)
             cache_dir = os.path.join(workdir, "cache", name if condition < 0 else f"{name}_c{condition}")
-            maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), images, images, key=key,
-                                                     pairs=data.pairs[chosen], config=options, progress=bar.update,
-                                                     cache_dir=cache_dir)
+            if config.distributed.num_processes > 1:
+                maps[chosen] = parallel.explain_pairs_distributed(name, embed_for(condition), images, images, key=key,
+                                                                  pairs=data.pairs[chosen], config=options)
+            else:
+                maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), images, images, key=key,
+                                                         pairs=data.pairs[chosen], config=options,
+                                                         progress=bar.update, cache_dir=cache_dir,
+                                                         mesh=mesh if len(mesh.devices.ravel()) > 1 else None)
         seconds = time.perf_counter() - start
         bar.close()
         insertion, deletion, hits, mass = [], [], [], []
@@ -113,6 +122,8 @@ def main(argv):
     summary = {"rows": results, "num_pairs": int(len(data.pairs)), "num_positive": int(len(positives)),
                "dataset": sim_config["dataset"], "split": config.split, "similarity_workdir": sim_dir,
                "background": config.background, "insertion_steps": config.insertion_steps}
+    if jax.process_index() != 0:  # every process has all maps; process 0 writes
+        return
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
     lines = [f"{len(data.pairs)} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
              "AUC x100; pointing and mass on the key object over positive pairs", "",

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
 from simexplain_jax.data.pipeline import make_loader
 from simexplain_jax.models import load_torchvision_resnet
@@ -48,6 +49,9 @@ def validate(config) -> None:
         raise ValueError(f"config.mining must be one of {MININGS}, got {config.mining!r}")
     if config.init_weights and not os.path.exists(config.init_weights):
         raise FileNotFoundError(f"config.init_weights {config.init_weights!r} does not exist")
+    if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
+        raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
+                         f"got {config.mesh_devices}")
     if config.test_pairs and not os.path.exists(config.test_pairs):
         raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
 
@@ -75,6 +79,11 @@ def main(argv):
     loader = make_loader(data.train_source, batch_size=config.batch_size, preprocess=data.preprocess,
                          seed=config.seed, num_epochs=None, drop_remainder=True)
     iterator = iter(loader)
+    if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated
+        mesh = parallel.make_mesh(config.mesh_devices, local=True)
+        state = parallel.replicate(state, mesh)
+        sharded_step = train_step
+        train_step = lambda s, batch: sharded_step(s, parallel.shard_batch(batch, mesh))  # noqa: E731
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     saved_config = dict(config.to_dict(), num_conditions=data.num_conditions, image_size=data.image_size,
                         steps_per_epoch=steps_per_epoch)

@@ -62,7 +62,8 @@ def sharded_queries(fn: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
     def run(shared, *stacked):
         n = len(stacked[0])
         padded = [jnp.asarray(pad_leading(np.asarray(s), size)) for s in stacked]
-        return np.asarray(run_padded(shared, *padded))[:n]
+        # parameters restored onto one device (e.g. by orbax) are copied to every device of the mesh
+        return np.asarray(run_padded(replicate(shared, mesh), *padded))[:n]
 
     return run
 

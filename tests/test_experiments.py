@@ -13,9 +13,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args):
+def run_module(module, *args, devices=None):
+    env = dict(os.environ)
+    if devices:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def test_bad_config_argument_fails_at_start(tmp_path):
@@ -233,3 +236,28 @@ def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
             for part in key.split("."):
                 assert part in node, f"sane stage {stage} overrides {key}, which its config does not have"
                 node = node[part]
+
+
+def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity):
+    """saliency_eval shards its queries over 8 devices with the same AUCs; train_similarity runs
+    data-parallel steps over 8 devices."""
+    rows = "--config.rows=rise:fixed,sliding_window:fixed,lime:fixed"
+    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
+              f"--config.similarity_workdir={trained_similarity}", rows]
+    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}", "--config.mesh_devices=1")
+    eight = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'eight'}", devices=8)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
+    b = json.loads((tmp_path / "eight" / "results.json").read_text())["rows"]
+    for x, y in zip(a, b):
+        if x["method"] != "lime":  # LIME's sharded path shares one superpixel count across queries
+            # maps agree to float rounding (test_parallel); near-ties in a map can swap two pixels' ranks
+            assert y["insertion_auc"] == pytest.approx(x["insertion_auc"], abs=0.05)
+            assert y["deletion_auc"] == pytest.approx(x["deletion_auc"], abs=0.05)
+    train = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
+                       f"--workdir={tmp_path / 'train'}", f"--config.data_dir={shapes32_dir}",
+                       "--config.mesh_devices=8", "--config.num_steps=20", "--config.eval_every=10",
+                       "--config.checkpoint_every=10", devices=8)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert json.loads((tmp_path / "train" / "results.json").read_text())["steps"] == 20

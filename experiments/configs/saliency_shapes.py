@@ -28,6 +28,8 @@ def get_config(arg=None):
     config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
     config.insertion_steps = 101
     config.gallery_pairs = 4
+    config.mesh_devices = 0  # devices on the pairs axis for RISE / sliding window / LIME: 0 = all local devices
+    config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     config.methods = ml_collections.ConfigDict(dict(
         rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250),
         rise_variable=dict(num_masks=2000, grid_size=8, p=0.5, num_reference_masks=30, batch_size=250),

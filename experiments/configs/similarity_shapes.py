@@ -28,6 +28,7 @@ def base_config():
     config.checkpoint_every = 500
     config.num_eval_pairs = 2000
     config.seed = 0
+    config.mesh_devices = 1  # >1: data-parallel steps, the batch split over that many local devices
     return config
 
 
