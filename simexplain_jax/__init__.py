@@ -11,8 +11,8 @@ import importlib
 from simexplain_jax import attributes, masks, metrics, saliency, similarity
 
 __version__ = "0.1.0"
-__all__ = ["attributes", "masks", "metrics", "saliency", "similarity", "data", "models", "viz"]
-_LAZY = ("data", "models", "viz")
+__all__ = ["attributes", "masks", "metrics", "saliency", "similarity", "data", "models", "viz", "parallel"]
+_LAZY = ("data", "models", "viz", "parallel")
 
 
 def __getattr__(name):

@@ -120,3 +120,17 @@ def test_bad_input(linear_model, change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         sx.metrics.insertion_deletion(**args)
+
+
+def test_batched_insertion_deletion_equals_per_pair_calls(linear_model):
+    embed, _ = linear_model
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(5, 16, 16, 3)).astype(np.float32)
+    refs = rng.normal(size=(5, 8)).astype(np.float32)
+    maps = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    batch = sx.metrics.insertion_deletion_batch(embed, queries, refs, maps, background=0.3, num_steps=21,
+                                                pair_group=2)
+    for i in range(5):
+        one = sx.metrics.insertion_deletion(embed, queries[i], refs[i], maps[i], background=0.3, num_steps=21)
+        np.testing.assert_allclose(batch.insertion_curve[i], one.insertion_curve, atol=1e-5)
+        np.testing.assert_allclose(batch.deletion_auc[i], one.deletion_auc, atol=1e-5)

@@ -37,6 +37,14 @@ SCRIPT = textwrap.dedent("""
     split = parallel.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=eight, num_masks=101,
                                       grid_size=4, batch_size=16)
     np.testing.assert_allclose(split, single, rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
+    # insertion/deletion over 8 devices equals per-pair calls
+    maps = rng.normal(size=(11, 16, 16)).astype(np.float32)
+    refs = np.asarray(embed(images[1:12]))
+    batch = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11, mesh=eight)
+    for i in (0, 5, 10):
+        one = sx.metrics.insertion_deletion(embed, images[i], refs[i], maps[i], background=0.0, num_steps=11)
+        np.testing.assert_allclose(batch.insertion_curve[i], one.insertion_curve, atol=1e-5)
+        np.testing.assert_allclose(batch.deletion_curve[i], one.deletion_curve, atol=1e-5)
     # a data-parallel train step equals the single-device step on the same global batch
     from simexplain_jax.models import EmbeddingNet, SmallCNN
     from simexplain_jax.train import similarity as sim

@@ -1,9 +1,10 @@
 """Metrics for explanations: causal insertion/deletion, pointing, pair verification."""
 
 from simexplain_jax.metrics.attributes import average_precision, mean_average_precision
-from simexplain_jax.metrics.causal import InsertionDeletion, insertion_deletion, minmax_normalize, trapezoid_auc
+from simexplain_jax.metrics.causal import (InsertionDeletion, insertion_deletion, insertion_deletion_batch,
+                                           minmax_normalize, trapezoid_auc)
 from simexplain_jax.metrics.pointing import Pointing, pointing
 from simexplain_jax.metrics.verification import roc_auc
 
-__all__ = ["InsertionDeletion", "insertion_deletion", "minmax_normalize", "trapezoid_auc", "Pointing", "pointing",
+__all__ = ["InsertionDeletion", "insertion_deletion", "insertion_deletion_batch", "minmax_normalize", "trapezoid_auc", "Pointing", "pointing",
            "roc_auc", "average_precision", "mean_average_precision"]
