@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from experiments.stages import ensure_stage
 from simexplain_jax.attributes.saliency_cache import training_saliency
+from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
 from simexplain_jax.data.pairs import groups_from_labels, positive_references
 from simexplain_jax.data.pipeline import Preprocess, make_loader
@@ -55,6 +56,9 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
     lambdas = [float(x) for x in config.lambdas.split(",")]
+    if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
+        raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
+                         f"got {config.mesh_devices}")
     if any(lam < 0 for lam in lambdas) or not lambdas:
         raise ValueError(f"config.lambdas must be non-negative numbers, got {config.lambdas!r}")
     start_time = time.perf_counter()
@@ -102,6 +106,10 @@ def main(argv):
         iterator = iter(make_loader(source, batch_size=config.batch_size,
                                     preprocess=Preprocess(keys=("attributes", "saliency", "valid")), seed=config.seed,
                                     num_epochs=None, drop_remainder=True))
+        if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated
+            mesh = parallel.make_mesh(config.mesh_devices, local=True)
+            state = parallel.replicate(state, mesh)
+            step = parallel.data_parallel(step, mesh)
         checkpoint_dir = os.path.join(workdir, f"lambda_{lam:g}", "checkpoints")
         checkpointer = Checkpointer(checkpoint_dir, metric="val_map",
                                     config=dict(predictor_config(config, attribute_names, images.shape[1]),

@@ -82,8 +82,7 @@ def main(argv):
     if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated
         mesh = parallel.make_mesh(config.mesh_devices, local=True)
         state = parallel.replicate(state, mesh)
-        sharded_step = train_step
-        train_step = lambda s, batch: sharded_step(s, parallel.shard_batch(batch, mesh))  # noqa: E731
+        train_step = parallel.data_parallel(train_step, mesh)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     saved_config = dict(config.to_dict(), num_conditions=data.num_conditions, image_size=data.image_size,
                         steps_per_epoch=steps_per_epoch)

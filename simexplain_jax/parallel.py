@@ -74,6 +74,16 @@ def shard_batch(batch, mesh: Mesh, axis: str = AXIS):
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
 
 
+def data_parallel(step: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
+    """``step(state, batch)`` with every batch split over ``mesh`` (pass a replicated state); the
+    jitted step is partitioned by XLA over the global batch, so it computes what one device would."""
+
+    def sharded_step(state, batch):
+        return step(state, shard_batch(batch, mesh, axis))
+
+    return sharded_step
+
+
 def replicate(tree, mesh: Mesh):
     return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
 

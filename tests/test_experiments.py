@@ -261,3 +261,9 @@ def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity
                        "--config.checkpoint_every=10", devices=8)
     assert train.returncode == 0, train.stderr[-3000:]
     assert json.loads((tmp_path / "train" / "results.json").read_text())["steps"] == 20
+    attributes = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
+                            f"--workdir={tmp_path / 'attributes'}", f"--config.data_dir={shapes32_dir}",
+                            f"--config.similarity_workdir={trained_similarity}", "--config.mesh_devices=8",
+                            "--config.num_epochs=1", "--config.lambdas=0.1", devices=8)
+    assert attributes.returncode == 0, attributes.stderr[-3000:]
+    assert json.loads((tmp_path / "attributes" / "results.json").read_text())["runs"][0]["test_map"] > 0

@@ -31,6 +31,7 @@ def get_config(arg=None):
     config.max_references = 20
     config.cache_images = 1000  # training images with cached saliency (the first ones of the split)
     config.shard_size = 250
+    config.mesh_devices = 1  # >1: data-parallel steps, the batch split over that many local devices
     if "runlocal" in args:
         config.similarity_config = "experiments/configs/similarity_shapes.py:runlocal"
         config.width = 16
