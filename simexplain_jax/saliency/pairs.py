@@ -37,21 +37,13 @@ METHODS = ("rise", "rise_variable", "sliding_window", "sliding_window_variable",
 _GROUPED = ("rise", "sliding_window", "lime")
 
 
-@jax.jit
-def _embed(embed_fn, images):
-    return embed_fn(images)
-
-
 def _embed_rows(embed_fn, images: np.ndarray, rows, batch_size: int = 128) -> dict[int, np.ndarray]:
+    """``{row: embedding}`` for the distinct ``rows`` of ``images`` (chunks sized to a power of two)."""
+    from simexplain_jax.models.embedding import apply_in_chunks
+
     rows = sorted(set(int(r) for r in rows))
-    batch_size = min(batch_size, _bucket(len(rows)))
-    out = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        embeddings = np.asarray(_embed(embed_fn, jnp.asarray(images[padded])))
-        out.update({r: embeddings[i] for i, r in enumerate(chunk)})
-    return out
+    embeddings = apply_in_chunks(embed_fn, images[rows], min(batch_size, _bucket(len(rows))))
+    return dict(zip(rows, embeddings))
 
 
 def _bucket(k: int) -> int:

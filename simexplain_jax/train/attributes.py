@@ -45,25 +45,11 @@ def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: 
     return jax.jit(step, donate_argnums=0)
 
 
-@jax.jit
-def _predict_chunk(model_apply, images):
-    return model_apply(images)
-
-
 def predict(model, variables, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """``(scores [N, A], aams [N, h, w, A])`` of normalised ``images`` in inference mode."""
-    from simexplain_jax.models.embedding import inference_fn
+    from simexplain_jax.models.embedding import apply_in_chunks, inference_fn
 
-    apply = inference_fn(model, variables)
-    scores, aams = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-        s, m = _predict_chunk(apply, jnp.asarray(chunk))
-        scores.append(np.asarray(s)[: batch_size - pad])
-        aams.append(np.asarray(m)[: batch_size - pad])
-    return np.concatenate(scores), np.concatenate(aams)
+    return apply_in_chunks(inference_fn(model, variables), images, batch_size)
 
 
 def evaluate_map(model, variables, images: np.ndarray, labels: np.ndarray) -> float:

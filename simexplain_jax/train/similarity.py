@@ -102,22 +102,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     return jax.jit(train_step, donate_argnums=0)
 
 
-@jax.jit
-def _embed_chunk(embed, images):
-    return embed(images)
-
-
 def embed_all(embed, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``images [N, H, W, C]`` -> ``[N, D]`` with one compiled program per chunk shape (last padded)."""
-    n = images.shape[0]
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
-        pad = batch_size - chunk.shape[0]
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(_embed_chunk(embed, jnp.asarray(chunk)))[: batch_size - pad])
-    return np.concatenate(out)
+    """``images [N, H, W, C]`` -> ``[N, D]`` (``apply_in_chunks`` of the embed_fn)."""
+    from simexplain_jax.models.embedding import apply_in_chunks
+
+    return apply_in_chunks(embed, images, batch_size)
 
 
 def pair_auc(embeddings: np.ndarray, pairs: np.ndarray, labels: np.ndarray) -> float:
