@@ -25,9 +25,9 @@ from tqdm import tqdm
 import simexplain_jax as sx
 from simexplain_jax import parallel, viz
 from simexplain_jax.checkpoint import write_json_atomic
-from simexplain_jax.data.preprocess import normalize_images, normalized_color
+from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.models import condition_embed_fn, embed_fn
-from simexplain_jax.train.datasets import explanation_pairs
+from simexplain_jax.train.datasets import explanation_pair_list, read_images
 from simexplain_jax.train.similarity import load_trained
 from experiments.stages import ensure_stage
 
@@ -57,80 +57,93 @@ def main(argv):
     if config.distributed.num_processes > 1:  # one command per host; see the README's "Many devices and hosts"
         parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
                                         config.distributed.process_id)
+    # each process reads and explains only its share of the pairs (whole query groups); process 0
+    # gathers every pair's curves and scores and writes the results
     mesh = parallel.make_mesh(config.mesh_devices or None, local=True)
+    mesh = mesh if mesh.devices.size > 1 else None
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     sim_dir = ensure_stage("train_similarity", config.similarity_config,
                            config.similarity_workdir or os.path.join(workdir, "similarity"),
                            {"data_dir": data_dir, "manual_dir": config.manual_dir})
     model, variables, sim_config = load_trained(os.path.join(sim_dir, "checkpoints"))
-    data = explanation_pairs(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir,
-                             split=config.split, num_pairs=config.num_pairs, seed=config.seed,
-                             test_pairs=config.test_pairs)
-    images = normalize_images(data.images)
+    listed = explanation_pair_list(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir,
+                                   split=config.split, num_pairs=config.num_pairs, seed=config.seed,
+                                   test_pairs=config.test_pairs)
+    num_pairs = len(listed.pairs)
+    # this process's share of the pairs (every pair in a one-process run), read through grain
+    key_masks = "key_mask" in listed.query_keys
+    shard = parallel.read_pair_shard(listed.source, listed.source, listed.pairs, preprocess=listed.preprocess,
+                                     query_keys=("key_mask",) if key_masks else ())
+    pairs = shard.pairs  # rows of shard.queries / shard.references
+    conditions = (listed.conditions if listed.conditions is not None else np.full(num_pairs, -1))[shard.positions]
+    positive = listed.labels[shard.positions] == 1
+    positives = np.flatnonzero(listed.labels == 1)
+    shown = positives[: config.gallery_pairs] if len(positives) else np.arange(min(config.gallery_pairs, num_pairs))
+    in_gallery = np.flatnonzero(np.isin(shard.positions, shown))
     background = normalized_color(config.background)
-    conditions = data.conditions if data.conditions is not None else np.full(len(data.pairs), -1)
-    positives = np.flatnonzero(data.labels == 1)
     key = jax.random.key(config.seed)
+    main_process = jax.process_index() == 0
 
     def embed_for(condition):
         return condition_embed_fn(model, variables, int(condition)) if condition >= 0 else embed_fn(model, variables)
 
-    results, curves, all_maps = [], {}, {}
+    results, curves, gallery_maps = [], {}, {}
     for method, reference, name in rows:
         options = config.methods[name].to_dict() if name in config.methods else {}
-        maps = np.zeros((len(data.pairs), *images.shape[1:3]), np.float32)
-        bar = tqdm(total=len(data.pairs), desc=f"{method}/{reference}", unit="pair", leave=False)
+        maps = np.zeros((len(pairs), *shard.image_shape[:2]), np.float32)
+        bar = tqdm(total=len(pairs), desc=f"{method}/{reference}", unit="pair", leave=False, disable=not main_process)
         start = time.perf_counter()
         for condition in np.unique(conditions):
             chosen = np.flatnonzero(conditions == condition)
             cache_dir = os.path.join(workdir, "cache", name if condition < 0 else f"{name}_c{condition}")
-            if config.distributed.num_processes > 1:
-                maps[chosen] = parallel.explain_pairs_distributed(name, embed_for(condition), images, images, key=key,
-                                                                  pairs=data.pairs[chosen], config=options)
-            else:
-                maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), images, images, key=key,
-                                                         pairs=data.pairs[chosen], config=options,
-                                                         progress=bar.update, cache_dir=cache_dir,
-                                                         mesh=mesh if len(mesh.devices.ravel()) > 1 else None)
+            maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), shard.queries, shard.references,
+                                                     key=key, pairs=pairs[chosen], config=options, progress=bar.update,
+                                                     cache_dir=cache_dir, mesh=mesh, query_ids=shard.query_ids,
+                                                     reference_ids=shard.reference_ids)
         seconds = time.perf_counter() - start
         bar.close()
-        insertion = np.zeros((len(data.pairs), config.insertion_steps), np.float32)
-        deletion = np.zeros_like(insertion)
+        # per pair: insertion curve, deletion curve, pointing hit and mass on the key (NaN: not measured)
+        steps = config.insertion_steps
+        measured = np.full((len(pairs), 2 * steps + 2), np.nan, np.float32)
         for condition in np.unique(conditions):  # every pair's 2 x S perturbed queries, batched (and sharded)
             chosen = np.flatnonzero(conditions == condition)
             f = embed_for(condition)
-            refs = np.asarray(f(images[data.pairs[chosen, 1]]))
             scores = sx.metrics.insertion_deletion_batch(
-                f, images[data.pairs[chosen, 0]], refs, maps[chosen], background=background,
-                num_steps=config.insertion_steps, mesh=mesh if len(mesh.devices.ravel()) > 1 else None)
-            insertion[chosen], deletion[chosen] = scores.insertion_curve, scores.deletion_curve
-        hits, mass = [], []
-        for i, (q, r) in enumerate(data.pairs):
-            if data.key_masks is not None and data.labels[i] == 1:
-                point = sx.metrics.pointing(maps[i], data.key_masks[q])
-                hits.append(point.hit)
-                mass.append(point.mass_on_key)
-        ins_curve, del_curve = np.mean(insertion, 0), np.mean(deletion, 0)
+                f, shard.queries[pairs[chosen, 0]], np.asarray(f(shard.references[pairs[chosen, 1]])), maps[chosen],
+                background=background, num_steps=steps, mesh=mesh)
+            measured[chosen, :steps], measured[chosen, steps:2 * steps] = scores.insertion_curve, scores.deletion_curve
+        for i in np.flatnonzero(positive) if key_masks else []:
+            point = sx.metrics.pointing(maps[i], shard.query_fields["key_mask"][pairs[i, 0]])
+            measured[i, -2:] = point.hit, point.mass_on_key
+        # every process's rows, in pair order; the slowest process's time
+        measured = parallel.gather_rows(shard.positions, measured, num_pairs)
+        seconds = float(parallel.gather_rows([jax.process_index()], [seconds], jax.process_count()).max())
+        slot = {int(p): k for k, p in enumerate(shown)}
+        gallery_maps[name] = parallel.gather_rows([slot[int(p)] for p in shard.positions[in_gallery]],
+                                                  maps[in_gallery], len(shown))
+        ins_curve, del_curve = np.mean(measured[:, :steps], 0), np.mean(measured[:, steps:2 * steps], 0)
+        hits, mass = measured[:, -2], measured[:, -1]
         curves[name] = (ins_curve, del_curve)
-        all_maps[name] = maps
         results.append({
             "method": method, "reference": reference,
             "insertion_auc": 100 * float(sx.metrics.trapezoid_auc(ins_curve)),
             "deletion_auc": 100 * float(sx.metrics.trapezoid_auc(del_curve)),
-            "pointing_accuracy": float(np.mean(hits)) if hits else None,
-            "mass_on_key": float(np.mean(mass)) if mass else None,
-            "seconds_per_pair": seconds / len(data.pairs),
+            "pointing_accuracy": float(np.nanmean(hits)) if np.isfinite(hits).any() else None,
+            "mass_on_key": float(np.nanmean(mass)) if np.isfinite(mass).any() else None,
+            "seconds_per_pair": seconds / num_pairs,
         })
-        print(json.dumps(results[-1]), flush=True)
+        if main_process:
+            print(json.dumps(results[-1]), flush=True)
 
-    summary = {"rows": results, "num_pairs": int(len(data.pairs)), "num_positive": int(len(positives)),
+    summary = {"rows": results, "num_pairs": int(num_pairs), "num_positive": int(len(positives)),
                "dataset": sim_config["dataset"], "split": config.split, "similarity_workdir": sim_dir,
-               "background": config.background, "insertion_steps": config.insertion_steps}
-    if jax.process_index() != 0:  # every process has all maps; process 0 writes
+               "background": config.background, "insertion_steps": config.insertion_steps,
+               "num_processes": jax.process_count(), "devices_per_process": mesh.devices.size if mesh else 1}
+    if not main_process:  # process 0 has every process's results and writes them
         return
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
-    lines = [f"{len(data.pairs)} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
+    lines = [f"{num_pairs} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
              "AUC x100; pointing and mass on the key object over positive pairs", "",
              "| method | reference | insertion AUC (higher better) | deletion AUC (lower better) | pointing accuracy "
              "| mass on key | s / pair |", "|---|---|---|---|---|---|---|"]
@@ -140,9 +153,9 @@ def main(argv):
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     viz.curves(os.path.join(workdir, "curves.png"), curves)
-    shown = positives[: config.gallery_pairs] if len(positives) else np.arange(min(config.gallery_pairs, len(data.pairs)))
-    viz.pair_gallery(os.path.join(workdir, "gallery.png"), data.images[data.pairs[shown, 0]],
-                     data.images[data.pairs[shown, 1]], {name: m[shown] for name, m in all_maps.items()},
+    viz.pair_gallery(os.path.join(workdir, "gallery.png"),
+                     read_images(listed.source, listed.pairs[shown, 0], listed.image_size),
+                     read_images(listed.source, listed.pairs[shown, 1], listed.image_size), gallery_maps,
                      title=f"{sim_config['dataset']}: positive pairs, every method's map over the query")
     print("\n".join(lines))
 

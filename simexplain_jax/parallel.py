@@ -7,6 +7,9 @@
   recompilation for ragged sizes beyond the padded shape) and the padding dropped.
 - ``shard_batch(batch, mesh)``: puts a batch's leading axis across the mesh, for data-parallel
   train steps (the jitted step is then partitioned by XLA over the global batch).
+- ``read_pair_shard(queries, references, pairs)``: this process's share of a pair list, read
+  through grain's sharding (only the images its pairs need); ``gather_rows`` assembles per-pair
+  results from every process; ``explain_pairs_distributed`` is the two around ``explain_pairs``.
 - ``initialize_distributed(...)``: multi-host start-up (``jax.distributed.initialize``), with CPU
   collectives (gloo) when the platform is the CPU.
 
@@ -16,7 +19,8 @@ rounding): each query's computation is the same program whatever device runs it.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -132,29 +136,119 @@ def rise_split_masks(embed_fn, query, reference_embeddings, *, key, mesh: Mesh, 
     return maps[0] if single else maps
 
 
-def explain_pairs_distributed(method: str, embed_fn, queries, references, *, key, pairs, config=None, **options):
-    """``explain_pairs`` over every process of a multi-process run (after ``initialize_distributed``).
+@dataclasses.dataclass
+class PairShard:
+    """One process's share of a pair list (``read_pair_shard``): its pairs, as rows of its own
+    ``queries`` / ``references`` arrays, with each row's index in the sources."""
 
-    Process i explains the pairs ``i, i + P, i + 2P, ...`` (its shard, whole query groups stay
-    together when pairs are grouped by query beforehand) on a mesh of its local devices; the maps
-    are gathered with JAX's collectives, so every process returns all ``[num_pairs, H, W]`` maps,
-    equal to a single-process run (randomness is keyed by query index, not by process).
+    positions: np.ndarray  # [p] ascending: which pairs of the full list are here
+    pairs: np.ndarray  # [p, 2] (row of queries, row of references)
+    queries: np.ndarray  # [Q, H, W, C] model-ready
+    query_ids: np.ndarray  # [Q] index of each query in the query source
+    references: np.ndarray  # [R, H, W, C]
+    reference_ids: np.ndarray  # [R]
+    query_fields: dict  # {key: [Q, ...]}: the query records' fields asked for (e.g. key_mask)
+    image_shape: tuple  # (H, W, C), known even where this process holds no pair
+
+
+def read_pair_shard(queries, references, pairs, *, preprocess=None, query_keys: Sequence[str] = (),
+                    shard_index: Optional[int] = None, shard_count: Optional[int] = None,
+                    batch_size: int = 64) -> PairShard:
+    """Reads this process's share of ``pairs [P, 2]`` through grain, and nothing else.
+
+    ``queries`` / ``references``: random-access sources whose records hold ``"image"`` (e.g.
+    ``tfds.data_source``, ``InMemorySource``), or image arrays ``[N, H, W, C]``. The distinct
+    queries of ``pairs`` (sorted) are split into ``shard_count`` contiguous pieces by grain's
+    ``ShardOptions`` (the list is padded to a multiple of ``shard_count`` so that no query is
+    dropped); this process reads its queries, then the references its queries' pairs name. All
+    pairs of a query land on one process, so work shared by a query's references is done once.
+
+    ``preprocess``: the grain transform making a record's ``image`` model-ready (e.g.
+    ``data.Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the
+    images are used as they are. ``shard_index`` / ``shard_count`` default to this process and the
+    process count.
     """
-    from jax.experimental import multihost_utils
-
-    from simexplain_jax.saliency.pairs import explain_pairs
+    from simexplain_jax.data.pipeline import SelectKeys, make_loader
+    from simexplain_jax.data.sources import InMemorySource, SubsetSource
 
     pairs = np.asarray(pairs)
-    count, index = jax.process_count(), jax.process_index()
-    positions = np.arange(index, len(pairs), count)
-    per_process = -(-len(pairs) // count)
-    local = np.zeros((per_process, *np.shape(queries)[1:3]), np.float32)
-    if len(positions):
-        local[: len(positions)] = explain_pairs(method, embed_fn, queries, references, key=key, pairs=pairs[positions],
-                                                config=config, mesh=make_mesh(local=True), **options)
-    gathered = np.asarray(multihost_utils.process_allgather(local))  # [count, per_process, H, W]
-    out = np.zeros((len(pairs), *local.shape[1:]), np.float32)
-    for process in range(count):
-        mine = np.arange(process, len(pairs), count)
-        out[mine] = gathered[process, : len(mine)]
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(f"pairs must be a non-empty integer [P, 2] array, got {pairs.dtype} {pairs.shape}")
+    if shard_index is None or shard_count is None:
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    queries = InMemorySource({"image": queries}) if isinstance(queries, (np.ndarray, jax.Array)) else queries
+    references = (InMemorySource({"image": references}) if isinstance(references, (np.ndarray, jax.Array))
+                  else references)
+
+    if pairs.min() < 0 or pairs[:, 0].max() >= len(queries) or pairs[:, 1].max() >= len(references):
+        raise ValueError(f"pairs index outside the sources ({len(queries)} queries, {len(references)} references)")
+
+    def read(source, ids, valid, keys, index, count):
+        keys = ("image", "index", "valid", *keys)
+        transform = SelectKeys(keys) if preprocess is None else dataclasses.replace(preprocess, image_keys=("image",),
+                                                                            keys=keys[1:])
+        batches = list(make_loader(SubsetSource(source, ids, valid), batch_size=batch_size, preprocess=transform,
+                                   shuffle=False, num_epochs=1, shard_index=index, shard_count=count))
+        arrays = {k: np.concatenate([b[k] for b in batches]) for k in keys}
+        keep = arrays.pop("valid").astype(bool)
+        return {k: v[keep] for k, v in arrays.items()}, arrays["image"].shape[1:]
+
+    query_ids = np.unique(pairs[:, 0])
+    padded = pad_leading(query_ids, shard_count)
+    mine, image_shape = read(queries, padded, np.arange(len(padded)) < len(query_ids), tuple(query_keys),
+                             shard_index, shard_count)
+    positions = np.flatnonzero(np.isin(pairs[:, 0], mine["index"]))
+    reference_ids = np.unique(pairs[positions, 1])
+    if len(reference_ids):
+        refs, _ = read(references, reference_ids, None, (), 0, 1)
+    else:
+        refs = {"image": np.zeros((0, *image_shape), np.float32), "index": reference_ids}
+    local = np.stack([np.searchsorted(mine["index"], pairs[positions, 0]),
+                      np.searchsorted(refs["index"], pairs[positions, 1])], axis=1)
+    return PairShard(positions, local, mine["image"], mine["index"], refs["image"], refs["index"],
+                     {k: mine[k] for k in query_keys}, tuple(image_shape))
+
+
+def gather_rows(positions, rows, total: int) -> np.ndarray:
+    """``[total, ...]`` on every process: each process's ``rows`` put at its ``positions`` (rows no
+    process holds are zero). With one process, no collective is run."""
+    positions = np.asarray(positions, np.int64)
+    rows = np.asarray(rows)
+    if len(rows) != len(positions):
+        raise ValueError(f"{len(rows)} rows for {len(positions)} positions")
+    out = np.zeros((total, *rows.shape[1:]), rows.dtype)
+    if jax.process_count() == 1:
+        out[positions] = rows
+        return out
+    from jax.experimental import multihost_utils
+
+    longest = int(np.max(multihost_utils.process_allgather(np.array([len(positions)], np.int32))))
+    padded_rows = np.zeros((longest, *rows.shape[1:]), rows.dtype)
+    padded_rows[: len(rows)] = rows
+    padded_positions = np.full(longest, -1, np.int32)
+    padded_positions[: len(positions)] = positions
+    all_rows = np.asarray(multihost_utils.process_allgather(padded_rows)).reshape(-1, *rows.shape[1:])
+    all_positions = np.asarray(multihost_utils.process_allgather(padded_positions)).reshape(-1)
+    held = all_positions >= 0
+    out[all_positions[held]] = all_rows[held]
     return out
+
+
+def explain_pairs_distributed(method: str, embed_fn, queries, references, *, key, pairs, config=None,
+                              preprocess=None, batch_size: int = 64, **options) -> np.ndarray:
+    """``explain_pairs`` over every process of a multi-process run (after ``initialize_distributed``),
+    each process reading only its share of the images (``read_pair_shard``: ``queries`` /
+    ``references`` are sources or arrays, ``preprocess`` as there) and explaining it on a mesh of
+    its local devices. The maps are gathered with JAX's collectives: every process returns all
+    ``[P, H, W]`` maps, equal to a single-process run (randomness is keyed by each query's index in
+    the source, not by process).
+    """
+    from simexplain_jax.saliency.pairs import explain_pairs
+
+    shard = read_pair_shard(queries, references, pairs, preprocess=preprocess, batch_size=batch_size)
+    local = np.zeros((len(shard.positions), *shard.image_shape[:2]), np.float32)
+    if len(shard.positions):
+        local = explain_pairs(method, embed_fn, shard.queries, shard.references, key=key, pairs=shard.pairs,
+                              config=config, mesh=make_mesh(local=True), query_ids=shard.query_ids,
+                              reference_ids=shard.reference_ids, **options)
+    return gather_rows(shard.positions, local, len(np.asarray(pairs)))

@@ -267,3 +267,39 @@ def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity
                             "--config.num_epochs=1", "--config.lambdas=0.1", devices=8)
     assert attributes.returncode == 0, attributes.stderr[-3000:]
     assert json.loads((tmp_path / "attributes" / "results.json").read_text())["runs"][0]["test_map"] > 0
+
+
+def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity):
+    """Two processes on localhost (gloo), 2 fake devices each, as the README's multi-host launch:
+    each reads and explains its share of the pairs, process 0 writes the same table as one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
+              f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed,random:fixed"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.saliency_eval", *common, f"--workdir={tmp_path / 'two'}",
+         f"--config.distributed.coordinator_address=localhost:{port}", "--config.distributed.num_processes=2",
+         f"--config.distributed.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in (0, 1)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert b["num_processes"] == 2 and b["devices_per_process"] == 2 and a["num_processes"] == 1
+    assert '"method": "rise"' in outputs[0][0] and '"method"' not in outputs[1][0]  # process 0 reports
+    for x, y in zip(a["rows"], b["rows"]):
+        # maps agree to float rounding; near-ties in a map can swap two pixels' ranks
+        for field in ("insertion_auc", "deletion_auc"):
+            assert y[field] == pytest.approx(x[field], abs=0.05), (x["method"], field)
+        for field in ("pointing_accuracy", "mass_on_key"):
+            assert y[field] == pytest.approx(x[field], abs=1e-4), (x["method"], field)
+    cached = {p.name for p in (tmp_path / "two" / "cache" / "rise").glob("q*.npz")}
+    assert cached == {p.name for p in (tmp_path / "one" / "cache" / "rise").glob("q*.npz")}  # by dataset index
+    assert (tmp_path / "two" / "gallery.png").read_bytes()[:4] == b"\x89PNG"

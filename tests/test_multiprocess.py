@@ -1,6 +1,7 @@
 """Two processes on localhost (gloo CPU collectives), 4 fake devices each, explain one pair list:
-the same maps as one process, each process explaining only its shard."""
+the same maps as one process, each process reading (through grain) and explaining only its shard."""
 
+import json
 import os
 import socket
 import subprocess
@@ -13,24 +14,38 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKER = textwrap.dedent("""
-    import sys, jax, numpy as np
+    import json, sys, jax, numpy as np
     from simexplain_jax import parallel
     process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if process >= 0:
         parallel.initialize_distributed(f"localhost:{port}", 2, process)
     import jax.numpy as jnp
     import simexplain_jax as sx
+    from simexplain_jax.data.pipeline import Preprocess
+    from simexplain_jax.data.preprocess import normalize_images
+    from simexplain_jax.data.sources import InMemorySource
+
+    class Logged(InMemorySource):  # remembers which images were read
+        read = set()
+        def __getitem__(self, index):
+            Logged.read.add(int(index))
+            return super().__getitem__(index)
+
     w = jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8)) / 30 + 0.05
     embed = jax.tree_util.Partial(lambda w, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w), w)
-    images = np.random.default_rng(0).normal(size=(9, 16, 16, 3)).astype(np.float32)
-    pairs = np.array([[q, (q + 3) % 9] for q in range(9)])
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 16, 16, 3), dtype=np.uint8)
+    pairs = np.array([[q, (q + 1) % 16] for q in range(15)] + [[3, 9]])  # 15 queries, ragged
     config = dict(num_masks=48, grid_size=4, batch_size=16)
     if process >= 0:
-        maps = parallel.explain_pairs_distributed("rise", embed, images, images, key=jax.random.key(2), pairs=pairs,
-                                                  config=config)
+        source = Logged({"image": images})
+        maps = parallel.explain_pairs_distributed("rise", embed, source, source, key=jax.random.key(2), pairs=pairs,
+                                                  config=config, preprocess=Preprocess())
         assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
+        with open(out + ".json", "w") as f:
+            json.dump(sorted(Logged.read), f)
     else:
-        maps = sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(2), pairs=pairs,
+        normalized = normalize_images(images)
+        maps = sx.saliency.explain_pairs("rise", embed, normalized, normalized, key=jax.random.key(2), pairs=pairs,
                                          config=config)
     np.save(out, maps)
 """)
@@ -59,3 +74,7 @@ def test_two_processes_equal_one(tmp_path):
     for i in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"p{i}.npy"), expected, rtol=1e-5,
                                    atol=1e-5 * float(np.abs(expected).max()))
+    # each process read only the images of its pairs: queries 0-7 (+ references 1-8, 9) and 8-14 (+ 9-15)
+    reads = [set(json.loads((tmp_path / f"p{i}.npy.json").read_text())) for i in (0, 1)]
+    assert reads[0] == set(range(9)) | {9}
+    assert reads[1] == set(range(8, 16))

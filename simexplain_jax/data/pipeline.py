@@ -64,11 +64,21 @@ class Preprocess(grain.transforms.Map):
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectKeys(grain.transforms.Map):
+    """Keeps ``keys`` of each record, as numpy arrays (records that are model-ready already)."""
+
+    keys: Sequence[str]
+
+    def map(self, example):
+        return {key: np.asarray(example[key]) for key in self.keys}
+
+
 def make_loader(
     source,
     *,
     batch_size: int,
-    preprocess: Preprocess = Preprocess(),
+    preprocess: Optional[grain.transforms.Map] = Preprocess(),
     seed: int = 0,
     shuffle: bool = True,
     num_epochs: Optional[int] = 1,
@@ -80,6 +90,9 @@ def make_loader(
     """A grain ``DataLoader`` over a random-access ``source`` (e.g. ``tfds.data_source(...)``).
 
     Yields dicts of numpy arrays with a leading batch axis. ``num_epochs=None`` repeats forever.
+    ``preprocess=None`` batches the records as they are. Shards are equal contiguous pieces and a
+    remainder of ``len(source) % shard_count`` records is dropped (pad the source to a multiple of
+    ``shard_count`` to read every record, as ``parallel.read_pair_shard`` does).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -94,9 +107,9 @@ def make_loader(
     shard = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
                                           num_epochs=num_epochs, seed=seed)
-    return grain.DataLoader(data_source=source, sampler=sampler,
-                            operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)],
-                            worker_count=worker_count)
+    operations = ([] if preprocess is None else [preprocess]) + [grain.transforms.Batch(batch_size,
+                                                                                         drop_remainder=drop_remainder)]
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=worker_count)
 
 
 def load_all(source, preprocess: Preprocess = Preprocess(), batch_size: int = 512) -> dict:

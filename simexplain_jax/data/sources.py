@@ -36,6 +36,33 @@ class InMemorySource:
         return {k: v[index] for k, v in self.arrays.items()}
 
 
+class SubsetSource:
+    """Records ``indices`` of ``source``, in that order, each with ``index`` (its index in ``source``)
+    and ``valid`` added: ``source`` is only read at the indices asked for. ``valid [len(indices)]``
+    (default all True) marks padding records that a reader drops."""
+
+    def __init__(self, source, indices, valid=None):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64)
+        self.valid = np.ones(len(self.indices), bool) if valid is None else np.asarray(valid, bool)
+        if self.indices.ndim != 1 or self.valid.shape != self.indices.shape:
+            raise ValueError(f"indices must be 1-D with one valid flag each, got {self.indices.shape} "
+                             f"and {self.valid.shape}")
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(source)):
+            raise ValueError(f"indices must be in [0, {len(source)}), got [{self.indices.min()}, {self.indices.max()}]")
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.source!r}, n={len(self.indices)}, crc={zlib.crc32(self.indices.tobytes())})"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        record = dict(self.source[int(self.indices[position])])
+        record.update(index=self.indices[position], valid=self.valid[position])
+        return record
+
+
 def load_arrays(source, keys: Sequence[str], progress: bool = False) -> dict:
     """Every record of ``source`` (decoded), stacked per key: ``{key: [N, ...]}``."""
     items = range(len(source))

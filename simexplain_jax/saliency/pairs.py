@@ -10,7 +10,10 @@ returns one ``[H, W]`` map per pair, in the order of ``pairs``.
   (N + R * K passes for R references).
 - The mask method: pairs are optimised ``pair_batch`` at a time in one vmapped call.
 - Randomness: the query with index i in ``queries`` uses ``fold_in(key, i)``, so a pair's map is the
-  same as the single-pair function called with that key, whatever else is in the list.
+  same as the single-pair function called with that key, whatever else is in the list. When the
+  arrays hold a subset of a dataset (one process's shard), ``query_ids`` / ``reference_ids`` give
+  each row's index in the whole dataset: keys and cache files use those, so the maps equal a run
+  over the whole dataset.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ def _embed_rows(embed_fn, images: np.ndarray, rows, batch_size: int = 128) -> di
     return dict(zip(rows, embeddings))
 
 
+def _ids(ids, count: int, name: str) -> np.ndarray:
+    if ids is None:
+        return np.arange(count)
+    ids = np.asarray(ids)
+    if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{name} must be {count} integer ids (one per row), got {ids.dtype} {ids.shape}")
+    return ids
+
+
 def _bucket(k: int) -> int:
     return 1 << (k - 1).bit_length()
 
@@ -67,16 +79,24 @@ def _check(method, queries, references, pairs):
 
 def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
-                  pair_batch: int = 16, mesh=None) -> np.ndarray:
+                  pair_batch: int = 16, mesh=None, query_ids=None, reference_ids=None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     ``config`` holds the method's options (e.g. ``{"num_masks": 2000}``). ``progress(n)`` is called
     with the number of pairs finished after each group (e.g. ``tqdm(total=P).update``). With
     ``cache_dir``, maps are stored per query (``SaliencyCache``) and reused on a rerun.
+    ``query_ids [len(queries)]`` / ``reference_ids [len(references)]``: each row's index in the
+    whole dataset (default: the row index), used for the random keys and the cache.
     """
     config = dict(config or {})
     embed_fn = _common.as_pytree_fn(embed_fn)
     pairs = _check(method, queries, references, pairs)
+    qid = _ids(query_ids, len(queries), "query_ids")
+    rid = _ids(reference_ids, len(references), "reference_ids")
+
+    def query_key(q):  # the key of row q of queries
+        return jax.random.fold_in(key, int(qid[q]))
+
     queries, references = np.asarray(queries, np.float32), np.asarray(references, np.float32)
     cache = SaliencyCache(cache_dir, {"method": method, "config": config}) if cache_dir else None
     out = np.zeros((len(pairs), *queries.shape[1:3]), np.float32)
@@ -87,7 +107,7 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
     todo = OrderedDict()
     for q, positions in groups.items():
         refs = pairs[positions, 1]
-        cached = cache.get(q, refs) if cache else None
+        cached = cache.get(qid[q], rid[refs]) if cache else None
         if cached is not None:
             out[positions] = cached
             if progress:
@@ -101,7 +121,7 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
         for start in range(0, len(flat), pair_batch):
             chunk = flat[start:start + pair_batch]
             chunk_pairs = pairs[[p for _, p in chunk]]
-            keys = jnp.stack([jax.random.fold_in(key, int(q)) for q, _ in chunk])
+            keys = jnp.stack([query_key(q) for q, _ in chunk])
             if method == "perturbation":
                 refs = np.stack([needed[int(r)] for r in chunk_pairs[:, 1]])
                 maps = perturbation_batch(embed_fn, queries[chunk_pairs[:, 0]], refs, key=keys, **config)
@@ -113,15 +133,15 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
                 progress(len(chunk))
         if cache:
             for q, positions in todo.items():
-                cache.put(q, pairs[positions, 1], out[positions])
+                cache.put(qid[q], rid[pairs[positions, 1]], out[positions])
         return out
 
     if mesh is not None and method in _GROUPED and todo:
-        maps = _explain_sharded(method, embed_fn, queries, references, pairs, todo, key, config, mesh)
+        maps = _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_key, config, mesh)
         for q, positions in todo.items():
             out[positions] = maps[q]
             if cache:
-                cache.put(q, pairs[positions, 1], maps[q])
+                cache.put(qid[q], rid[pairs[positions, 1]], maps[q])
         if progress:
             progress(sum(len(p) for p in todo.values()))
         return out
@@ -130,30 +150,30 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
                       if method in _GROUPED + ("gradient", "integrated_gradients") else {})
     for q, positions in todo.items():
         query = queries[q]
-        query_key = jax.random.fold_in(key, q)
+        key_q = query_key(q)
         refs = pairs[positions, 1]
         if method in _GROUPED:
             emb = np.stack([ref_embeddings[int(r)] for r in refs])
             padded = np.zeros((_bucket(len(refs)), emb.shape[1]), np.float32)
             padded[: len(refs)] = emb
             if method == "rise":
-                maps = rise(embed_fn, query, padded, key=query_key, **config)
+                maps = rise(embed_fn, query, padded, key=key_q, **config)
             elif method == "sliding_window":
                 maps = sliding_window(embed_fn, query, padded, **config)
             else:
-                maps = lime(embed_fn, query, padded, key=query_key, **config)
+                maps = lime(embed_fn, query, padded, key=key_q, **config)
             maps = np.asarray(maps)[: len(refs)]
         elif method == "random":  # a pair's map depends on (query, reference) only
-            maps = np.stack([np.asarray(random(None, query, key=jax.random.fold_in(query_key, int(r)))) for r in refs])
+            maps = np.stack([np.asarray(random(None, query, key=jax.random.fold_in(key_q, int(rid[r])))) for r in refs])
         elif method == "rise_variable":
-            maps = _rise_variable_group(embed_fn, query, references[refs], query_key, config)
+            maps = _rise_variable_group(embed_fn, query, references[refs], key_q, config)
         else:
             single = []
             for r in refs:
                 if method == "sliding_window_variable":
                     single.append(sliding_window_variable(embed_fn, query, references[r], **config))
                 elif method == "lime_variable":
-                    single.append(lime_variable(embed_fn, query, references[r], key=query_key, **config))
+                    single.append(lime_variable(embed_fn, query, references[r], key=key_q, **config))
                 elif method == "gradient":
                     single.append(gradient(embed_fn, query, ref_embeddings[int(r)], **config))
                 else:
@@ -161,7 +181,7 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
             maps = np.stack([np.asarray(m) for m in single])
         out[positions] = maps
         if cache:
-            cache.put(q, refs, maps)
+            cache.put(qid[q], rid[refs], maps)
         if progress:
             progress(len(positions))
     return out
@@ -182,7 +202,7 @@ def _rise_variable_group(embed_fn, query, refs_images, query_key, config):
     return maps[: len(embeddings)].reshape(len(refs_images), k, *maps.shape[1:]).mean(axis=1)
 
 
-def _explain_sharded(method, embed_fn, queries, references, pairs, todo, key, config, mesh):
+def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_key, config, mesh):
     """{query: maps [R, H, W]} for the grouped methods, queries split over ``mesh``."""
     import importlib
     import inspect
@@ -205,7 +225,7 @@ def _explain_sharded(method, embed_fn, queries, references, pairs, todo, key, co
     refs = np.zeros((len(order), k, next(iter(ref_embeddings.values())).shape[0]), np.float32)
     for i, q in enumerate(order):
         refs[i, : len(todo[q])] = np.stack([ref_embeddings[int(r)] for r in pairs[todo[q], 1]])
-    stacked = [queries[order], refs, np.asarray(jax.random.key_data(jnp.stack([jax.random.fold_in(key, q)
+    stacked = [queries[order], refs, np.asarray(jax.random.key_data(jnp.stack([query_key(q)
                                                                                  for q in order])))]
     similarity = options["similarity"]
     if method == "rise":

@@ -131,6 +131,20 @@ def similarity_data(dataset: str, *, data_dir: str, manual_dir: str = "", num_ev
 
 
 @dataclasses.dataclass
+class PairList:
+    """Pairs to explain as indices into a split's source, whose images are read only where needed
+    (``parallel.read_pair_shard``, or ``read_images``)."""
+
+    source: object  # the split's tfds data source: records with "image" (uint8), shapes also "key_mask", "scene"
+    pairs: np.ndarray  # [P, 2] indices into source
+    labels: np.ndarray  # [P] 1 = positive pair
+    preprocess: Preprocess  # a record's image -> model-ready (resized for the real datasets, normalised)
+    image_size: Optional[int]  # None: the native size (shapes)
+    conditions: Optional[np.ndarray] = None  # [P] type-aware models (-1: the general space)
+    query_keys: tuple = ()  # per-image ground truth the source holds ("key_mask", "scene" on shapes)
+
+
+@dataclasses.dataclass
 class ExplanationPairs:
     """Pairs to explain: uint8 images at model resolution, index pairs, labels, and (shapes only)
     the key-object masks; ``conditions`` for type-aware models."""
@@ -143,44 +157,68 @@ class ExplanationPairs:
     scenes: Optional[list] = None  # shapes: each image's scene JSON
 
 
-def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
-                      num_pairs: int = 100, seed: int = 0, test_pairs: str = "") -> ExplanationPairs:
-    """Balanced pairs (or a reference pair file) of one split, with what evaluation needs."""
+def _metadata_source(builder, split: str):
+    """The split with its images left encoded: ids, labels and categories read without decoding pixels."""
+    skip = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
+            if isinstance(feature, tfds.features.Image)}
+    return builder.as_data_source(split, decoders=skip)
+
+
+def explanation_pair_list(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
+                          num_pairs: int = 100, seed: int = 0, test_pairs: str = "") -> PairList:
+    """Balanced pairs (or a reference pair file) of one split; no image is decoded."""
     check_dataset(dataset, manual_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder = tfds.builder(dataset, data_dir=data_dir)
     builder.download_and_prepare(download_config=download_config)
-    source = builder.as_data_source(split)
+    source, meta = builder.as_data_source(split), _metadata_source(builder, split)
     name = dataset.split("/")[0]
     if name == "shapes":
-        arrays = load_arrays(source, ["image", "label", "key_mask", "scene"])
-        pairs, labels = _sampled_pairs(arrays["label"], num_pairs, seed)
-        return ExplanationPairs(arrays["image"], pairs, labels, arrays["key_mask"],
-                                scenes=[s.decode() for s in arrays["scene"]])
-    id_key = "image_id" if name == "awa2" else "item_id"
-    ids = [source[i][id_key].decode() for i in range(len(source))]
+        pairs, labels = _sampled_pairs(load_arrays(meta, ["label"])["label"], num_pairs, seed)
+        return PairList(source, pairs, labels, Preprocess(keys=()), None, query_keys=("key_mask", "scene"))
+    records = [meta[i] for i in range(len(meta))]
+    ids = [r["image_id" if name == "awa2" else "item_id"].decode() for r in records]
     if test_pairs:
         pairs, labels = _listed_pairs(test_pairs, ids)
-        keep = np.concatenate([np.flatnonzero(labels == 1)[: num_pairs // 2],
-                               np.flatnonzero(labels == 0)[: num_pairs - num_pairs // 2]])  # balanced, in file order
-        pairs, labels = pairs[np.sort(keep)], labels[np.sort(keep)]
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == 1)[: num_pairs // 2],
+                                       np.flatnonzero(labels == 0)[: num_pairs - num_pairs // 2]]))  # balanced
+        pairs, labels = pairs[keep], labels[keep]
     elif name == "awa2":
-        pairs, labels = _sampled_pairs(load_arrays(source, ["label"])["label"], num_pairs, seed)
+        pairs, labels = _sampled_pairs(np.array([r["label"] for r in records]), num_pairs, seed)
     else:
-        outfit_of = [source[i]["outfits"][0].decode() if len(source[i]["outfits"]) else str(i)
-                     for i in range(len(source))]
-        pairs, labels = _sampled_pairs(outfit_of, num_pairs, seed)
-    used = np.unique(pairs)
-    remap = {int(u): k for k, u in enumerate(used)}
-    images = np.stack([resize_and_center_crop(np.asarray(source[int(u)]["image"]), PAPER_IMAGE_SIZE) for u in used])
+        pairs, labels = _sampled_pairs([r["outfits"][0].decode() if len(r["outfits"]) else str(i)
+                                        for i, r in enumerate(records)], num_pairs, seed)
     conditions = None
     if name == "polyvore_outfits":
         table = [tuple(c) for c in builder.info.metadata["type_conditions"]]
-        categories = {int(u): source[int(u)]["category"].decode() for u in used}
-        conditions = np.array([table.index(tuple(sorted((categories[a], categories[b]))))
-                               if tuple(sorted((categories[a], categories[b]))) in table else -1 for a, b in pairs])
-    pairs = np.vectorize(remap.get)(pairs)
-    return ExplanationPairs(images, pairs, labels, None, conditions)
+        kinds = [tuple(sorted((records[a]["category"].decode(), records[b]["category"].decode()))) for a, b in pairs]
+        conditions = np.array([table.index(k) if k in table else -1 for k in kinds])
+    return PairList(source, pairs, labels, Preprocess(image_size=PAPER_IMAGE_SIZE, keys=()), PAPER_IMAGE_SIZE,
+                    conditions)
+
+
+def read_images(source, indices, image_size: Optional[int], records=None) -> np.ndarray:
+    """uint8 images ``[len(indices), H, W, 3]`` of ``source`` at model resolution (``records``:
+    those already read)."""
+    records = records if records is not None else [source[int(i)] for i in indices]
+    images = [np.asarray(r["image"]) for r in records]
+    return np.stack([im if image_size is None else resize_and_center_crop(im, image_size) for im in images])
+
+
+def explanation_pairs(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
+                      num_pairs: int = 100, seed: int = 0, test_pairs: str = "") -> ExplanationPairs:
+    """``explanation_pair_list`` with the images its pairs use loaded (``pairs`` index ``images``)."""
+    listed = explanation_pair_list(dataset, data_dir=data_dir, manual_dir=manual_dir, split=split,
+                                   num_pairs=num_pairs, seed=seed, test_pairs=test_pairs)
+    used, pairs = np.unique(listed.pairs, return_inverse=True)
+    pairs = pairs.reshape(listed.pairs.shape)
+    records = [listed.source[int(u)] for u in used]
+    key_masks = scenes = None
+    if listed.query_keys:
+        key_masks = np.stack([r["key_mask"] for r in records])
+        scenes = [r["scene"].decode() for r in records]
+    return ExplanationPairs(read_images(listed.source, used, listed.image_size, records), pairs, listed.labels,
+                            key_masks, listed.conditions, scenes)
 
 
 @dataclasses.dataclass
