@@ -59,7 +59,7 @@ def main(argv):
                                         config.distributed.process_id)
     # each process reads and explains only its share of the pairs (whole query groups); process 0
     # gathers every pair's curves and scores and writes the results
-    mesh = parallel.make_mesh(config.mesh_devices or None, local=True)
+    mesh = parallel.make_mesh(config.mesh_devices or None, local=True, masks=config.mesh_masks)
     mesh = mesh if mesh.devices.size > 1 else None
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")

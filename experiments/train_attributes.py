@@ -59,6 +59,9 @@ def main(argv):
     if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
         raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
                          f"got {config.mesh_devices}")
+    if config.param_sharding not in parallel.PARAM_SHARDINGS:
+        raise ValueError(f"config.param_sharding must be one of {parallel.PARAM_SHARDINGS}, "
+                         f"got {config.param_sharding!r}")
     if any(lam < 0 for lam in lambdas) or not lambdas:
         raise ValueError(f"config.lambdas must be non-negative numbers, got {config.lambdas!r}")
     start_time = time.perf_counter()
@@ -106,9 +109,9 @@ def main(argv):
         iterator = iter(make_loader(source, batch_size=config.batch_size,
                                     preprocess=Preprocess(keys=("attributes", "saliency", "valid")), seed=config.seed,
                                     num_epochs=None, drop_remainder=True))
-        if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated
+        if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated or fully sharded
             mesh = parallel.make_mesh(config.mesh_devices, local=True)
-            state = parallel.replicate(state, mesh)
+            state = parallel.place_state(state, mesh, config.param_sharding)
             step = parallel.data_parallel(step, mesh)
         checkpoint_dir = os.path.join(workdir, f"lambda_{lam:g}", "checkpoints")
         checkpointer = Checkpointer(checkpoint_dir, metric="val_map",

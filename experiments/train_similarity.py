@@ -52,6 +52,9 @@ def validate(config) -> None:
     if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
         raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
                          f"got {config.mesh_devices}")
+    if config.param_sharding not in parallel.PARAM_SHARDINGS:
+        raise ValueError(f"config.param_sharding must be one of {parallel.PARAM_SHARDINGS}, "
+                         f"got {config.param_sharding!r}")
     if config.test_pairs and not os.path.exists(config.test_pairs):
         raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
 
@@ -79,9 +82,9 @@ def main(argv):
     loader = make_loader(data.train_source, batch_size=config.batch_size, preprocess=data.preprocess,
                          seed=config.seed, num_epochs=None, drop_remainder=True)
     iterator = iter(loader)
-    if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated
+    if config.mesh_devices > 1:  # data parallel: batches split over the mesh, the state replicated or fully sharded
         mesh = parallel.make_mesh(config.mesh_devices, local=True)
-        state = parallel.replicate(state, mesh)
+        state = parallel.place_state(state, mesh, config.param_sharding)
         train_step = parallel.data_parallel(train_step, mesh)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     saved_config = dict(config.to_dict(), num_conditions=data.num_conditions, image_size=data.image_size,

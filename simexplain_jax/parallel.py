@@ -1,12 +1,15 @@
 """Scaling out with JAX's own runtime: meshes, pair-sharded and mask-sharded saliency, sharded batches.
 
-- ``make_mesh(num_devices)``: a 1-D mesh over the local (or global, after
-  ``initialize_distributed``) devices with the axis ``"pairs"``.
+- ``make_mesh(num_devices, masks=1)``: a mesh over the local (or global, after
+  ``initialize_distributed``) devices with the axis ``"pairs"``, and with ``masks > 1`` a second
+  axis ``"masks"`` over which RISE splits each query's masks (partial maps summed with ``psum``).
 - ``sharded_queries(fn, mesh)``: runs ``fn`` (one query's work) for a stack of queries, split
   over the mesh with ``shard_map``; the stack is padded to a multiple of the device count (no
   recompilation for ragged sizes beyond the padded shape) and the padding dropped.
+- ``rise_split_masks``: one pair's masks split over a mesh axis.
 - ``shard_batch(batch, mesh)``: puts a batch's leading axis across the mesh, for data-parallel
-  train steps (the jitted step is then partitioned by XLA over the global batch).
+  train steps (the jitted step is then partitioned by XLA over the global batch); the state is
+  ``replicate``d or, FSDP-style, ``fully_shard``ed (``place_state`` picks by name).
 - ``read_pair_shard(queries, references, pairs)``: this process's share of a pair list, read
   through grain's sharding (only the images its pairs need); ``gather_rows`` assembles per-pair
   results from every process; ``explain_pairs_distributed`` is the two around ``explain_pairs``.
@@ -25,21 +28,30 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "pairs"
+MASKS = "masks"
 
 
-def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS, local: bool = False) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (default: all of them; with ``local``,
-    this process's devices only)."""
+def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS, local: bool = False, masks: int = 1) -> Mesh:
+    """A mesh over the first ``num_devices`` devices (default: all of them; with ``local``, this
+    process's devices only): 1-D ``(axis,)``, or with ``masks > 1`` 2-D ``(axis, "masks")`` of
+    shape ``(num_devices // masks, masks)``, where RISE splits each query's masks over the
+    ``"masks"`` axis (the other methods spread queries over every device)."""
     devices = jax.local_devices() if local else jax.devices()
     if num_devices is None:
         num_devices = len(devices)
     if not 1 <= num_devices <= len(devices):
         raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
-    return Mesh(np.asarray(devices[:num_devices]), (axis,))
+    if masks < 1 or num_devices % masks:
+        raise ValueError(f"masks (devices on the masks axis) must be >= 1 and divide num_devices={num_devices}, "
+                         f"got {masks}")
+    shape, names = ((num_devices,), (axis,)) if masks == 1 else ((num_devices // masks, masks), (axis, MASKS))
+    if num_devices == len(devices):  # jax.make_mesh orders the devices by the hardware's topology
+        return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+    return Mesh(np.asarray(devices[:num_devices]).reshape(shape), names)
 
 
 def pad_leading(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -48,19 +60,22 @@ def pad_leading(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
 
-def sharded_queries(fn: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
+def sharded_queries(fn: Callable, mesh: Mesh, axis: str = AXIS, split_masks: bool = False) -> Callable:
     """``run(shared, *stacked) -> stacked outputs``: ``fn(shared, *one_query_args)`` vmapped over
     the leading axis of ``stacked`` and split over ``mesh``; ``shared`` (e.g. the embed_fn with its
-    parameters) is replicated."""
-    size = mesh.shape[axis]
+    parameters) is replicated. The stack is split over every device of the mesh, or with
+    ``split_masks`` over ``axis`` only: ``fn`` then divides its own work over the ``"masks"`` axis
+    and sums it with ``psum``."""
+    stack_axes = axis if split_masks else tuple(mesh.axis_names)
+    size = mesh.shape[axis] if split_masks else mesh.devices.size
 
     def per_device(shared, *stacked):
         return jax.vmap(lambda *args: fn(shared, *args))(*stacked)
 
     @jax.jit
     def run_padded(shared, *stacked):
-        specs = (P(),) + (P(axis),) * len(stacked)
-        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False)(
+        specs = (P(),) + (P(stack_axes),) * len(stacked)
+        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(stack_axes), check_vma=False)(
             shared, *stacked)
 
     def run(shared, *stacked):
@@ -92,6 +107,36 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
 
 
+PARAM_SHARDINGS = ("replicated", "fully_sharded")
+
+
+def fully_shard(tree, mesh: Mesh, axis: str = AXIS, min_size: int = 1024):
+    """Places each array of ``tree`` (a train state: parameters and optimizer moments) split over
+    ``mesh`` along its largest dimension that the axis size divides, FSDP-style: each device holds
+    1/n of it and XLA gathers what a step needs. Arrays under ``min_size`` elements, and those with
+    no such dimension, are replicated. A data-parallel step over such a state computes what one
+    device would, and keeps the state split."""
+    size = mesh.shape[axis]
+
+    def place(x):
+        x = jnp.asarray(x)
+        dims = [d for d in np.argsort(x.shape, kind="stable")[::-1] if x.shape[d] % size == 0]
+        if x.size < min_size or not dims:
+            return jax.device_put(x, NamedSharding(mesh, P()))
+        spec = [None] * x.ndim
+        spec[dims[0]] = axis
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+
+    return jax.tree.map(place, tree)
+
+
+def place_state(state, mesh: Mesh, param_sharding: str = "replicated", axis: str = AXIS):
+    """``replicate`` or ``fully_shard`` a train state, by name (the configs' ``param_sharding``)."""
+    if param_sharding not in PARAM_SHARDINGS:
+        raise ValueError(f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}")
+    return replicate(state, mesh) if param_sharding == "replicated" else fully_shard(state, mesh, axis)
+
+
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
                            local_device_ids=None) -> None:
     """Joins a multi-process run (one call per process, before any other JAX call).
@@ -108,28 +153,22 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
 def rise_split_masks(embed_fn, query, reference_embeddings, *, key, mesh: Mesh, num_masks: int = 2000,
                      grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
                      axis: str = AXIS):
-    """RISE for one pair with its N masks split over the devices of ``mesh`` (partial maps summed
-    with ``psum``): equals ``sx.saliency.rise(..., key=key)`` to float rounding. ``[K, H, W]`` or ``[H, W]``."""
+    """RISE for one pair with its N masks split over the devices along mesh ``axis`` (partial maps
+    summed with ``psum``): equals ``sx.saliency.rise(..., key=key)`` to float rounding. ``[K, H, W]``
+    or ``[H, W]``."""
     from simexplain_jax import masks as _masks
-    from simexplain_jax.saliency import _common, engine
-    from simexplain_jax.saliency.rise import _normalize_maps
+    from simexplain_jax.saliency import _common
+    from simexplain_jax.saliency.rise import _rise_maps_share
     from simexplain_jax.similarity import cosine
 
     embed_fn = _common.as_pytree_fn(embed_fn)
     query = _common.check_image(query, "query")
     refs, single = _common.check_reference_embeddings(reference_embeddings)
     _masks.check_rise_options(num_masks, grid_size, p)
-    size = mesh.shape[axis]
-    per_device = -(-num_masks // size)
 
     def local(embed, q, r, key_data):
-        offset = jax.lax.axis_index(axis) * per_device
-        masks_for = _masks.rise_mask_fn(jax.random.wrap_key_data(key_data), grid_size, p, q.shape)
-        result = engine.run(embed, r, engine.masked_perturbation(q, masks_for), num_masks, batch_size, cosine,
-                            index_offset=offset, num_local=per_device)
-        weighted = jax.lax.psum(result.weighted, axis)
-        mask_sum = jax.lax.psum(result.mask_sum, axis)
-        return _normalize_maps(weighted, mask_sum, num_masks, p, normalize)
+        return _rise_maps_share(embed, q, r, jax.random.wrap_key_data(key_data), num_masks, grid_size, p, batch_size,
+                                normalize, cosine, axis, mesh.shape[axis])
 
     run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=P(), check_vma=False))
     maps = run(embed_fn, query, refs, jax.random.key_data(key))

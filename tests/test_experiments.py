@@ -51,6 +51,7 @@ def test_train_similarity_runlocal_reaches_auc(trained_similarity):
     ("--config.embedding_dim=0", "embedding_dim"),
     ("--config.dataset=awa2", "manual_dir"),
     ("--config.model=vgg", "model must be one of"),
+    ("--config.param_sharding=zero3", "param_sharding must be one of"),
 ])
 def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
     proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
@@ -239,26 +240,33 @@ def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
 
 
 def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity):
-    """saliency_eval shards its queries over 8 devices with the same AUCs; train_similarity runs
-    data-parallel steps over 8 devices."""
+    """saliency_eval shards its queries (and RISE masks) over 8 devices with the same AUCs;
+    train_similarity runs data-parallel steps over 8 devices with fully sharded parameters (saved
+    by orbax), train_attributes with replicated ones."""
     rows = "--config.rows=rise:fixed,sliding_window:fixed,lime:fixed"
     common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
               f"--config.similarity_workdir={trained_similarity}", rows]
     one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}", "--config.mesh_devices=1")
-    eight = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'eight'}", devices=8)
+    eight = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'eight'}", "--config.mesh_masks=2",
+                       devices=8)  # 4 devices on the pairs axis, each query's RISE masks split over 2
     assert one.returncode == 0, one.stderr[-3000:]
     assert eight.returncode == 0, eight.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
     b = json.loads((tmp_path / "eight" / "results.json").read_text())["rows"]
     for x, y in zip(a, b):
         if x["method"] != "lime":  # LIME's sharded path shares one superpixel count across queries
-            # maps agree to float rounding (test_parallel); near-ties in a map can swap two pixels' ranks
-            assert y["insertion_auc"] == pytest.approx(x["insertion_auc"], abs=0.05)
-            assert y["deletion_auc"] == pytest.approx(x["deletion_auc"], abs=0.05)
+            for cached in sorted((tmp_path / "one" / "cache" / x["method"]).glob("q*.npz")):
+                one_maps = np.load(cached)["maps"]
+                eight_maps = np.load(tmp_path / "eight" / "cache" / x["method"] / cached.name)["maps"]
+                np.testing.assert_allclose(eight_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()))
+            # RISE maps sit on an offset of about N * E[s] with small variations: float rounding can swap
+            # the ranks of near-tied pixels, which moves the AUCs (x100) by a few hundredths
+            assert y["insertion_auc"] == pytest.approx(x["insertion_auc"], abs=0.25)
+            assert y["deletion_auc"] == pytest.approx(x["deletion_auc"], abs=0.25)
     train = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
                        f"--workdir={tmp_path / 'train'}", f"--config.data_dir={shapes32_dir}",
                        "--config.mesh_devices=8", "--config.num_steps=20", "--config.eval_every=10",
-                       "--config.checkpoint_every=10", devices=8)
+                       "--config.checkpoint_every=10", "--config.param_sharding=fully_sharded", devices=8)
     assert train.returncode == 0, train.stderr[-3000:]
     assert json.loads((tmp_path / "train" / "results.json").read_text())["steps"] == 20
     attributes = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
@@ -294,10 +302,14 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["num_processes"] == 2 and b["devices_per_process"] == 2 and a["num_processes"] == 1
     assert '"method": "rise"' in outputs[0][0] and '"method"' not in outputs[1][0]  # process 0 reports
+    for cached in sorted((tmp_path / "one" / "cache" / "rise").glob("q*.npz")):
+        one_maps = np.load(cached)["maps"]
+        two_maps = np.load(tmp_path / "two" / "cache" / "rise" / cached.name)["maps"]
+        np.testing.assert_allclose(two_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()))
     for x, y in zip(a["rows"], b["rows"]):
         # maps agree to float rounding; near-ties in a map can swap two pixels' ranks
         for field in ("insertion_auc", "deletion_auc"):
-            assert y[field] == pytest.approx(x[field], abs=0.05), (x["method"], field)
+            assert y[field] == pytest.approx(x[field], abs=0.25), (x["method"], field)
         for field in ("pointing_accuracy", "mass_on_key"):
             assert y[field] == pytest.approx(x[field], abs=1e-4), (x["method"], field)
     cached = {p.name for p in (tmp_path / "two" / "cache" / "rise").glob("q*.npz")}

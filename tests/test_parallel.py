@@ -31,16 +31,38 @@ SCRIPT = textwrap.dedent("""
             c = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
                                           config=config)
             np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
+    # a 2-D mesh: queries over 2 "pairs" devices, each query's RISE masks over 4 "masks" devices
+    # (sliding window and LIME spread queries over all 8); the same maps as one device
+    grid = parallel.make_mesh(8, masks=4)
+    assert dict(grid.shape) == {"pairs": 2, "masks": 4}
+    for method, config in configs.items():
+        a = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
+                                      config=config, mesh=one)
+        b = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
+                                      config=config, mesh=grid)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()), err_msg="2-D " + method)
+    for bad in (3, 0):
+        try:
+            parallel.make_mesh(8, masks=bad)
+            raise AssertionError("accepted masks=%d" % bad)
+        except ValueError as e:
+            assert "divide num_devices=8" in str(e)
     # one pair's masks split over 8 devices, N not a multiple of 8
     ref = embed(images[1:2])[0]
     single = sx.saliency.rise(embed, images[0], ref, key=jax.random.key(3), num_masks=101, grid_size=4, batch_size=16)
     split = parallel.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=eight, num_masks=101,
                                       grid_size=4, batch_size=16)
     np.testing.assert_allclose(split, single, rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
+    split = parallel.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=grid, num_masks=101,
+                                      grid_size=4, batch_size=16, axis="masks")
+    np.testing.assert_allclose(split, single, rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
     # insertion/deletion over 8 devices equals per-pair calls
     maps = rng.normal(size=(11, 16, 16)).astype(np.float32)
     refs = np.asarray(embed(images[1:12]))
     batch = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11, mesh=eight)
+    on_grid = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11,
+                                                  mesh=grid)
+    np.testing.assert_allclose(on_grid.insertion_curve, batch.insertion_curve, atol=1e-5)
     for i in (0, 5, 10):
         one = sx.metrics.insertion_deletion(embed, images[i], refs[i], maps[i], background=0.0, num_steps=11)
         np.testing.assert_allclose(batch.insertion_curve[i], one.insertion_curve, atol=1e-5)
@@ -53,17 +75,29 @@ SCRIPT = textwrap.dedent("""
     batch = {"image": jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
              "label": jnp.asarray(np.repeat(np.arange(4), 4))}
     results = []
-    for mesh in (None, eight):
+    for mode in (None, "replicated", "fully_sharded"):
         state = sim.create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
         step = sim.make_train_step(model, optimizer)
-        data = batch if mesh is None else parallel.shard_batch(batch, mesh)
-        if mesh is not None:
-            state = parallel.replicate(state, mesh)
+        if mode is not None:
+            state = parallel.place_state(state, eight, mode)
+            step = parallel.data_parallel(step, eight)
         for _ in range(3):
-            state, metrics = step(state, data)
+            state, metrics = step(state, batch)
+        if mode == "fully_sharded":  # the big kernels and their Adam moments stay split over the 8 devices
+            kernel = state.params["backbone"]["conv2"]["kernel"]
+            assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "pairs"), kernel.sharding
+            assert kernel.addressable_shards[0].data.shape == (3, 3, 16, 2)
+            moment = state.opt_state[0].mu["backbone"]["conv2"]["kernel"]
+            assert moment.sharding.spec == kernel.sharding.spec
         results.append((jax.device_get(state.params), float(metrics["loss"])))
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), results[0][0], results[1][0])
-    assert abs(results[0][1] - results[1][1]) < 1e-5
+    for params, loss in results[1:]:
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), results[0][0], params)
+        assert abs(results[0][1] - loss) < 1e-5
+    try:
+        parallel.place_state(state, eight, "zero3")
+        raise AssertionError("accepted a bad param_sharding")
+    except ValueError as e:
+        assert "param_sharding must be one of" in str(e)
     print("OK")
 """)
 

@@ -32,6 +32,7 @@ def get_config(arg=None):
     config.cache_images = 1000  # training images with cached saliency (the first ones of the split)
     config.shard_size = 250
     config.mesh_devices = 1  # >1: data-parallel steps, the batch split over that many local devices
+    config.param_sharding = "replicated"  # or "fully_sharded": parameters and Adam moments split over the mesh
     if "runlocal" in args:
         config.similarity_config = "experiments/configs/similarity_shapes.py:runlocal"
         config.width = 16

@@ -28,7 +28,8 @@ def get_config(arg=None):
     config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
     config.insertion_steps = 101
     config.gallery_pairs = 4
-    config.mesh_devices = 0  # devices on the pairs axis for RISE / sliding window / LIME: 0 = all local devices
+    config.mesh_devices = 0  # local devices for RISE / sliding window / LIME / insertion-deletion: 0 = all
+    config.mesh_masks = 1  # of those, devices on the "masks" axis: RISE splits each query's masks over them
     config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     config.methods = ml_collections.ConfigDict(dict(
         rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250),

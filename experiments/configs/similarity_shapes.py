@@ -29,6 +29,7 @@ def base_config():
     config.num_eval_pairs = 2000
     config.seed = 0
     config.mesh_devices = 1  # >1: data-parallel steps, the batch split over that many local devices
+    config.param_sharding = "replicated"  # or "fully_sharded": parameters and Adam moments split over the mesh
     return config
 
 

@@ -208,7 +208,7 @@ def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_k
     import inspect
 
     from simexplain_jax import masks as _masks
-    from simexplain_jax.parallel import sharded_queries
+    from simexplain_jax.parallel import MASKS, sharded_queries
     from simexplain_jax.saliency import occlusion
 
     # the package re-exports functions named like these modules: import the modules themselves
@@ -228,14 +228,18 @@ def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_k
     stacked = [queries[order], refs, np.asarray(jax.random.key_data(jnp.stack([query_key(q)
                                                                                  for q in order])))]
     similarity = options["similarity"]
+    split = method == "rise" and mesh.shape.get(MASKS, 1) > 1  # each query's RISE masks split over the masks axis
     if method == "rise":
         num_masks = options["num_masks"]
         _masks.check_rise_options(num_masks, options["grid_size"], options["p"])
 
         def one(embed, query, r, key_data):
-            return rise_module._rise_maps(embed, query, r, jax.random.wrap_key_data(key_data), None, num_masks,
-                                          options["grid_size"], options["p"], options["batch_size"],
-                                          options["normalize"], similarity)
+            args = (embed, query, r, jax.random.wrap_key_data(key_data))
+            settings = (num_masks, options["grid_size"], options["p"], options["batch_size"], options["normalize"],
+                        similarity)
+            if split:
+                return rise_module._rise_maps_share(*args, *settings, MASKS, mesh.shape[MASKS])
+            return rise_module._rise_maps(*args, None, *settings)
     elif method == "sliding_window":
         def one(embed, query, r, key_data):
             scores = occlusion._occlusion_scores(embed, query, r, options["window"], options["stride"],
@@ -254,5 +258,5 @@ def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_k
                 options["kernel_width"], options["ridge_alpha"], options["batch_size"], similarity)
             return coefficients[:, seg]
 
-    maps = sharded_queries(one, mesh)(embed_fn, *stacked)
+    maps = sharded_queries(one, mesh, split_masks=split)(embed_fn, *stacked)
     return {q: maps[i, : len(todo[q])] for i, q in enumerate(order)}

@@ -45,6 +45,18 @@ def _rise_maps(embed_fn, query, refs, key, masks, num_masks, grid_size, p, batch
     return _normalize_maps(result.weighted, result.mask_sum, num_masks, p, normalize)
 
 
+def _rise_maps_share(embed_fn, query, refs, key, num_masks, grid_size, p, batch_size, normalize, similarity, axis,
+                     axis_size):
+    """Inside ``shard_map``: this device's share of the N masks along mesh ``axis`` (of ``axis_size``
+    devices), the partial sums added with ``psum``: the same ``[K, H, W]`` maps as ``_rise_maps``."""
+    per_device = -(-num_masks // axis_size)
+    masks_for = _masks.rise_mask_fn(key, grid_size, p, query.shape)
+    result = engine.run(embed_fn, refs, engine.masked_perturbation(query, masks_for), num_masks, batch_size, similarity,
+                        index_offset=jax.lax.axis_index(axis) * per_device, num_local=per_device)
+    return _normalize_maps(jax.lax.psum(result.weighted, axis), jax.lax.psum(result.mask_sum, axis), num_masks, p,
+                           normalize)
+
+
 @jax.jit(static_argnames=("num_masks", "grid_size", "p", "batch_size", "normalize", "similarity"))
 def _rise_jit(embed_fn, query, refs, key, masks, *, num_masks, grid_size, p, batch_size, normalize, similarity):
     return _rise_maps(embed_fn, query, refs, key, masks, num_masks, grid_size, p, batch_size, normalize, similarity)
