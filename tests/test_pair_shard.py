@@ -47,16 +47,18 @@ def test_shards_partition_pairs_read_only_their_images_and_reproduce_maps(setup,
     got = {m: np.full_like(e, np.nan) for m, e in expected.items()}
     held = []
     for index in range(count):
-        source = LoggedSource({"image": images, "label": np.arange(16)})
-        shard = parallel.read_pair_shard(source, source, pairs, preprocess=Preprocess(), query_keys=("label",),
-                                         shard_index=index, shard_count=count)
+        query_source = LoggedSource({"image": images, "label": np.arange(16)})
+        reference_source = LoggedSource({"image": images})
+        shard = parallel.read_pair_shard(query_source, reference_source, pairs, preprocess=Preprocess(),
+                                         query_keys=("label",), shard_index=index, shard_count=count)
         held += list(shard.positions)
         mine = pairs[shard.positions]
-        needed = set(mine.ravel().tolist())
-        # reads: its pairs' images, plus at most one padding record when the queries do not divide evenly
-        assert needed <= source.read and len(source.read - needed) <= (0 if needed else 1)
-        if count > 1 and needed:
-            assert len(source.read) < len(images)
+        # reads: its pairs' queries (plus at most one padding record when the queries do not divide
+        # evenly) and exactly the references they name
+        assert set(mine[:, 0]) <= query_source.read and len(query_source.read - set(mine[:, 0])) <= 1
+        assert reference_source.read == set(mine[:, 1])
+        if count > 1:
+            assert len(query_source.read | reference_source.read) < len(images)
         np.testing.assert_array_equal(shard.query_ids[shard.pairs[:, 0]], mine[:, 0])
         np.testing.assert_array_equal(shard.reference_ids[shard.pairs[:, 1]], mine[:, 1])
         np.testing.assert_array_equal(shard.query_fields["label"], shard.query_ids)
