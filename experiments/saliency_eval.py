@@ -57,19 +57,34 @@ def main(argv):
     if config.distributed.num_processes > 1:  # one command per host; see the README's "Many devices and hosts"
         parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
                                         config.distributed.process_id)
-    # each process reads and explains only its share of the pairs (whole query groups); process 0
-    # gathers every pair's curves and scores and writes the results
+    # each process reads and explains only its share of the pairs (whole query groups); every pair's
+    # curves and scores are then gathered on every process, and process 0 writes the results
     mesh = parallel.make_mesh(config.mesh_devices or None, local=True, masks=config.mesh_masks)
     mesh = mesh if mesh.devices.size > 1 else None
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
-    sim_dir = ensure_stage("train_similarity", config.similarity_config,
-                           config.similarity_workdir or os.path.join(workdir, "similarity"),
-                           {"data_dir": data_dir, "manual_dir": config.manual_dir})
+
+    def prepare():  # the similarity model (trained if missing) and the pair list (the dataset built if missing)
+        sim_dir = ensure_stage("train_similarity", config.similarity_config,
+                               config.similarity_workdir or os.path.join(workdir, "similarity"),
+                               {"data_dir": data_dir, "manual_dir": config.manual_dir})
+        with open(os.path.join(sim_dir, "checkpoints", "config.json")) as f:
+            dataset = json.load(f)["dataset"]
+        return sim_dir, explanation_pair_list(dataset, data_dir=data_dir, manual_dir=config.manual_dir,
+                                              split=config.split, num_pairs=config.num_pairs, seed=config.seed,
+                                              test_pairs=config.test_pairs)
+
+    # process 0 trains / builds what is missing first; the others then find it done (shared folders)
+    if jax.process_index() == 0:
+        sim_dir, listed = prepare()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("saliency_eval: model and dataset ready")
+        if jax.process_index() != 0:
+            sim_dir, listed = prepare()
+    # every process together: orbax synchronises the processes while restoring
     model, variables, sim_config = load_trained(os.path.join(sim_dir, "checkpoints"))
-    listed = explanation_pair_list(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir,
-                                   split=config.split, num_pairs=config.num_pairs, seed=config.seed,
-                                   test_pairs=config.test_pairs)
     num_pairs = len(listed.pairs)
     # this process's share of the pairs (every pair in a one-process run), read through grain
     key_masks = "key_mask" in listed.query_keys
@@ -84,6 +99,8 @@ def main(argv):
     background = normalized_color(config.background)
     key = jax.random.key(config.seed)
     main_process = jax.process_index() == 0
+    # cache files are named by the query's index in this split: record which split that is
+    cache_meta = {"ids": "dataset index", "dataset": sim_config["dataset"], "split": config.split}
 
     def embed_for(condition):
         return condition_embed_fn(model, variables, int(condition)) if condition >= 0 else embed_fn(model, variables)
@@ -100,7 +117,7 @@ def main(argv):
             maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), shard.queries, shard.references,
                                                      key=key, pairs=pairs[chosen], config=options, progress=bar.update,
                                                      cache_dir=cache_dir, mesh=mesh, query_ids=shard.query_ids,
-                                                     reference_ids=shard.reference_ids)
+                                                     reference_ids=shard.reference_ids, cache_meta=cache_meta)
         seconds = time.perf_counter() - start
         bar.close()
         # per pair: insertion curve, deletion curve, pointing hit and mass on the key (NaN: not measured)

@@ -94,8 +94,9 @@ def shard_batch(batch, mesh: Mesh, axis: str = AXIS):
 
 
 def data_parallel(step: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
-    """``step(state, batch)`` with every batch split over ``mesh`` (pass a replicated state); the
-    jitted step is partitioned by XLA over the global batch, so it computes what one device would."""
+    """``step(state, batch)`` with every batch split over ``mesh`` (pass a state placed by
+    ``place_state``: replicated or fully sharded); the jitted step is partitioned by XLA over the
+    global batch, so it computes what one device would."""
 
     def sharded_step(state, batch):
         return step(state, shard_batch(batch, mesh, axis))
@@ -202,9 +203,10 @@ def read_pair_shard(queries, references, pairs, *, preprocess=None, query_keys: 
     dropped); this process reads its queries, then the references its queries' pairs name. All
     pairs of a query land on one process, so work shared by a query's references is done once.
 
-    ``preprocess``: the grain transform making a record's ``image`` model-ready (e.g.
-    ``data.Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the
-    images are used as they are. ``shard_index`` / ``shard_count`` default to this process and the
+    ``preprocess``: a ``data.pipeline.Preprocess`` making a record's ``image`` model-ready (e.g.
+    ``Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the images
+    are used as they are. Padding records (at most ``shard_count - 1`` over the whole run) are read
+    and dropped. ``shard_index`` / ``shard_count`` default to this process and the
     process count.
     """
     from simexplain_jax.data.pipeline import SelectKeys, make_loader
@@ -250,7 +252,9 @@ def read_pair_shard(queries, references, pairs, *, preprocess=None, query_keys: 
 
 def gather_rows(positions, rows, total: int) -> np.ndarray:
     """``[total, ...]`` on every process: each process's ``rows`` put at its ``positions`` (rows no
-    process holds are zero). With one process, no collective is run."""
+    process holds are zero; every process receives every row). With one process, no collective is
+    run. Any dtype: rows travel as raw 32-bit words, so 64-bit values arrive intact although JAX
+    runs without x64."""
     positions = np.asarray(positions, np.int64)
     rows = np.asarray(rows)
     if len(rows) != len(positions):
@@ -261,15 +265,25 @@ def gather_rows(positions, rows, total: int) -> np.ndarray:
         return out
     from jax.experimental import multihost_utils
 
+    if total >= 2 ** 31:
+        raise ValueError(f"total must be < 2**31, got {total}")
+    # each row as 32-bit words (64-bit values would be cast by JAX without x64); padded to a multiple of 4 bytes
+    raw = np.ascontiguousarray(rows).reshape(len(rows), int(np.prod(rows.shape[1:]))).view(np.uint8)
+    width = raw.shape[1]
+    words = np.zeros((len(rows), -(-width // 4) * 4), np.uint8)
+    words[:, :width] = raw
+    words = words.view(np.uint32)
     longest = int(np.max(multihost_utils.process_allgather(np.array([len(positions)], np.int32))))
-    padded_rows = np.zeros((longest, *rows.shape[1:]), rows.dtype)
-    padded_rows[: len(rows)] = rows
+    padded_words = np.zeros((longest, words.shape[1]), np.uint32)
+    padded_words[: len(words)] = words
     padded_positions = np.full(longest, -1, np.int32)
     padded_positions[: len(positions)] = positions
-    all_rows = np.asarray(multihost_utils.process_allgather(padded_rows)).reshape(-1, *rows.shape[1:])
+    all_words = np.asarray(multihost_utils.process_allgather(padded_words), np.uint32).reshape(-1, words.shape[1])
     all_positions = np.asarray(multihost_utils.process_allgather(padded_positions)).reshape(-1)
     held = all_positions >= 0
-    out[all_positions[held]] = all_rows[held]
+    decoded = all_words[held].view(np.uint8)[:, :width].copy().view(rows.dtype).reshape(int(held.sum()),
+                                                                                     *rows.shape[1:])
+    out[all_positions[held]] = decoded
     return out
 
 

@@ -41,6 +41,14 @@ WORKER = textwrap.dedent("""
         maps = parallel.explain_pairs_distributed("rise", embed, source, source, key=jax.random.key(2), pairs=pairs,
                                                   config=config, preprocess=Preprocess())
         assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
+        # gather_rows: 64-bit values intact, a process that holds no rows, rows of any shape
+        held = [0] if process == 0 else []
+        big = parallel.gather_rows(held, np.array([2 ** 40 + 7], np.int64)[: len(held)], 2)
+        assert big.dtype == np.int64 and big.tolist() == [2 ** 40 + 7, 0], big
+        mixed = parallel.gather_rows([1 - process], np.array([[1234.5678901 + process, -1e300, 3.0]]), 2)
+        assert mixed.tolist() == [[1235.5678901, -1e300, 3.0], [1234.5678901, -1e300, 3.0]], mixed
+        flags = parallel.gather_rows([process], np.array([[process == 0, True, False]]), 2)
+        assert flags.tolist() == [[True, True, False], [False, True, False]], flags
         with open(out + ".json", "w") as f:
             json.dump(sorted(Logged.read), f)
     else:

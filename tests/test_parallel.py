@@ -27,10 +27,13 @@ SCRIPT = textwrap.dedent("""
                                       config=config, mesh=eight)
         scale = float(np.abs(a).max())
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
-        if method != "lime":  # the unsharded path gives the same maps (LIME's sharded path shares one segment count)
-            c = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                          config=config)
-            np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
+        c = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
+                                      config=config)  # the unsharded path
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
+        # a query's map does not depend on the other queries of the call (one process's shard)
+        d = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs[-3:],
+                                      config=config, mesh=eight)
+        np.testing.assert_allclose(d, a[-3:], rtol=1e-5, atol=1e-5 * scale, err_msg=method)
     # a 2-D mesh: queries over 2 "pairs" devices, each query's RISE masks over 4 "masks" devices
     # (sliding window and LIME spread queries over all 8); the same maps as one device
     grid = parallel.make_mesh(8, masks=4)

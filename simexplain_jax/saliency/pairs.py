@@ -79,7 +79,8 @@ def _check(method, queries, references, pairs):
 
 def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
-                  pair_batch: int = 16, mesh=None, query_ids=None, reference_ids=None) -> np.ndarray:
+                  pair_batch: int = 16, mesh=None, query_ids=None, reference_ids=None,
+                  cache_meta: Optional[dict] = None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     ``config`` holds the method's options (e.g. ``{"num_masks": 2000}``). ``progress(n)`` is called
@@ -87,6 +88,8 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
     ``cache_dir``, maps are stored per query (``SaliencyCache``) and reused on a rerun.
     ``query_ids [len(queries)]`` / ``reference_ids [len(references)]``: each row's index in the
     whole dataset (default: the row index), used for the random keys and the cache.
+    ``cache_meta``: more to record in (and check against) the cache's ``meta.json``, e.g. the
+    dataset and split the ids index, so a cache is never reused for other images.
     """
     config = dict(config or {})
     embed_fn = _common.as_pytree_fn(embed_fn)
@@ -98,7 +101,7 @@ def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array,
         return jax.random.fold_in(key, int(qid[q]))
 
     queries, references = np.asarray(queries, np.float32), np.asarray(references, np.float32)
-    cache = SaliencyCache(cache_dir, {"method": method, "config": config}) if cache_dir else None
+    cache = SaliencyCache(cache_dir, {"method": method, "config": config, **(cache_meta or {})}) if cache_dir else None
     out = np.zeros((len(pairs), *queries.shape[1:3]), np.float32)
     groups: "OrderedDict[int, list[int]]" = OrderedDict()
     for position, (q, _) in enumerate(pairs):
@@ -249,14 +252,20 @@ def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_k
         segments = np.stack([options["segments"] if options.get("segments") is not None else
                              lime_module.superpixels(lime_module.denormalize(queries[q]), options["num_segments"])
                              for q in order]).astype(np.int32)
-        stacked.append(segments)
-        num_segments = int(segments.max()) + 1
+        counts = segments.reshape(len(order), -1).max(axis=1) + 1
+        out = {}
+        for count in np.unique(counts):  # each query with its own superpixel count, as the unsharded path
+            chosen = np.flatnonzero(counts == count)
 
-        def one(embed, query, r, key_data, seg):
-            coefficients = lime_module._lime_coefficients(
-                embed, query, r, jax.random.wrap_key_data(key_data), seg, num_segments, options["num_samples"],
-                options["kernel_width"], options["ridge_alpha"], options["batch_size"], similarity)
-            return coefficients[:, seg]
+            def one(embed, query, r, key_data, seg, num_segments=int(count)):
+                coefficients = lime_module._lime_coefficients(
+                    embed, query, r, jax.random.wrap_key_data(key_data), seg, num_segments, options["num_samples"],
+                    options["kernel_width"], options["ridge_alpha"], options["batch_size"], similarity)
+                return coefficients[:, seg]
+
+            maps = sharded_queries(one, mesh)(embed_fn, *[x[chosen] for x in stacked], segments[chosen])
+            out.update({order[i]: maps[j, : len(todo[order[i]])] for j, i in enumerate(chosen)})
+        return out
 
     maps = sharded_queries(one, mesh, split_masks=split)(embed_fn, *stacked)
     return {q: maps[i, : len(todo[q])] for i, q in enumerate(order)}

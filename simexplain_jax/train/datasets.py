@@ -176,7 +176,7 @@ def explanation_pair_list(dataset: str, *, data_dir: str, manual_dir: str = "", 
     if name == "shapes":
         pairs, labels = _sampled_pairs(load_arrays(meta, ["label"])["label"], num_pairs, seed)
         return PairList(source, pairs, labels, Preprocess(keys=()), None, query_keys=("key_mask", "scene"))
-    records = [meta[i] for i in range(len(meta))]
+    records = [{k: v for k, v in meta[i].items() if k != "image"} for i in range(len(meta))]  # no encoded bytes kept
     ids = [r["image_id" if name == "awa2" else "item_id"].decode() for r in records]
     if test_pairs:
         pairs, labels = _listed_pairs(test_pairs, ids)
