@@ -54,9 +54,12 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
     rows = parse_rows(config.rows)
-    if config.distributed.num_processes > 1:  # one command per host; see the README's "Many devices and hosts"
-        parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
-                                        config.distributed.process_id)
+    distributed = config.distributed  # one command per host; see the README's "Many devices and hosts"
+    if distributed.coordinator_address == "auto":  # a TPU pod, SLURM, ...: JAX finds the rest
+        parallel.initialize_distributed("auto")
+    elif distributed.num_processes > 1:
+        parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
+                                        distributed.process_id)
     # each process reads and explains only its share of the pairs (whole query groups); every pair's
     # curves and scores are then gathered on every process, and process 0 writes the results
     mesh = parallel.make_mesh(config.mesh_devices or None, local=True, masks=config.mesh_masks)

@@ -138,15 +138,23 @@ def place_state(state, mesh: Mesh, param_sharding: str = "replicated", axis: str
     return replicate(state, mesh) if param_sharding == "replicated" else fully_shard(state, mesh, axis)
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
-                           local_device_ids=None) -> None:
+def initialize_distributed(coordinator_address: str = "auto", num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, local_device_ids=None) -> None:
     """Joins a multi-process run (one call per process, before any other JAX call).
 
-    On CPU the collectives go through gloo. On a TPU pod or a GPU cluster managed by SLURM,
-    ``jax.distributed.initialize()`` with no arguments discovers everything itself.
+    ``coordinator_address="auto"``: JAX discovers the coordinator, the process count and this
+    process's index itself (TPU pods, SLURM, Open MPI, Kubernetes; ``JAX_COORDINATOR_ADDRESS`` and
+    ``JAX_LOCAL_DEVICE_IDS`` are read from the environment). Otherwise give all three. On CPU the
+    collectives go through gloo.
     """
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address == "auto":
+        jax.distributed.initialize(local_device_ids=local_device_ids)
+        return
+    if not coordinator_address or num_processes is None or process_id is None:
+        raise ValueError("give coordinator_address ('host:port'), num_processes and process_id, or "
+                         "coordinator_address='auto' on a cluster JAX can detect")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, local_device_ids=local_device_ids)
 

@@ -119,3 +119,16 @@ def test_bad_inputs(setup):
                                   key=jax.random.key(0), pairs=pairs, query_ids=np.arange(3))
     with pytest.raises(ValueError, match="pairs index outside the sources"):
         parallel.read_pair_shard(images, images, np.array([[0, 99]]))
+
+
+def test_initialize_distributed_arguments(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # keep this process's settings
+    parallel.initialize_distributed("auto")  # the cluster (TPU pod, SLURM, ...) is detected by JAX
+    parallel.initialize_distributed("host0:1234", 4, 2)
+    assert calls == [{"local_device_ids": None},
+                     {"coordinator_address": "host0:1234", "num_processes": 4, "process_id": 2,
+                      "local_device_ids": None}]
+    with pytest.raises(ValueError, match="give coordinator_address"):
+        parallel.initialize_distributed("host0:1234", 4)

@@ -30,6 +30,7 @@ def get_config(arg=None):
     config.gallery_pairs = 4
     config.mesh_devices = 0  # local devices for RISE / sliding window / LIME / insertion-deletion: 0 = all
     config.mesh_masks = 1  # of those, devices on the "masks" axis: RISE splits each query's masks over them
+    # multi-host: "host:port" with num_processes and process_id per host, or "auto" where JAX detects the cluster
     config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     config.methods = ml_collections.ConfigDict(dict(
         rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250),
