@@ -56,12 +56,7 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
     lambdas = [float(x) for x in config.lambdas.split(",")]
-    if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
-        raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
-                         f"got {config.mesh_devices}")
-    if config.param_sharding not in parallel.PARAM_SHARDINGS:
-        raise ValueError(f"config.param_sharding must be one of {parallel.PARAM_SHARDINGS}, "
-                         f"got {config.param_sharding!r}")
+    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
     if any(lam < 0 for lam in lambdas) or not lambdas:
         raise ValueError(f"config.lambdas must be non-negative numbers, got {config.lambdas!r}")
     start_time = time.perf_counter()

@@ -49,12 +49,7 @@ def validate(config) -> None:
         raise ValueError(f"config.mining must be one of {MININGS}, got {config.mining!r}")
     if config.init_weights and not os.path.exists(config.init_weights):
         raise FileNotFoundError(f"config.init_weights {config.init_weights!r} does not exist")
-    if config.mesh_devices < 1 or config.batch_size % config.mesh_devices:
-        raise ValueError(f"config.mesh_devices must be >= 1 and divide batch_size={config.batch_size}, "
-                         f"got {config.mesh_devices}")
-    if config.param_sharding not in parallel.PARAM_SHARDINGS:
-        raise ValueError(f"config.param_sharding must be one of {parallel.PARAM_SHARDINGS}, "
-                         f"got {config.param_sharding!r}")
+    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
     if config.test_pairs and not os.path.exists(config.test_pairs):
         raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
 

@@ -131,10 +131,18 @@ def fully_shard(tree, mesh: Mesh, axis: str = AXIS, min_size: int = 1024):
     return jax.tree.map(place, tree)
 
 
-def place_state(state, mesh: Mesh, param_sharding: str = "replicated", axis: str = AXIS):
-    """``replicate`` or ``fully_shard`` a train state, by name (the configs' ``param_sharding``)."""
+def check_data_parallel(mesh_devices: int, batch_size: int, param_sharding: str = "replicated") -> None:
+    """Fails fast on data-parallel settings that cannot run (the training configs' ``mesh_devices``
+    and ``param_sharding``)."""
+    if mesh_devices < 1 or batch_size % mesh_devices:
+        raise ValueError(f"mesh_devices must be >= 1 and divide batch_size={batch_size}, got {mesh_devices}")
     if param_sharding not in PARAM_SHARDINGS:
         raise ValueError(f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}")
+
+
+def place_state(state, mesh: Mesh, param_sharding: str = "replicated", axis: str = AXIS):
+    """``replicate`` or ``fully_shard`` a train state, by name (the configs' ``param_sharding``)."""
+    check_data_parallel(1, 1, param_sharding)
     return replicate(state, mesh) if param_sharding == "replicated" else fully_shard(state, mesh, axis)
 
 

@@ -52,6 +52,7 @@ def test_train_similarity_runlocal_reaches_auc(trained_similarity):
     ("--config.dataset=awa2", "manual_dir"),
     ("--config.model=vgg", "model must be one of"),
     ("--config.param_sharding=zero3", "param_sharding must be one of"),
+    ("--config.mesh_devices=3", "mesh_devices must be >= 1 and divide batch_size"),
 ])
 def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
     proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
