@@ -15,7 +15,7 @@ from absl import app, flags
 
 import simexplain_jax as sx
 from benchmarks._common import emit, machine, make_embed_fn, timed
-from simexplain_jax.saliency.lime import denormalize, superpixels
+from simexplain_jax.saliency import denormalize, superpixels
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "small_cnn", "resnet18 (cut after layer3), resnet18_full or small_cnn")

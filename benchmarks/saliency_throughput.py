@@ -146,7 +146,7 @@ def main(argv):
         summary[name] = seconds
 
     # (a) floor
-    images = sx.masks.rise_masks(jax.random.key(0), n, 8, 0.5, (size, size))[..., None] * query[None]
+    images = sx.masks.rise_masks((size, size), key=jax.random.key(0), num_masks=n)[..., None] * query[None]
     images = jax.block_until_ready(images)
     t_loop, _ = timed(floor_python_loop, embed, images, b, repeats=FLAGS.repeats)
     record("floor_python_loop", t_loop, n)
@@ -187,7 +187,7 @@ def main(argv):
     t_var, _ = timed(sx.saliency.rise_variable, embed, query, reference, key=key, num_masks=n,
                      num_reference_masks=kv, batch_size=b, repeats=FLAGS.repeats)
     record("rise_variable", t_var, n + kv, num_reference_masks=kv)
-    ref_masks = sx.masks.rise_masks(jax.random.key(4), kv, 8, 0.5, (size, size))
+    ref_masks = sx.masks.rise_masks((size, size), key=jax.random.key(4), num_masks=kv)
 
     def reference_variable(runs):
         maps = []

@@ -24,8 +24,10 @@ from tqdm import tqdm
 
 import simexplain_jax as sx
 from simexplain_jax import parallel, viz
+from simexplain_jax.data import shards
 from simexplain_jax.checkpoint import write_json_atomic
 from simexplain_jax.data.preprocess import normalized_color
+from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.train.datasets import explanation_pair_list, read_images
 from simexplain_jax.train.similarity import load_trained
@@ -91,8 +93,8 @@ def main(argv):
     num_pairs = len(listed.pairs)
     # this process's share of the pairs (every pair in a one-process run), read through grain
     key_masks = "key_mask" in listed.query_keys
-    shard = parallel.read_pair_shard(listed.source, listed.source, listed.pairs, preprocess=listed.preprocess,
-                                     query_keys=("key_mask",) if key_masks else ())
+    shard = shards.read_pair_shard(listed.source, listed.source, listed.pairs, preprocess=listed.preprocess,
+                                   query_keys=("key_mask",) if key_masks else ())
     pairs = shard.pairs  # rows of shard.queries / shard.references
     conditions = (listed.conditions if listed.conditions is not None else np.full(num_pairs, -1))[shard.positions]
     positive = listed.labels[shard.positions] == 1
@@ -130,7 +132,7 @@ def main(argv):
             chosen = np.flatnonzero(conditions == condition)
             f = embed_for(condition)
             scores = sx.metrics.insertion_deletion_batch(
-                f, shard.queries[pairs[chosen, 0]], np.asarray(f(shard.references[pairs[chosen, 1]])), maps[chosen],
+                f, shard.queries[pairs[chosen, 0]], apply_in_chunks(f, shard.references[pairs[chosen, 1]]), maps[chosen],
                 background=background, num_steps=steps, mesh=mesh)
             measured[chosen, :steps], measured[chosen, steps:2 * steps] = scores.insertion_curve, scores.deletion_curve
         for i in np.flatnonzero(positive) if key_masks else []:

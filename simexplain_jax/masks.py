@@ -32,14 +32,25 @@ def _check_image_shape(image_shape: Sequence[int], name: str = "image_shape") ->
     return shape[0], shape[1]
 
 
-def check_rise_options(num_masks: int, grid_size: int, p: float) -> None:
-    """Raises ValueError naming the offending argument."""
-    if isinstance(num_masks, bool) or not isinstance(num_masks, (int, np.integer)) or num_masks < 1:
-        raise ValueError(f"num_masks must be an integer >= 1, got {num_masks!r}")
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, np.integer)) or grid_size < 1:
-        raise ValueError(f"grid_size must be an integer >= 1, got {grid_size!r}")
-    if not (isinstance(p, (int, float, np.floating)) and 0.0 < float(p) <= 1.0):
-        raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
+def _integer(value, name: str, low: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_probability(p, name: str = "p") -> float:
+    """``p`` as a Python float in (0, 1]: a Python, NumPy or JAX real scalar (not a bool)."""
+    if isinstance(p, (bool, np.bool_)) or np.ndim(p) != 0 or not np.issubdtype(np.asarray(p).dtype, np.number):
+        raise ValueError(f"{name} must be a probability in (0, 1], got {p!r}")
+    value = float(p)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be a probability in (0, 1], got {p!r}")
+    return value
+
+
+def check_rise_options(num_masks: int, grid_size: int, p: float) -> tuple[int, int, float]:
+    """``(num_masks, grid_size, p)`` as Python numbers; raises ValueError naming the offending argument."""
+    return _integer(num_masks, "num_masks"), _integer(grid_size, "grid_size"), check_probability(p)
 
 
 def bilinear_upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -60,7 +71,22 @@ def bilinear_upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
     return u.astype(np.float32)
 
 
-def rise_mask_fn(key: jax.Array, grid_size: int, p: float, image_shape: Sequence[int]) -> MaskFn:
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out_size, in_size]`` bilinear interpolation with aligned corners (first and last samples
+    coincide with the first and last pixels): the sliding-window grid's upsampling."""
+    u = np.zeros((out_size, in_size), np.float64)
+    if in_size == 1 or out_size == 1:
+        u[:, 0] = 1.0
+        return u.astype(np.float32)
+    pos = np.arange(out_size) * (in_size - 1) / (out_size - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), in_size - 2)
+    frac = pos - lo
+    np.add.at(u, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(u, (np.arange(out_size), lo + 1), frac)
+    return u.astype(np.float32)
+
+
+def rise_mask_fn(image_shape: Sequence[int], *, key: jax.Array, grid_size: int = 8, p: float = 0.5) -> MaskFn:
     """Returns ``masks_for(indices [B]) -> [B, H, W]``: RISE mask ``i`` from ``fold_in(key, i)``.
 
     Traceable: call it inside jit (the engine does, once per chunk).
@@ -82,22 +108,22 @@ def rise_mask_fn(key: jax.Array, grid_size: int, p: float, image_shape: Sequence
     return jax.vmap(one_mask)
 
 
-def rise_masks(
-    key: jax.Array, num_masks: int, grid_size: int, p: float, image_shape: Sequence[int]
-) -> jax.Array:
+def rise_masks(image_shape: Sequence[int], *, key: jax.Array, num_masks: int = 2000, grid_size: int = 8,
+               p: float = 0.5) -> jax.Array:
     """``num_masks`` RISE masks ``[N, H, W]`` float32 in [0, 1] (see the module docstring).
 
     ``image_shape`` is ``(H, W)`` or ``(H, W, C)``. Equal to the masks the saliency engine
-    generates from the same key, so ``rise(..., key=k)`` equals ``rise(..., masks=rise_masks(k, ...))``.
+    generates from the same key, so ``rise(..., key=k)`` equals
+    ``rise(..., masks=rise_masks(query.shape, key=k, ...))``.
     """
-    check_rise_options(num_masks, grid_size, p)
-    _check_image_shape(image_shape)
-    return _rise_masks_jit(key, int(num_masks), int(grid_size), float(p), tuple(int(d) for d in image_shape[:2]))
+    num_masks, grid_size, p = check_rise_options(num_masks, grid_size, p)
+    shape = _check_image_shape(image_shape)
+    return _rise_masks_jit(key, num_masks=num_masks, grid_size=grid_size, p=p, image_shape=shape)
 
 
-@jax.jit(static_argnums=(1, 2, 3, 4))
-def _rise_masks_jit(key, num_masks, grid_size, p, image_shape):
-    return rise_mask_fn(key, grid_size, p, image_shape)(jnp.arange(num_masks, dtype=jnp.int32))
+@jax.jit(static_argnames=("num_masks", "grid_size", "p", "image_shape"))
+def _rise_masks_jit(key, *, num_masks, grid_size, p, image_shape):
+    return rise_mask_fn(image_shape, key=key, grid_size=grid_size, p=p)(jnp.arange(num_masks, dtype=jnp.int32))
 
 
 def sliding_window_grid(size: int, window: int, stride: int, padding: int) -> np.ndarray:
@@ -110,15 +136,13 @@ def sliding_window_grid(size: int, window: int, stride: int, padding: int) -> np
     return -padding + stride * np.arange(count)
 
 
-def check_window_options(window: int, stride: int, padding: int) -> None:
-    for name, value, low in (("window", window, 1), ("stride", stride, 1), ("padding", padding, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def check_window_options(window: int, stride: int, padding: int) -> tuple[int, int, int]:
+    """``(window, stride, padding)`` as Python ints; raises ValueError naming the offending argument."""
+    return _integer(window, "window"), _integer(stride, "stride"), _integer(padding, "padding", 0)
 
 
-def occlusion_mask_fn(
-    image_shape: Sequence[int], window: int = 32, stride: int = 4, padding: int = 8
-) -> tuple[MaskFn, tuple[int, int]]:
+def occlusion_mask_fn(image_shape: Sequence[int], *, window: int = 32, stride: int = 4,
+                      padding: int = 8) -> tuple[MaskFn, tuple[int, int]]:
     """Sliding-window occlusion masks (1 = kept, 0 = occluded), row-major over the window grid.
 
     Returns ``(masks_for, (grid_h, grid_w))``. The reference geometry (window 32, stride 4,
@@ -145,9 +169,7 @@ def occlusion_mask_fn(
     return masks_for, (int(ys.shape[0]), int(xs.shape[0]))
 
 
-def occlusion_masks(
-    image_shape: Sequence[int], window: int = 32, stride: int = 4, padding: int = 8
-) -> jax.Array:
+def occlusion_masks(image_shape: Sequence[int], *, window: int = 32, stride: int = 4, padding: int = 8) -> jax.Array:
     """All sliding-window occlusion masks ``[grid_h * grid_w, H, W]`` (row-major over the grid)."""
-    masks_for, (gh, gw) = occlusion_mask_fn(image_shape, window, stride, padding)
+    masks_for, (gh, gw) = occlusion_mask_fn(image_shape, window=window, stride=stride, padding=padding)
     return masks_for(jnp.arange(gh * gw, dtype=jnp.int32))

@@ -1,18 +1,16 @@
-"""Scaling out with JAX's own runtime: meshes, pair-sharded and mask-sharded saliency, sharded batches.
+"""Meshes and shardings on JAX's own runtime (a leaf module: it imports nothing of the project).
 
 - ``make_mesh(num_devices, masks=1)``: a mesh over the local (or global, after
   ``initialize_distributed``) devices with the axis ``"pairs"``, and with ``masks > 1`` a second
   axis ``"masks"`` over which RISE splits each query's masks (partial maps summed with ``psum``).
-- ``sharded_queries(fn, mesh)``: runs ``fn`` (one query's work) for a stack of queries, split
-  over the mesh with ``shard_map``; the stack is padded to a multiple of the device count (no
-  recompilation for ragged sizes beyond the padded shape) and the padding dropped.
-- ``rise_split_masks``: one pair's masks split over a mesh axis.
-- ``shard_batch(batch, mesh)``: puts a batch's leading axis across the mesh, for data-parallel
-  train steps (the jitted step is then partitioned by XLA over the global batch); the state is
-  ``replicate``d or, FSDP-style, ``fully_shard``ed (``place_state`` picks by name).
-- ``read_pair_shard(queries, references, pairs)``: this process's share of a pair list, read
-  through grain's sharding (only the images its pairs need); ``gather_rows`` assembles per-pair
-  results from every process; ``explain_pairs_distributed`` is the two around ``explain_pairs``.
+- ``map_queries(fn, mesh, shared, *stacked)``: ``fn`` (one query's work) vmapped over a stack
+  of queries and split over the mesh with ``shard_map``. The compiled program is cached at module
+  level, keyed by ``fn`` (hashable, compared by value), the mesh and the shapes: a second call
+  with the same shapes compiles nothing. ``replicated_call`` is the same for one work item whose
+  ``fn`` divides its own work over a mesh axis.
+- ``shard_batch``, ``data_parallel``, ``replicate``, ``fully_shard``, ``place_state``: data-parallel
+  train steps (batch split over the mesh) with a replicated or FSDP-style split state.
+- ``gather_rows``: per-pair rows from every process assembled on every process.
 - ``initialize_distributed(...)``: multi-host start-up (``jax.distributed.initialize``), with CPU
   collectives (gloo) when the platform is the CPU.
 
@@ -22,17 +20,19 @@ rounding): each query's computation is the same program whatever device runs it.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Optional, Sequence
+import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "pairs"
 MASKS = "masks"
+PARAM_SHARDINGS = ("replicated", "fully_sharded")
 
 
 def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS, local: bool = False, masks: int = 1) -> Mesh:
@@ -43,8 +43,9 @@ def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS, local: bool =
     devices = jax.local_devices() if local else jax.devices()
     if num_devices is None:
         num_devices = len(devices)
-    if not 1 <= num_devices <= len(devices):
-        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+    if isinstance(num_devices, bool) or not 1 <= int(num_devices) <= len(devices):
+        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices!r}")
+    num_devices = int(num_devices)
     if masks < 1 or num_devices % masks:
         raise ValueError(f"masks (devices on the masks axis) must be >= 1 and divide num_devices={num_devices}, "
                          f"got {masks}")
@@ -60,31 +61,53 @@ def pad_leading(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
 
-def sharded_queries(fn: Callable, mesh: Mesh, axis: str = AXIS, split_masks: bool = False) -> Callable:
-    """``run(shared, *stacked) -> stacked outputs``: ``fn(shared, *one_query_args)`` vmapped over
-    the leading axis of ``stacked`` and split over ``mesh``; ``shared`` (e.g. the embed_fn with its
-    parameters) is replicated. The stack is split over every device of the mesh, or with
-    ``split_masks`` over ``axis`` only: ``fn`` then divides its own work over the ``"masks"`` axis
-    and sums it with ``psum``."""
-    stack_axes = axis if split_masks else tuple(mesh.axis_names)
-    size = mesh.shape[axis] if split_masks else mesh.devices.size
+def replicate(tree, mesh: Mesh):
+    """Every array of ``tree`` copied to every device of ``mesh``."""
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
 
+
+def stack_size(mesh: Mesh, split_masks: bool = False) -> int:
+    """How many stacked queries one ``map_queries`` step spreads over ``mesh``: every device, or
+    with ``split_masks`` the ``"pairs"`` axis only (the ``"masks"`` axis divides each query's work)."""
+    return mesh.shape[AXIS] if split_masks else mesh.devices.size
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "mesh", "stack_axes"))
+def _map_queries_jit(shared, stacked, *, fn, mesh, stack_axes):
     def per_device(shared, *stacked):
         return jax.vmap(lambda *args: fn(shared, *args))(*stacked)
 
-    @jax.jit
-    def run_padded(shared, *stacked):
-        specs = (P(),) + (P(stack_axes),) * len(stacked)
-        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(stack_axes), check_vma=False)(
-            shared, *stacked)
+    specs = (P(),) + (P(stack_axes),) * len(stacked)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(stack_axes), check_vma=False)(
+        shared, *stacked)
 
-    def run(shared, *stacked):
-        n = len(stacked[0])
-        padded = [jnp.asarray(pad_leading(np.asarray(s), size)) for s in stacked]
-        # parameters restored onto one device (e.g. by orbax) are copied to every device of the mesh
-        return np.asarray(run_padded(replicate(shared, mesh), *padded))[:n]
 
-    return run
+def map_queries(fn: Callable, mesh: Mesh, shared, *stacked, split_masks: bool = False):
+    """``[fn(shared, *row) for row in zip(*stacked)]`` stacked, computed on ``mesh`` (numpy out).
+
+    ``fn`` must be hashable and compared by value (a module-level function or a frozen dataclass)
+    so that the compiled program is reused across calls. ``shared`` (e.g. the embed_fn with its
+    parameters) is replicated; the stacks are padded to a multiple of ``stack_size(mesh,
+    split_masks)`` (repeating the last row) and split over the mesh; the padding is dropped.
+    """
+    n = len(stacked[0])
+    size = stack_size(mesh, split_masks)
+    padded = tuple(jnp.asarray(pad_leading(np.asarray(s), size)) for s in stacked)
+    stack_axes = AXIS if split_masks else tuple(mesh.axis_names)
+    out = _map_queries_jit(replicate(shared, mesh), padded, fn=fn, mesh=mesh, stack_axes=stack_axes)
+    return jax.tree.map(lambda x: np.asarray(x)[:n], out)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "mesh"))
+def _replicated_call_jit(args, *, fn, mesh):
+    return jax.shard_map(lambda a: fn(*a), mesh=mesh, in_specs=(P(),), out_specs=P(), check_vma=False)(args)
+
+
+def replicated_call(fn: Callable, mesh: Mesh, *args):
+    """``fn(*args)`` run on every device of ``mesh`` (inputs and output replicated); ``fn`` divides
+    its own work over a mesh axis (``lax.axis_index``) and combines it with ``psum``. Cached like
+    ``map_queries``."""
+    return _replicated_call_jit(replicate(args, mesh), fn=fn, mesh=mesh)
 
 
 def shard_batch(batch, mesh: Mesh, axis: str = AXIS):
@@ -102,13 +125,6 @@ def data_parallel(step: Callable, mesh: Mesh, axis: str = AXIS) -> Callable:
         return step(state, shard_batch(batch, mesh, axis))
 
     return sharded_step
-
-
-def replicate(tree, mesh: Mesh):
-    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
-
-
-PARAM_SHARDINGS = ("replicated", "fully_sharded")
 
 
 def fully_shard(tree, mesh: Mesh, axis: str = AXIS, min_size: int = 1024):
@@ -167,105 +183,6 @@ def initialize_distributed(coordinator_address: str = "auto", num_processes: Opt
                                process_id=process_id, local_device_ids=local_device_ids)
 
 
-def rise_split_masks(embed_fn, query, reference_embeddings, *, key, mesh: Mesh, num_masks: int = 2000,
-                     grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
-                     axis: str = AXIS):
-    """RISE for one pair with its N masks split over the devices along mesh ``axis`` (partial maps
-    summed with ``psum``): equals ``sx.saliency.rise(..., key=key)`` to float rounding. ``[K, H, W]``
-    or ``[H, W]``."""
-    from simexplain_jax import masks as _masks
-    from simexplain_jax.saliency import _common
-    from simexplain_jax.saliency.rise import _rise_maps_share
-    from simexplain_jax.similarity import cosine
-
-    embed_fn = _common.as_pytree_fn(embed_fn)
-    query = _common.check_image(query, "query")
-    refs, single = _common.check_reference_embeddings(reference_embeddings)
-    _masks.check_rise_options(num_masks, grid_size, p)
-
-    def local(embed, q, r, key_data):
-        return _rise_maps_share(embed, q, r, jax.random.wrap_key_data(key_data), num_masks, grid_size, p, batch_size,
-                                normalize, cosine, axis, mesh.shape[axis])
-
-    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=P(), check_vma=False))
-    maps = run(embed_fn, query, refs, jax.random.key_data(key))
-    return maps[0] if single else maps
-
-
-@dataclasses.dataclass
-class PairShard:
-    """One process's share of a pair list (``read_pair_shard``): its pairs, as rows of its own
-    ``queries`` / ``references`` arrays, with each row's index in the sources."""
-
-    positions: np.ndarray  # [p] ascending: which pairs of the full list are here
-    pairs: np.ndarray  # [p, 2] (row of queries, row of references)
-    queries: np.ndarray  # [Q, H, W, C] model-ready
-    query_ids: np.ndarray  # [Q] index of each query in the query source
-    references: np.ndarray  # [R, H, W, C]
-    reference_ids: np.ndarray  # [R]
-    query_fields: dict  # {key: [Q, ...]}: the query records' fields asked for (e.g. key_mask)
-    image_shape: tuple  # (H, W, C), known even where this process holds no pair
-
-
-def read_pair_shard(queries, references, pairs, *, preprocess=None, query_keys: Sequence[str] = (),
-                    shard_index: Optional[int] = None, shard_count: Optional[int] = None,
-                    batch_size: int = 64) -> PairShard:
-    """Reads this process's share of ``pairs [P, 2]`` through grain, and nothing else.
-
-    ``queries`` / ``references``: random-access sources whose records hold ``"image"`` (e.g.
-    ``tfds.data_source``, ``InMemorySource``), or image arrays ``[N, H, W, C]``. The distinct
-    queries of ``pairs`` (sorted) are split into ``shard_count`` contiguous pieces by grain's
-    ``ShardOptions`` (the list is padded to a multiple of ``shard_count`` so that no query is
-    dropped); this process reads its queries, then the references its queries' pairs name. All
-    pairs of a query land on one process, so work shared by a query's references is done once.
-
-    ``preprocess``: a ``data.pipeline.Preprocess`` making a record's ``image`` model-ready (e.g.
-    ``Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the images
-    are used as they are. Padding records (at most ``shard_count - 1`` over the whole run) are read
-    and dropped. ``shard_index`` / ``shard_count`` default to this process and the
-    process count.
-    """
-    from simexplain_jax.data.pipeline import SelectKeys, make_loader
-    from simexplain_jax.data.sources import InMemorySource, SubsetSource
-
-    pairs = np.asarray(pairs)
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or not np.issubdtype(pairs.dtype, np.integer):
-        raise ValueError(f"pairs must be a non-empty integer [P, 2] array, got {pairs.dtype} {pairs.shape}")
-    if shard_index is None or shard_count is None:
-        shard_index, shard_count = jax.process_index(), jax.process_count()
-    queries = InMemorySource({"image": queries}) if isinstance(queries, (np.ndarray, jax.Array)) else queries
-    references = (InMemorySource({"image": references}) if isinstance(references, (np.ndarray, jax.Array))
-                  else references)
-
-    if pairs.min() < 0 or pairs[:, 0].max() >= len(queries) or pairs[:, 1].max() >= len(references):
-        raise ValueError(f"pairs index outside the sources ({len(queries)} queries, {len(references)} references)")
-
-    def read(source, ids, valid, keys, index, count):
-        keys = ("image", "index", "valid", *keys)
-        transform = SelectKeys(keys) if preprocess is None else dataclasses.replace(preprocess, image_keys=("image",),
-                                                                            keys=keys[1:])
-        batches = list(make_loader(SubsetSource(source, ids, valid), batch_size=batch_size, preprocess=transform,
-                                   shuffle=False, num_epochs=1, shard_index=index, shard_count=count))
-        arrays = {k: np.concatenate([b[k] for b in batches]) for k in keys}
-        keep = arrays.pop("valid").astype(bool)
-        return {k: v[keep] for k, v in arrays.items()}, arrays["image"].shape[1:]
-
-    query_ids = np.unique(pairs[:, 0])
-    padded = pad_leading(query_ids, shard_count)
-    mine, image_shape = read(queries, padded, np.arange(len(padded)) < len(query_ids), tuple(query_keys),
-                             shard_index, shard_count)
-    positions = np.flatnonzero(np.isin(pairs[:, 0], mine["index"]))
-    reference_ids = np.unique(pairs[positions, 1])
-    if len(reference_ids):
-        refs, _ = read(references, reference_ids, None, (), 0, 1)
-    else:
-        refs = {"image": np.zeros((0, *image_shape), np.float32), "index": reference_ids}
-    local = np.stack([np.searchsorted(mine["index"], pairs[positions, 0]),
-                      np.searchsorted(refs["index"], pairs[positions, 1])], axis=1)
-    return PairShard(positions, local, mine["image"], mine["index"], refs["image"], refs["index"],
-                     {k: mine[k] for k in query_keys}, tuple(image_shape))
-
-
 def gather_rows(positions, rows, total: int) -> np.ndarray:
     """``[total, ...]`` on every process: each process's ``rows`` put at its ``positions`` (rows no
     process holds are zero; every process receives every row). With one process, no collective is
@@ -279,8 +196,6 @@ def gather_rows(positions, rows, total: int) -> np.ndarray:
     if jax.process_count() == 1:
         out[positions] = rows
         return out
-    from jax.experimental import multihost_utils
-
     if total >= 2 ** 31:
         raise ValueError(f"total must be < 2**31, got {total}")
     # each row as 32-bit words (64-bit values would be cast by JAX without x64); padded to a multiple of 4 bytes
@@ -301,23 +216,3 @@ def gather_rows(positions, rows, total: int) -> np.ndarray:
                                                                                      *rows.shape[1:])
     out[all_positions[held]] = decoded
     return out
-
-
-def explain_pairs_distributed(method: str, embed_fn, queries, references, *, key, pairs, config=None,
-                              preprocess=None, batch_size: int = 64, **options) -> np.ndarray:
-    """``explain_pairs`` over every process of a multi-process run (after ``initialize_distributed``),
-    each process reading only its share of the images (``read_pair_shard``: ``queries`` /
-    ``references`` are sources or arrays, ``preprocess`` as there) and explaining it on a mesh of
-    its local devices. The maps are gathered with JAX's collectives: every process returns all
-    ``[P, H, W]`` maps, equal to a single-process run (randomness is keyed by each query's index in
-    the source, not by process).
-    """
-    from simexplain_jax.saliency.pairs import explain_pairs
-
-    shard = read_pair_shard(queries, references, pairs, preprocess=preprocess, batch_size=batch_size)
-    local = np.zeros((len(shard.positions), *shard.image_shape[:2]), np.float32)
-    if len(shard.positions):
-        local = explain_pairs(method, embed_fn, shard.queries, shard.references, key=key, pairs=shard.pairs,
-                              config=config, mesh=make_mesh(local=True), query_ids=shard.query_ids,
-                              reference_ids=shard.reference_ids, **options)
-    return gather_rows(shard.positions, local, len(np.asarray(pairs)))

@@ -1,4 +1,8 @@
-"""Shared fixtures: small analytic models whose saliency is known in closed form."""
+"""Fixtures: small analytic models whose saliency is known in closed form; 8 fake CPU devices.
+
+The devices are set once here, before any test touches a backend, so sharded code is tested
+in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 

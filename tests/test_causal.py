@@ -14,7 +14,7 @@ def np_cosine(a, b):
 
 def naive_insertion_deletion(w, query, ref, saliency, insertion_background, deletion_background, steps=101,
                              normalize=True):
-    """SPEC section 3 as a plain loop."""
+    """docs/method.md (insertion and deletion) as a plain loop."""
     h, wd = saliency.shape
     order = np.argsort(-saliency.reshape(-1), kind="stable")
     curves = {"insertion": [], "deletion": []}

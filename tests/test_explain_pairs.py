@@ -1,8 +1,25 @@
+import inspect
+
 import jax
 import numpy as np
 import pytest
 
 import simexplain_jax as sx
+from simexplain_jax.saliency import METHOD_CORES
+
+CONFIGS = {
+    "rise": dict(num_masks=40, grid_size=4),
+    "rise_variable": dict(num_masks=40, grid_size=4, num_reference_masks=3),
+    "sliding_window": dict(window=6, stride=4, padding=2),
+    "sliding_window_variable": dict(window=6, stride=4, padding=2, reference_window=8, reference_stride=8),
+    "lime": dict(num_samples=40, num_segments=8),
+    "lime_variable": dict(num_samples=40, num_segments=8, num_reference_masks=3),
+    "perturbation": dict(num_steps=5),
+    "perturbation_variable": dict(num_steps=5),
+    "gradient": {},
+    "integrated_gradients": dict(num_steps=4),
+    "random": {},
+}
 
 
 @pytest.fixture
@@ -14,45 +31,31 @@ def setup(linear_model):
     return embed, images, pairs
 
 
-@pytest.mark.parametrize("method,config", [
-    ("rise", dict(num_masks=40, grid_size=4)),
-    ("rise_variable", dict(num_masks=40, grid_size=4, num_reference_masks=3)),
-    ("sliding_window", dict(window=6, stride=4, padding=2)),
-    ("lime", dict(num_samples=40, num_segments=8)),
-    ("gradient", {}),
-])
-def test_explain_pairs_equals_single_pair_calls(setup, method, config):
+def test_registry_covers_every_method_and_matches_the_public_defaults():
+    assert set(METHOD_CORES) == set(CONFIGS)
+    for name, spec in METHOD_CORES.items():
+        parameters = inspect.signature(getattr(sx.saliency, name)).parameters
+        public = {k: p.default for k, p in parameters.items() if k in spec.defaults}
+        assert public == spec.defaults, name  # the registry cannot drift from the functions users call
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_explain_pairs_equals_single_pair_calls(setup, method):
+    """Each pair's map is the single-pair function's map for the query's key, whatever else is in the list."""
     embed, images, pairs = setup
-    key = jax.random.key(3)
+    key, config = jax.random.key(3), CONFIGS[method]
     finished = []
     maps = sx.saliency.explain_pairs(method, embed, images, images, key=key, pairs=pairs, config=config,
                                      progress=finished.append)
     assert maps.shape == (5, 16, 16) and sum(finished) == 5
-    for i, (q, r) in enumerate(pairs):
-        qk = jax.random.fold_in(key, int(q))
-        emb = embed(images[r][None])[0]
-        if method == "rise":
-            single = sx.saliency.rise(embed, images[q], emb, key=qk, **config)
-        elif method == "rise_variable":
-            single = sx.saliency.rise_variable(embed, images[q], images[r], key=qk, **config)
-        elif method == "sliding_window":
-            single = sx.saliency.sliding_window(embed, images[q], emb, **config)
-        elif method == "lime":
-            single = sx.saliency.lime(embed, images[q], emb, key=qk, **config)
-        else:
-            single = sx.saliency.gradient(embed, images[q], emb)
-        np.testing.assert_allclose(maps[i], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7)
-
-
-def test_explain_pairs_perturbation_matches_batch_call(setup):
-    embed, images, pairs = setup
-    key = jax.random.key(1)
-    maps = sx.saliency.explain_pairs("perturbation", embed, images, images, key=key, pairs=pairs,
-                                     config=dict(num_steps=5), pair_batch=2)
-    keys = jax.numpy.stack([jax.random.fold_in(key, int(q)) for q in pairs[:, 0]])
-    expected = sx.saliency.perturbation_batch(embed, images[pairs[:, 0]], embed(images[pairs[:, 1]]), key=keys,
-                                              num_steps=5)
-    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    function = getattr(sx.saliency, method)
+    variable = METHOD_CORES[method].references == "images"
+    for q in np.unique(pairs[:, 0]):
+        rows = np.flatnonzero(pairs[:, 0] == q)
+        refs = images[pairs[rows, 1]] if variable else np.asarray(embed(images[pairs[rows, 1]]))
+        single = np.asarray(function(embed, images[q], refs, key=jax.random.fold_in(key, int(q)), **config))
+        np.testing.assert_allclose(maps[rows], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7,
+                                   err_msg=method)
 
 
 def test_cache_is_reused_and_resumes(setup, tmp_path):
@@ -63,26 +66,42 @@ def test_cache_is_reused_and_resumes(setup, tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["meta.json", "q0.npz", "q1.npz", "q2.npz"]
     (tmp_path / "q2.npz").unlink()  # as if killed before the last query
-    calls = []
+    embedded = []
 
-    def counting(images_batch):
-        calls.append(images_batch.shape[0])
-        return embed(images_batch)
+    def counting(batch):  # counts the images embedded at run time
+        jax.debug.callback(lambda n: embedded.append(int(n)), batch.shape[0])
+        return embed(batch)
 
     again = sx.saliency.explain_pairs("rise", counting, images, images, key=jax.random.key(0), pairs=pairs,
                                       config=config, cache_dir=str(tmp_path))
     np.testing.assert_allclose(again, first, rtol=1e-6)
     assert (tmp_path / "q2.npz").exists()
+    # only query 2 was recomputed: its one reference embedded, then its 40 masked copies
+    assert sum(embedded) == 1 + 40, embedded
+    embedded.clear()
+    complete = sx.saliency.explain_pairs("rise", counting, images, images, key=jax.random.key(0), pairs=pairs,
+                                         config=config, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(complete, again)
+    assert embedded == []  # everything cached: nothing embedded, no crash on an empty work list
     with pytest.raises(ValueError, match="written with"):
         sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
                                   config=dict(num_masks=20, grid_size=4), cache_dir=str(tmp_path))
 
 
-def test_bad_arguments(setup):
+@pytest.mark.parametrize("change,error,message", [
+    (dict(method="shap"), ValueError, "method must be one of"),
+    (dict(pairs=np.zeros((0, 2), int)), ValueError, "pairs"),
+    (dict(pairs=[[0, 9]]), ValueError, "outside"),
+    (dict(pairs=[[0.0, 1.5]]), ValueError, "integer"),
+    (dict(config={"num_maks": 10}), ValueError, r"unknown option\(s\) \['num_maks'\].*num_masks"),
+    (dict(config={"p": 0.0}), ValueError, "p must be"),
+    (dict(key=None), ValueError, "key"),
+    (dict(query_batch=0), ValueError, "query_batch"),
+    (dict(mesh="cpu"), TypeError, "mesh"),
+])
+def test_bad_arguments(setup, change, error, message):
     embed, images, pairs = setup
-    with pytest.raises(ValueError, match="method"):
-        sx.saliency.explain_pairs("shap", embed, images, images, key=jax.random.key(0), pairs=pairs)
-    with pytest.raises(ValueError, match="pairs"):
-        sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=np.zeros((0, 2), int))
-    with pytest.raises(ValueError, match="outside"):
-        sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=[[0, 9]])
+    args = dict(method="rise", embed_fn=embed, queries=images, references=images, key=jax.random.key(0), pairs=pairs)
+    args.update(change)
+    with pytest.raises(error, match=message):
+        sx.saliency.explain_pairs(**args)

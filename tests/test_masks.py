@@ -25,7 +25,7 @@ def reference_rise_mask(key, index, grid_size, p, height, width):
 @pytest.mark.parametrize("grid_size,shape", [(8, (112, 112)), (5, (32, 40)), (7, (30, 30))])
 def test_rise_masks_equal_the_scikit_image_recipe(grid_size, shape):
     key = jax.random.key(3)
-    masks = np.asarray(sx.masks.rise_masks(key, 6, grid_size, 0.5, shape))
+    masks = np.asarray(sx.masks.rise_masks(shape, key=key, num_masks=6, grid_size=grid_size, p=0.5))
     assert masks.shape == (6, *shape) and masks.dtype == np.float32
     for i in range(6):
         np.testing.assert_allclose(masks[i], reference_rise_mask(key, i, grid_size, 0.5, *shape), atol=1e-6)
@@ -39,13 +39,13 @@ def test_upsample_matrix_is_a_partition_of_unity():
 
 def test_rise_masks_statistics_and_determinism():
     key = jax.random.key(0)
-    masks = sx.masks.rise_masks(key, 500, 8, 0.3, (32, 32, 3))
+    masks = sx.masks.rise_masks((32, 32, 3), key=key, num_masks=500, p=0.3)
     assert float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
     assert abs(float(masks.mean()) - 0.3) < 0.03
-    np.testing.assert_array_equal(masks, sx.masks.rise_masks(key, 500, 8, 0.3, (32, 32)))
+    np.testing.assert_array_equal(masks, sx.masks.rise_masks((32, 32), key=key, num_masks=500, p=0.3))
     # mask i does not depend on how many masks are drawn
-    np.testing.assert_array_equal(masks[:7], sx.masks.rise_masks(key, 7, 8, 0.3, (32, 32)))
-    assert not np.array_equal(masks, sx.masks.rise_masks(jax.random.key(1), 500, 8, 0.3, (32, 32)))
+    np.testing.assert_array_equal(masks[:7], sx.masks.rise_masks((32, 32), key=key, num_masks=7, p=0.3))
+    assert not np.array_equal(masks, sx.masks.rise_masks((32, 32), key=jax.random.key(1), num_masks=500, p=0.3))
 
 
 @pytest.mark.parametrize("kwargs,name", [
@@ -58,6 +58,15 @@ def test_rise_masks_bad_arguments(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         sx.masks.rise_masks(**args)
+
+
+def test_mask_makers_share_one_argument_order():
+    import inspect
+
+    for maker in (sx.masks.rise_masks, sx.masks.occlusion_masks, sx.masks.rise_mask_fn, sx.masks.occlusion_mask_fn):
+        parameters = list(inspect.signature(maker).parameters.values())
+        assert parameters[0].name == "image_shape", maker
+        assert all(p.kind == p.KEYWORD_ONLY for p in parameters[1:]), maker
 
 
 def test_occlusion_reference_geometry():

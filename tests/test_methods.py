@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
-from simexplain_jax.saliency.lime import weighted_ridge
-from simexplain_jax.saliency.perturbation import median_blur
+from simexplain_jax.saliency._lime import weighted_ridge
+from simexplain_jax.saliency._perturbation import median_blur
 
 
 def grid_segments(size=16, cells=4):
@@ -60,15 +60,46 @@ def test_weighted_ridge_equals_the_normal_equations():
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_lime_default_superpixels_and_variable_reference(linear_model):
+def test_lime_explicit_samples_recover_exact_weights():
+    segments = grid_segments(16, 2)  # 4 superpixels
+    weights = np.array([0.5, -1.0, 2.0, 0.25])
+    embed = superpixel_linear_model(segments, weights)
+    samples = np.array([[(i >> b) & 1 for b in range(4)] for i in range(16)], np.float32)[::-1]  # every on/off state
+    maps = sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples, segments=segments,
+                            ridge_alpha=1e-9, similarity=sx.similarity.dot)
+    np.testing.assert_allclose(np.asarray(maps), weights[segments], atol=1e-4)
+    with pytest.raises(ValueError, match="exactly one of key"):
+        sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples, segments=segments,
+                         key=jax.random.key(0))
+    with pytest.raises(ValueError, match="S = 4"):
+        sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples[:, :3], segments=segments)
+
+
+def test_lime_variable_is_the_mean_over_masked_references(linear_model):
     embed, _ = linear_model
     query = jax.random.normal(jax.random.key(0), (16, 16, 3))
-    maps = sx.saliency.lime(embed, query, embed(query[None])[0], key=jax.random.key(0), num_samples=64,
-                            num_segments=10)
+    reference = jax.random.normal(jax.random.key(1), (16, 16, 3))
+    segments, key = grid_segments(), jax.random.key(3)
+    variable = sx.saliency.lime_variable(embed, query, reference, key=key, num_samples=64, segments=segments,
+                                         num_reference_masks=4, grid_size=2, p=0.5)
+    ref_masks = sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=4, grid_size=2, p=0.5)
+    masked = embed(reference[None] * ref_masks[..., None])  # the 4 masked references, embedded
+    expected = sx.saliency.lime(embed, query, masked, key=jax.random.fold_in(key, 0), num_samples=64,
+                                segments=segments).mean(0)
+    np.testing.assert_allclose(variable, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_lime_default_superpixels_follow_the_image(linear_model):
+    embed, _ = linear_model
+    query = np.zeros((16, 16, 3), np.float32)
+    query[:, 8:] = 2.0  # two flat halves: SLIC never mixes them
+    maps = np.asarray(sx.saliency.lime(embed, query, embed(query[None])[0], key=jax.random.key(0), num_samples=64,
+                                       num_segments=4))
     assert maps.shape == (16, 16) and np.all(np.isfinite(maps))
-    variable = sx.saliency.lime_variable(embed, query, query, key=jax.random.key(0), num_samples=64, num_segments=10,
-                                         num_reference_masks=4, grid_size=2)
-    assert variable.shape == (16, 16) and np.all(np.isfinite(variable))
+    segments = sx.saliency.superpixels(sx.saliency.denormalize(query), 4)
+    assert not set(np.unique(segments[:, :8])) & set(np.unique(segments[:, 8:]))
+    for label in np.unique(segments):  # each pixel carries its superpixel's coefficient
+        assert np.ptp(maps[segments == label]) == 0.0
     with pytest.raises(ValueError, match="num_samples"):
         sx.saliency.lime(embed, query, jnp.ones(8), key=jax.random.key(0), num_samples=1)
     with pytest.raises(ValueError, match="segments"):
@@ -115,15 +146,26 @@ def test_perturbation_vmapped_pairs_equal_one_at_a_time(linear_model):
                                                num_steps=30)
         np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
     folded = sx.saliency.perturbation_batch(embed, queries, refs, key=jax.random.key(5), num_steps=30)
-    single = sx.saliency.perturbation(embed, queries[0], refs[0], key=jax.random.key(5), num_steps=30)
-    np.testing.assert_allclose(folded[0], single, atol=1e-5)
+    single = sx.saliency.perturbation(embed, queries[1], refs[1], key=jax.random.fold_in(jax.random.key(5), 1),
+                                      num_steps=30)
+    np.testing.assert_allclose(folded[1], single, atol=1e-5)
     variable = sx.saliency.perturbation_variable_batch(embed, queries, queries[::-1], key=jax.random.key(5),
                                                        num_steps=10)
-    assert variable.shape == (3, 16, 16) and np.all(np.isfinite(variable))
+    for i in range(3):  # pair i with one key uses fold_in(key, i), as the single-pair call with that key
+        alone = sx.saliency.perturbation_variable(embed, queries[i], queries[2 - i],
+                                                  key=jax.random.fold_in(jax.random.key(5), i), num_steps=10)
+        np.testing.assert_allclose(variable[i], alone, atol=1e-5)
+    assert float(variable.min()) >= 0.0 and float(variable.max()) <= 1.0
     with pytest.raises(ValueError, match="same shape"):
         sx.saliency.perturbation_variable_batch(embed, queries, queries[:2], key=jax.random.key(0))
     with pytest.raises(ValueError, match="keys"):
         sx.saliency.perturbation_batch(embed, queries, refs, key=keys[:2])
+
+
+def test_perturbation_blur_larger_than_the_image_is_refused(linear_model):
+    embed, _ = linear_model
+    with pytest.raises(ValueError, match="blur_size"):
+        sx.saliency.perturbation(embed, jnp.ones((16, 16, 3)), jnp.ones(8), key=jax.random.key(0), blur_size=101)
 
 
 def test_median_blur_equals_scipy():
@@ -175,3 +217,59 @@ def test_pointing():
     assert not sx.metrics.pointing(superpixel, mask).hit
     with pytest.raises(ValueError, match="key_mask"):
         sx.metrics.pointing(saliency, np.zeros((8, 8), bool))
+
+
+FIXED = ("rise", "sliding_window", "lime", "perturbation", "gradient", "integrated_gradients", "random")
+VARIABLE = ("rise_variable", "sliding_window_variable", "lime_variable", "perturbation_variable")
+SMALL = dict(rise=dict(num_masks=16, grid_size=2), rise_variable=dict(num_masks=16, grid_size=2, num_reference_masks=2),
+             sliding_window=dict(window=8, stride=8, padding=0),
+             sliding_window_variable=dict(window=8, stride=8, padding=0, reference_window=8, reference_stride=8),
+             lime=dict(num_samples=16, num_segments=4), lime_variable=dict(num_samples=16, num_segments=4,
+                                                                           num_reference_masks=2),
+             perturbation=dict(num_steps=2), perturbation_variable=dict(num_steps=2), gradient={},
+             integrated_gradients=dict(num_steps=2), random={})
+DETERMINISTIC = ("sliding_window", "sliding_window_variable", "gradient", "integrated_gradients")
+
+
+@pytest.mark.parametrize("name", FIXED + VARIABLE)
+def test_every_method_has_one_reference_convention_and_takes_key(linear_model, name):
+    """One reference gives [H, W]; a stack of K gives [K, H, W] whose rows are the single maps;
+    ``key`` is a keyword of every method and changes nothing for the deterministic ones."""
+    embed, _ = linear_model
+    method = getattr(sx.saliency, name)
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+    refs = images if name in VARIABLE else np.asarray(embed(images))
+    key = jax.random.key(1)
+    stacked = np.asarray(method(embed, query, refs, key=key, **SMALL[name]))
+    assert stacked.shape == (2, 16, 16)
+    for k in range(2):
+        single = np.asarray(method(embed, query, refs[k], key=key, **SMALL[name]))
+        assert single.shape == (16, 16)
+        if name != "random":  # random draws map k from fold_in(key, k)
+            np.testing.assert_allclose(stacked[k], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7)
+    if name in DETERMINISTIC:
+        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SMALL[name]),
+                                      method(embed, query, refs[0], **SMALL[name]))
+    elif name != "rise":  # rise takes masks= instead of a key, tested in test_rise.py
+        with pytest.raises(ValueError, match="key"):
+            method(embed, query, refs[0], key=None, **SMALL[name])
+
+
+def test_saliency_modules_are_not_shadowed_by_functions():
+    import importlib
+    import types
+
+    import simexplain_jax.saliency as saliency
+
+    for name in dir(saliency):
+        value = getattr(saliency, name)
+        if callable(value) and not isinstance(value, type):
+            try:
+                module = importlib.import_module(f"simexplain_jax.saliency.{name}")
+            except ModuleNotFoundError:
+                continue
+            raise AssertionError(f"saliency.{name} is a function that hides the module {module.__name__}")
+    for name in ("pairs", "cache", "distributed", "_rise", "_lime"):
+        assert isinstance(importlib.import_module(f"simexplain_jax.saliency.{name}"), types.ModuleType)

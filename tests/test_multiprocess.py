@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
     config = dict(num_masks=48, grid_size=4, batch_size=16)
     if process >= 0:
         source = Logged({"image": images})
-        maps = parallel.explain_pairs_distributed("rise", embed, source, source, key=jax.random.key(2), pairs=pairs,
+        maps = sx.saliency.explain_pairs_distributed("rise", embed, source, source, key=jax.random.key(2), pairs=pairs,
                                                   config=config, preprocess=Preprocess())
         assert jax.process_count() == 2 and len(jax.local_devices()) == 4 and len(jax.devices()) == 8
         # gather_rows: 64-bit values intact, a process that holds no rows, rows of any shape

@@ -1,4 +1,4 @@
-"""``parallel.read_pair_shard``: each shard reads only the images its pairs need, the shards
+"""``data.shards.read_pair_shard``: each shard reads only the images its pairs need, the shards
 partition the pair list, and explaining every shard with its ids gives the whole list's maps."""
 
 import jax
@@ -8,6 +8,7 @@ import pytest
 
 import simexplain_jax as sx
 from simexplain_jax import parallel
+from simexplain_jax.data import shards
 from simexplain_jax.data.pipeline import Preprocess
 from simexplain_jax.data.preprocess import normalize_images
 from simexplain_jax.data.sources import InMemorySource
@@ -49,7 +50,7 @@ def test_shards_partition_pairs_read_only_their_images_and_reproduce_maps(setup,
     for index in range(count):
         query_source = LoggedSource({"image": images, "label": np.arange(16)})
         reference_source = LoggedSource({"image": images})
-        shard = parallel.read_pair_shard(query_source, reference_source, pairs, preprocess=Preprocess(),
+        shard = shards.read_pair_shard(query_source, reference_source, pairs, preprocess=Preprocess(),
                                          query_keys=("label",), shard_index=index, shard_count=count)
         held += list(shard.positions)
         mine = pairs[shard.positions]
@@ -80,7 +81,7 @@ def test_pairs_of_a_query_stay_together(setup):
     images, pairs, _ = setup
     owner = {}
     for index in range(4):
-        shard = parallel.read_pair_shard(images, images, pairs, shard_index=index, shard_count=4)
+        shard = shards.read_pair_shard(images, images, pairs, shard_index=index, shard_count=4)
         for q in pairs[shard.positions, 0]:
             assert owner.setdefault(int(q), index) == index
 
@@ -88,7 +89,7 @@ def test_pairs_of_a_query_stay_together(setup):
 def test_cache_files_are_named_by_source_ids(setup, tmp_path):
     images, pairs, embed = setup
     normalized = normalize_images(images)
-    shard = parallel.read_pair_shard(normalized, normalized, pairs, shard_index=2, shard_count=3)
+    shard = shards.read_pair_shard(normalized, normalized, pairs, shard_index=2, shard_count=3)
     sx.saliency.explain_pairs("rise", embed, shard.queries, shard.references, key=jax.random.key(2),
                               pairs=shard.pairs, config=CONFIG, query_ids=shard.query_ids,
                               reference_ids=shard.reference_ids, cache_dir=str(tmp_path))
@@ -113,12 +114,12 @@ def test_gather_rows_single_process():
 def test_bad_inputs(setup):
     images, pairs, embed = setup
     with pytest.raises(ValueError, match="pairs must be"):
-        parallel.read_pair_shard(images, images, pairs[:, :1])
+        shards.read_pair_shard(images, images, pairs[:, :1])
     with pytest.raises(ValueError, match="query_ids must be 16 integer ids"):
         sx.saliency.explain_pairs("random", embed, normalize_images(images), normalize_images(images),
                                   key=jax.random.key(0), pairs=pairs, query_ids=np.arange(3))
     with pytest.raises(ValueError, match="pairs index outside the sources"):
-        parallel.read_pair_shard(images, images, np.array([[0, 99]]))
+        shards.read_pair_shard(images, images, np.array([[0, 99]]))
 
 
 def test_initialize_distributed_arguments(monkeypatch):

@@ -1,78 +1,142 @@
-"""Sharded execution on 8 fake CPU devices (in a subprocess, since XLA_FLAGS must be set before jax loads)."""
+"""Sharded execution on the 8 fake CPU devices that conftest.py sets up, in-process."""
 
-import os
-import subprocess
-import sys
-import textwrap
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import simexplain_jax as sx
+from simexplain_jax import parallel
 
-SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    import simexplain_jax as sx
-    from simexplain_jax import parallel
-    assert len(jax.devices()) == 8, jax.devices()
+CONFIGS = {
+    "rise": dict(num_masks=60, grid_size=4),
+    "rise_variable": dict(num_masks=60, grid_size=4, num_reference_masks=3),
+    "sliding_window": dict(window=6, stride=4, padding=2),
+    "sliding_window_variable": dict(window=6, stride=4, padding=2, reference_window=8, reference_stride=8),
+    "lime": dict(num_samples=60, num_segments=8),
+    "lime_variable": dict(num_samples=60, num_segments=8, num_reference_masks=3),
+    "perturbation": dict(num_steps=4),
+    "perturbation_variable": dict(num_steps=4),
+    "gradient": {},
+    "integrated_gradients": dict(num_steps=4),
+    "random": {},
+}
+
+
+@pytest.fixture(scope="module")
+def problem():
     w = jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8)) / 30 + 0.05
     embed = jax.tree_util.Partial(lambda w, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w), w)
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(12, 16, 16, 3)).astype(np.float32)
+    images = np.random.default_rng(0).normal(size=(12, 16, 16, 3)).astype(np.float32)
     pairs = np.array([[q, (q + 1 + k) % 12] for q in range(11) for k in range(1 + q % 2)])  # 11 queries, ragged
-    configs = {"rise": dict(num_masks=60, grid_size=4), "sliding_window": dict(window=6, stride=4, padding=2),
-               "lime": dict(num_samples=60, num_segments=8)}
-    one, eight = parallel.make_mesh(1), parallel.make_mesh(8)
-    for method, config in configs.items():
-        a = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                      config=config, mesh=one)
-        b = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                      config=config, mesh=eight)
-        scale = float(np.abs(a).max())
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
-        c = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                      config=config)  # the unsharded path
-        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5 * scale, err_msg=method)
-        # a query's map does not depend on the other queries of the call (one process's shard)
-        d = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs[-3:],
-                                      config=config, mesh=eight)
-        np.testing.assert_allclose(d, a[-3:], rtol=1e-5, atol=1e-5 * scale, err_msg=method)
-    # a 2-D mesh: queries over 2 "pairs" devices, each query's RISE masks over 4 "masks" devices
-    # (sliding window and LIME spread queries over all 8); the same maps as one device
+    return embed, images, pairs
+
+
+def test_eight_fake_devices():
+    assert len(jax.devices()) == 8
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_every_method_gives_the_same_maps_on_any_mesh(problem, method):
+    embed, images, pairs = problem
+    config, key = CONFIGS[method], jax.random.key(1)
+
+    def run(mesh, chosen=pairs):
+        return sx.saliency.explain_pairs(method, embed, images, images, key=key, pairs=chosen, config=config,
+                                         mesh=mesh)
+
+    plain = run(None)  # one local device
+    scale = float(np.abs(plain).max())
+    for mesh in (parallel.make_mesh(8), parallel.make_mesh(8, masks=4)):
+        np.testing.assert_allclose(run(mesh), plain, rtol=1e-5, atol=1e-5 * scale, err_msg=str(mesh.shape))
+    # a query's maps do not depend on the other queries of the call (one process's shard)
+    np.testing.assert_allclose(run(parallel.make_mesh(8), pairs[-3:]), plain[-3:], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_make_mesh_checks_its_arguments():
     grid = parallel.make_mesh(8, masks=4)
     assert dict(grid.shape) == {"pairs": 2, "masks": 4}
-    for method, config in configs.items():
-        a = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                      config=config, mesh=one)
-        b = sx.saliency.explain_pairs(method, embed, images, images, key=jax.random.key(1), pairs=pairs,
-                                      config=config, mesh=grid)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()), err_msg="2-D " + method)
     for bad in (3, 0):
-        try:
+        with pytest.raises(ValueError, match="divide num_devices=8"):
             parallel.make_mesh(8, masks=bad)
-            raise AssertionError("accepted masks=%d" % bad)
-        except ValueError as e:
-            assert "divide num_devices=8" in str(e)
-    # one pair's masks split over 8 devices, N not a multiple of 8
+    with pytest.raises(ValueError, match="num_devices"):
+        parallel.make_mesh(9)
+
+
+def test_one_pair_masks_split_over_devices(problem):
+    embed, images, _ = problem
     ref = embed(images[1:2])[0]
     single = sx.saliency.rise(embed, images[0], ref, key=jax.random.key(3), num_masks=101, grid_size=4, batch_size=16)
-    split = parallel.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=eight, num_masks=101,
-                                      grid_size=4, batch_size=16)
-    np.testing.assert_allclose(split, single, rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
-    split = parallel.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=grid, num_masks=101,
-                                      grid_size=4, batch_size=16, axis="masks")
-    np.testing.assert_allclose(split, single, rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
-    # insertion/deletion over 8 devices equals per-pair calls
+    tolerance = dict(rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
+    split = sx.saliency.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=parallel.make_mesh(8),
+                                         num_masks=101, grid_size=4, batch_size=16)  # N not a multiple of 8
+    np.testing.assert_allclose(split, single, **tolerance)
+    split = sx.saliency.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=parallel.make_mesh(8, masks=4),
+                                         num_masks=101, grid_size=4, batch_size=16, axis="masks")
+    np.testing.assert_allclose(split, single, **tolerance)
+
+
+def test_insertion_deletion_on_a_mesh_equals_per_pair_calls(problem):
+    embed, images, _ = problem
+    rng = np.random.default_rng(1)
     maps = rng.normal(size=(11, 16, 16)).astype(np.float32)
     refs = np.asarray(embed(images[1:12]))
-    batch = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11, mesh=eight)
+    batch = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11,
+                                                mesh=parallel.make_mesh(8))
     on_grid = sx.metrics.insertion_deletion_batch(embed, images[:11], refs, maps, background=0.0, num_steps=11,
-                                                  mesh=grid)
+                                                  mesh=parallel.make_mesh(8, masks=4), pair_group=3)
     np.testing.assert_allclose(on_grid.insertion_curve, batch.insertion_curve, atol=1e-5)
     for i in (0, 5, 10):
         one = sx.metrics.insertion_deletion(embed, images[i], refs[i], maps[i], background=0.0, num_steps=11)
         np.testing.assert_allclose(batch.insertion_curve[i], one.insertion_curve, atol=1e-5)
         np.testing.assert_allclose(batch.deletion_curve[i], one.deletion_curve, atol=1e-5)
-    # a data-parallel train step equals the single-device step on the same global batch
+        np.testing.assert_allclose(batch.insertion_auc[i], one.insertion_auc, atol=1e-6)
+
+
+class CompileCounter:
+    """Counts XLA compilations (jax.monitoring's backend-compile events) inside a ``with`` block."""
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_second_call_with_the_same_shapes_compiles_nothing(problem):
+    embed, images, pairs = problem
+    mesh = parallel.make_mesh(8)
+    maps = rng_maps = np.random.default_rng(2).normal(size=(len(pairs), 16, 16)).astype(np.float32)
+    refs = np.asarray(embed(images[pairs[:, 1]]))
+
+    def both(key):
+        out = sx.saliency.explain_pairs("rise", embed, images, images, key=key, pairs=pairs, config=CONFIGS["rise"],
+                                        mesh=mesh)
+        sx.metrics.insertion_deletion_batch(embed, images[pairs[:, 0]], refs, rng_maps, background=0.0, num_steps=11,
+                                            mesh=mesh)
+        return out
+
+    with CompileCounter() as first:
+        a = both(jax.random.key(5))
+    with CompileCounter() as second:
+        b = both(jax.random.key(6))  # another key, new weights would be the same: arguments, not constants
+    assert first.count > 0, "the counter saw no compilation at all"
+    assert second.count == 0
+    assert not np.allclose(a, b) and maps.shape == a.shape
+
+
+def test_data_parallel_train_step_equals_one_device():
     from simexplain_jax.models import EmbeddingNet, SmallCNN
     from simexplain_jax.train import similarity as sim
+
+    eight = parallel.make_mesh(8)
+    rng = np.random.default_rng(0)
     model = EmbeddingNet(SmallCNN(features=(8, 16, 16)), dim=8)
     optimizer = sim.make_optimizer(1e-2)
     batch = {"image": jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
@@ -96,17 +160,5 @@ SCRIPT = textwrap.dedent("""
     for params, loss in results[1:]:
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), results[0][0], params)
         assert abs(results[0][1] - loss) < 1e-5
-    try:
+    with pytest.raises(ValueError, match="param_sharding must be one of"):
         parallel.place_state(state, eight, "zero3")
-        raise AssertionError("accepted a bad param_sharding")
-    except ValueError as e:
-        assert "param_sharding must be one of" in str(e)
-    print("OK")
-""")
-
-
-def test_eight_devices_equal_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]

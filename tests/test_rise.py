@@ -9,7 +9,7 @@ from jax.tree_util import Partial
 import simexplain_jax as sx
 from conftest import linear_embed_fn
 
-rise_module = importlib.import_module("simexplain_jax.saliency.rise")
+rise_module = importlib.import_module("simexplain_jax.saliency._rise")
 
 
 def np_cosine(a, b):
@@ -18,7 +18,7 @@ def np_cosine(a, b):
 
 
 def naive_rise(w, query, refs, masks, normalize="per_pixel", p=0.5):
-    """SPEC section 2 as a plain loop: s_i = cos(f(q * M_i), r); S = sum_i s_i M_i / norm."""
+    """docs/method.md (RISE) as a plain loop: s_i = cos(f(q * M_i), r); S = sum_i s_i M_i / norm."""
     n = masks.shape[0]
     maps = np.zeros((refs.shape[0],) + masks.shape[1:])
     for i in range(n):
@@ -36,7 +36,7 @@ def test_rise_with_explicit_masks_equals_numpy_loop(linear_model, normalize):
     rng = np.random.default_rng(0)
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     refs = rng.normal(size=(3, 8)).astype(np.float32)
-    masks = np.asarray(sx.masks.rise_masks(jax.random.key(1), 50, 4, 0.5, (16, 16)))
+    masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(1), num_masks=50, grid_size=4, p=0.5))
     got = sx.saliency.rise(embed, query, refs, masks=masks, batch_size=16, normalize=normalize)
     assert got.shape == (3, 16, 16)
     np.testing.assert_allclose(got, naive_rise(w, query, refs, masks, normalize), rtol=1e-5)
@@ -51,7 +51,7 @@ def test_key_equals_the_masks_it_generates(linear_model):
     ref = embed(query[None])[0]
     key = jax.random.key(7)
     from_key = sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4)
-    masks = sx.masks.rise_masks(key, 40, 4, 0.4, (16, 16))
+    masks = sx.masks.rise_masks((16, 16), key=key, num_masks=40, grid_size=4, p=0.4)
     np.testing.assert_allclose(from_key, sx.saliency.rise(embed, query, ref, masks=masks, p=0.4), rtol=1e-6)
     np.testing.assert_array_equal(from_key, sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4))
 
@@ -98,7 +98,7 @@ def test_second_call_does_not_trace_again():
 
 def test_peak_memory_does_not_grow_with_num_masks(linear_model):
     embed = Partial(linear_model[0])
-    args = (embed, jnp.ones((16, 16, 3)), jnp.ones((1, 8)), jax.random.key(0), None)
+    args = (embed, jnp.ones((16, 16, 3)), jnp.ones((1, 8)), jax.random.key(0))
     temp = []
     for n in (2000, 8000):
         compiled = rise_module._rise_jit.lower(*args, num_masks=n, grid_size=4, p=0.5, batch_size=64,
@@ -112,8 +112,8 @@ def test_rise_variable_equals_mean_of_naive_maps(linear_model):
     rng = np.random.default_rng(5)
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     reference = rng.normal(size=(16, 16, 3)).astype(np.float32)
-    masks = np.asarray(sx.masks.rise_masks(jax.random.key(1), 40, 4, 0.5, (16, 16)))
-    ref_masks = np.asarray(sx.masks.rise_masks(jax.random.key(2), 5, 4, 0.5, (16, 16)))
+    masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(1), num_masks=40, grid_size=4, p=0.5))
+    ref_masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(2), num_masks=5, grid_size=4, p=0.5))
     got = sx.saliency.rise_variable(embed, query, reference, masks=masks, reference_masks=ref_masks, batch_size=16)
     naive = np.mean([
         naive_rise(w, query, ((reference * m[..., None]).reshape(1, -1).astype(np.float64) @ w), masks)[0]
@@ -123,23 +123,42 @@ def test_rise_variable_equals_mean_of_naive_maps(linear_model):
     from_key = sx.saliency.rise_variable(embed, query, reference, key=key, num_masks=40, num_reference_masks=5,
                                          grid_size=4)
     explicit = sx.saliency.rise_variable(
-        embed, query, reference, masks=sx.masks.rise_masks(jax.random.fold_in(key, 0), 40, 4, 0.5, (16, 16)),
-        reference_masks=sx.masks.rise_masks(jax.random.fold_in(key, 1), 5, 4, 0.5, (16, 16)))
+        embed, query, reference, masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 0), num_masks=40,
+                                                           grid_size=4),
+        reference_masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=5, grid_size=4))
     np.testing.assert_allclose(from_key, explicit, rtol=1e-6)
 
 
 def test_rise_variable_costs_n_plus_k_forward_passes():
-    seen = []
+    embedded = []  # images embedded at run time (a host callback per executed chunk), not traced shapes
     embed, _ = linear_embed_fn(16)
 
     def counting(images):
-        seen.append(images.shape[0])
+        jax.debug.callback(lambda n: embedded.append(int(n)), images.shape[0])
         return embed(images)
 
-    sx.saliency.rise_variable(counting, jnp.ones((16, 16, 3)), jnp.ones((16, 16, 3)), key=jax.random.key(0),
+    counting = Partial(counting)
+    query, reference = jnp.ones((16, 16, 3)), jnp.ones((16, 16, 3))
+    sx.saliency.rise_variable(counting, query, reference, key=jax.random.key(0), num_masks=64,
+                              num_reference_masks=30, grid_size=4, batch_size=64)
+    assert sum(embedded) == 64 + 30  # N masked queries + K masked references (the reference code: N * K)
+    embedded.clear()
+    sx.saliency.rise_variable(counting, query, jnp.stack([reference, -reference]), key=jax.random.key(0),
                               num_masks=64, num_reference_masks=30, grid_size=4, batch_size=64)
-    # traced once per distinct call site: one chunk of 30 reference images, one chunk of 64 masked queries
-    assert sorted(set(seen) - {1}) == [30, 64]
+    assert sum(embedded) == 64 + 2 * 30  # two references share the N masked queries
+
+
+def test_rise_variable_of_several_references_equals_one_at_a_time(linear_model):
+    embed, _ = linear_model
+    rng = np.random.default_rng(6)
+    query = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    references = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
+    options = dict(key=jax.random.key(4), num_masks=40, num_reference_masks=5, grid_size=4)
+    together = sx.saliency.rise_variable(embed, query, references, **options)
+    assert together.shape == (3, 16, 16)
+    for k in range(3):
+        alone = sx.saliency.rise_variable(embed, query, references[k], **options)
+        np.testing.assert_allclose(together[k], alone, rtol=1e-5, atol=1e-6 * float(np.abs(alone).max()))
 
 
 def test_zero_norm_embeddings_give_finite_maps():
@@ -162,6 +181,8 @@ def test_zero_norm_embeddings_give_finite_maps():
     (dict(batch_size=0), "batch_size"),
     (dict(normalize="mean"), "normalize"),
     (dict(masks=np.ones((4, 8, 8))), "key"),
+    (dict(p=True), "p"),
+    (dict(num_masks=4.0), "num_masks"),
     (dict(key=None, masks=np.ones((4, 8, 8))), "masks"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(linear_model, change, message):
@@ -171,6 +192,24 @@ def test_bad_input_raises_value_error_naming_the_argument(linear_model, change, 
     args.update(change)
     with pytest.raises(ValueError, match=message):
         sx.saliency.rise(**args)
+
+
+def test_integer_images_are_refused_not_used_as_if_normalised(linear_model):
+    embed, _ = linear_model
+    with pytest.raises(TypeError, match="floating-point.*normalise"):
+        sx.saliency.rise(embed, np.ones((16, 16, 3), np.uint8), np.ones(8), key=jax.random.key(0), num_masks=8)
+    with pytest.raises(TypeError, match="queries"):
+        sx.saliency.explain_pairs("rise", embed, np.ones((2, 16, 16, 3), np.int64), np.ones((2, 16, 16, 3)),
+                                  key=jax.random.key(0), pairs=[[0, 1]])
+
+
+def test_numpy_and_jax_scalars_are_accepted(linear_model):
+    embed, _ = linear_model
+    query = np.ones((16, 16, 3), np.float32)
+    a = sx.saliency.rise(embed, query, np.ones(8), key=jax.random.key(0), num_masks=np.int64(8), grid_size=2,
+                         p=jnp.float32(0.5))
+    b = sx.saliency.rise(embed, query, np.ones(8), key=jax.random.key(0), num_masks=8, grid_size=2, p=0.5)
+    np.testing.assert_array_equal(a, b)
 
 
 def test_rise_variable_rejects_mismatched_reference(linear_model):

@@ -92,7 +92,7 @@ def make_loader(
     Yields dicts of numpy arrays with a leading batch axis. ``num_epochs=None`` repeats forever.
     ``preprocess=None`` batches the records as they are. Shards are equal contiguous pieces and a
     remainder of ``len(source) % shard_count`` records is dropped (pad the source to a multiple of
-    ``shard_count`` to read every record, as ``parallel.read_pair_shard`` does).
+    ``shard_count`` to read every record, as ``data.shards.read_pair_shard`` does).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,4 +1,4 @@
-"""Causal saliency metrics: insertion and deletion (SPEC.md section 3, the paper's Table 1).
+"""Causal saliency metrics: insertion and deletion (docs/method.md, "Insertion and deletion"; the paper's Table 1).
 
 For ``t = 0, 1/(S-1), ..., 1`` and ``k = max(round(H*W*t), 1)``:
 
@@ -22,14 +22,16 @@ metric: a blurred query (Gaussian, 11 taps, sigma 5) for insertion and zeros for
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from simexplain_jax import checks, engine, parallel
 from simexplain_jax.imageops import gaussian_blur
-from simexplain_jax.saliency import _common, engine
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 FLAT_TOLERANCE = 1e-6
@@ -98,8 +100,8 @@ def _curves(embed_fn, query, reference_embedding, saliency, insertion_substrate,
 @jax.jit(static_argnames=("protocol", "num_steps", "normalize", "batch_size", "similarity"))
 def _insertion_deletion_jit(embed_fn, query, reference_embedding, saliency, background, *, protocol, num_steps,
                             normalize, batch_size, similarity):
-    dim = _common.embedding_dim(embed_fn, query.shape)
-    _common.check_embedding_dims(dim, reference_embedding, name="reference_embedding")
+    dim = checks.embedding_dim(embed_fn, query.shape)
+    checks.check_embedding_dims(dim, reference_embedding, name="reference_embedding")
     if protocol == "rise":
         insertion_substrate, deletion_substrate = gaussian_blur(query), jnp.zeros_like(query)
     else:
@@ -137,8 +139,8 @@ def insertion_deletion(
     Returns:
       ``InsertionDeletion(insertion_auc, deletion_auc, insertion_curve [S], deletion_curve [S])``.
     """
-    embed_fn = _common.as_pytree_fn(embed_fn)
-    query = _common.check_image(query, "query")
+    embed_fn = checks.as_pytree_fn(embed_fn)
+    query = checks.check_image(query, "query")
     if not hasattr(reference_embedding, "shape"):
         reference_embedding = np.asarray(reference_embedding)
     if reference_embedding.ndim != 1 or reference_embedding.shape[0] < 1:
@@ -154,58 +156,83 @@ def insertion_deletion(
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "sane":
-        if background is None:
-            raise ValueError("background is required for protocol='sane' (a scalar, [C] or [H, W, C] in the query's space)")
-        background = jnp.asarray(background, jnp.float32)
-        try:
-            jnp.broadcast_shapes(background.shape, query.shape)
-        except ValueError:
-            raise ValueError(f"background of shape {background.shape} does not broadcast to the query {query.shape}") from None
+        background = jnp.asarray(_check_background(background, query.shape))
     elif background is not None:
         raise ValueError("protocol='rise' uses its own substrates (blurred query, zeros): pass background=None")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
-        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    batch_size = _common.check_batch_size(batch_size)
-    _common.check_similarity(similarity)
+    _check_options(num_steps, normalize, batch_size, similarity)
     return _insertion_deletion_jit(
         embed_fn, query, reference_embedding, saliency, background, protocol=protocol, num_steps=int(num_steps),
-        normalize=normalize, batch_size=batch_size, similarity=similarity,
+        normalize=normalize, batch_size=int(batch_size), similarity=similarity,
     )
+
+
+def _check_options(num_steps, normalize, batch_size, similarity) -> None:
+    checks.check_positive_int(num_steps, "num_steps", 2)
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    checks.check_batch_size(batch_size)
+    checks.check_similarity(similarity)
+
+
+def _check_background(background, image_shape) -> np.ndarray:
+    if background is None:
+        raise ValueError("background is required for protocol='sane' (a scalar, [C] or [H, W, C] in the query's space)")
+    background = np.asarray(background, np.float32)
+    try:
+        np.broadcast_shapes(background.shape, tuple(image_shape))
+    except ValueError:
+        raise ValueError(f"background of shape {background.shape} does not broadcast to the query "
+                         f"{tuple(image_shape)}") from None
+    if not np.all(np.isfinite(background)):
+        raise ValueError("background contains NaN or infinite values")
+    return background
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairCurves:
+    """One pair's two curves with the options bound; hashable, so ``map_queries`` compiles once."""
+
+    num_steps: int
+    normalize: str
+    batch_size: int
+    similarity: SimilarityFn
+
+    def __call__(self, shared, query, reference_embedding, saliency):
+        embed_fn, substrate = shared
+        result = _curves(embed_fn, query, reference_embedding, saliency, substrate, substrate, self.num_steps,
+                         self.normalize, self.batch_size, self.similarity)
+        return jnp.stack([result.insertion_curve, result.deletion_curve])
 
 
 def insertion_deletion_batch(embed_fn, queries, reference_embeddings, saliencies, *, background, num_steps: int = 101,
                              normalize: str = "minmax", batch_size: int = 256, similarity: SimilarityFn = cosine,
-                             mesh=None, pair_group: int = 16) -> InsertionDeletion:
+                             mesh: Optional[Mesh] = None, pair_group: int = 16) -> InsertionDeletion:
     """``insertion_deletion`` (SANE protocol) for P pairs: ``queries [P, H, W, C]``,
-    ``reference_embeddings [P, D]``, ``saliencies [P, H, W]`` -> fields with a leading P axis.
+    ``reference_embeddings [P, D]`` (one per pair), ``saliencies [P, H, W]`` -> fields with a
+    leading P axis.
 
-    Pairs are vmapped ``pair_group`` at a time; with a ``mesh`` each group is split over its devices
-    (``simexplain_jax.parallel``). Equal to per-pair calls to float rounding.
+    Pairs are vmapped ``pair_group`` at a time per device; with a ``mesh`` (``sx.parallel.make_mesh``)
+    each step spreads ``pair_group`` pairs over every device (default: one local device). The
+    compiled program is cached: later calls with the same shapes compile nothing. Equal to
+    per-pair calls to float rounding.
     """
-    from simexplain_jax.parallel import make_mesh, sharded_queries
-
-    embed_fn = _common.as_pytree_fn(embed_fn)
-    queries = np.asarray(queries, np.float32)
+    embed_fn = checks.as_pytree_fn(embed_fn)
+    queries = checks.check_images(queries, "queries")
     refs = np.asarray(reference_embeddings, np.float32)
     maps = np.asarray(saliencies, np.float32)
-    if queries.ndim != 4 or refs.shape[:1] != queries.shape[:1] or maps.shape != queries.shape[:3]:
+    if refs.ndim != 2 or refs.shape[:1] != queries.shape[:1] or maps.shape != queries.shape[:3]:
         raise ValueError(f"need queries [P, H, W, C], reference_embeddings [P, D], saliencies [P, H, W]; got "
                          f"{queries.shape}, {refs.shape}, {maps.shape}")
     if not np.all(np.isfinite(maps)):
         raise ValueError("saliencies contain NaN or infinite values")
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    substrate = np.broadcast_to(np.asarray(background, np.float32), queries.shape[1:]).copy()
-
-    def one(embed, query, ref, saliency):
-        sub = jnp.asarray(substrate)
-        result = _curves(embed, query, ref, saliency, sub, sub, num_steps, normalize, batch_size, similarity)
-        return jnp.stack([result.insertion_curve, result.deletion_curve])
-
-    run = sharded_queries(one, mesh if mesh is not None else make_mesh(1, local=True))
-    curves = np.concatenate([run(embed_fn, queries[i:i + pair_group], refs[i:i + pair_group], maps[i:i + pair_group])
-                             for i in range(0, len(queries), pair_group)])  # [P, 2, S]
+    _check_options(num_steps, normalize, batch_size, similarity)
+    pair_group = checks.check_positive_int(pair_group, "pair_group")
+    substrate = np.broadcast_to(_check_background(background, queries.shape[1:]), queries.shape[1:]).copy()
+    mesh = parallel.make_mesh(1, local=True) if mesh is None else mesh
+    step = pair_group * parallel.stack_size(mesh)
+    fn = _PairCurves(int(num_steps), normalize, int(batch_size), similarity)
+    curves = np.concatenate([parallel.map_queries(fn, mesh, (embed_fn, substrate), queries[i:i + step],
+                                                  refs[i:i + step], maps[i:i + step])
+                             for i in range(0, len(queries), step)])  # [P, 2, S]
     auc = np.asarray(trapezoid_auc(jnp.asarray(curves)))
     return InsertionDeletion(auc[:, 0], auc[:, 1], curves[:, 0], curves[:, 1])

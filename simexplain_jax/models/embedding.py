@@ -88,30 +88,6 @@ class _ConditionApply:
         return self.model.apply(variables, images, conditions, train=False, method=TypeAwareEmbedding.embed)
 
 
-@jax.jit
-def _apply_chunk(fn, images):
-    return fn(images)
-
-
-def apply_in_chunks(fn, images, batch_size: int = 256):
-    """``fn(images [N, ...])`` computed ``batch_size`` images at a time on host arrays, the last
-    chunk padded so one compiled program serves every chunk; returns ``fn``'s output pytree
-    (numpy) with the N rows concatenated. ``fn`` is a pure function such as ``embed_fn(...)``."""
-    import numpy as np
-
-    images = np.asarray(images)
-    n = len(images)
-    batch_size = max(1, min(batch_size, n))
-    outputs = []
-    for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(jax.tree.map(lambda x: np.asarray(x)[: batch_size - pad], _apply_chunk(fn, jnp.asarray(chunk))))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
-
-
 def inference_fn(model: nn.Module, variables) -> Partial:
     """The pure ``images -> model outputs`` function of any model in inference mode (a Partial)."""
     return Partial(_InferenceApply(model), variables)

@@ -1,14 +1,44 @@
-"""Saliency maps for image pairs: which regions of the query make it similar to the reference."""
+"""Saliency maps for image pairs: which regions of the query make it similar to the reference.
 
-from simexplain_jax.saliency.gradients import gradient, integrated_gradients
-from simexplain_jax.saliency.lime import lime, lime_variable
-from simexplain_jax.saliency.pairs import METHODS, explain_pairs
-from simexplain_jax.saliency.occlusion import sliding_window, sliding_window_variable
-from simexplain_jax.saliency.perturbation import (perturbation, perturbation_batch, perturbation_variable,
-                                                  perturbation_variable_batch)
-from simexplain_jax.saliency.random import random
-from simexplain_jax.saliency.rise import rise, rise_variable
+Every method takes ``(embed_fn, query, references, *, key=None, ...)``:
 
-__all__ = ["rise", "rise_variable", "sliding_window", "sliding_window_variable", "lime", "lime_variable",
-           "perturbation", "perturbation_variable", "perturbation_batch", "perturbation_variable_batch", "gradient",
-           "integrated_gradients", "random", "explain_pairs", "METHODS"]
+- fixed-reference methods (``rise``, ``sliding_window``, ``lime``, ``perturbation``, ``gradient``,
+  ``integrated_gradients``, ``random``) take reference embeddings: ``[D]`` gives one ``[H, W]`` map,
+  ``[K, D]`` gives ``[K, H, W]`` (K references explained together, sharing the query's work);
+- variable-reference methods (``rise_variable``, ``sliding_window_variable``, ``lime_variable``,
+  ``perturbation_variable``) take reference images: ``[H, W, C]`` gives ``[H, W]``,
+  ``[K, H, W, C]`` gives ``[K, H, W]``;
+- the batch forms (``perturbation_batch``, ``perturbation_variable_batch``) take one reference per
+  pair: ``queries [P, H, W, C]`` with ``[P, D]`` embeddings (or ``[P, H, W, C]`` images).
+
+``key`` is keyword-only everywhere: the stochastic methods need it (or explicit ``masks`` /
+``samples``), the deterministic ones (sliding window, gradients) accept and ignore it. Images
+are floats in the model's input space; integer images are refused.
+
+The implementations live in private modules (``_rise``, ``_lime``, ...); each exposes one pure
+core that the single-pair function, ``explain_pairs`` and the mesh path all run.
+``explain_pairs_distributed`` (multi-process, each process reading its share of the images
+through grain) is imported on first use, since it needs the data stack.
+"""
+
+import importlib
+
+from simexplain_jax.saliency._gradients import gradient, integrated_gradients
+from simexplain_jax.saliency._lime import denormalize, lime, lime_variable, superpixels
+from simexplain_jax.saliency._occlusion import sliding_window, sliding_window_variable
+from simexplain_jax.saliency._perturbation import (perturbation, perturbation_batch, perturbation_variable,
+                                                   perturbation_variable_batch)
+from simexplain_jax.saliency._random import random
+from simexplain_jax.saliency._rise import rise, rise_split_masks, rise_variable
+from simexplain_jax.saliency.pairs import METHOD_CORES, METHODS, explain_pairs, method_options
+
+__all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "sliding_window_variable", "lime",
+           "lime_variable", "superpixels", "denormalize", "perturbation", "perturbation_variable",
+           "perturbation_batch", "perturbation_variable_batch", "gradient", "integrated_gradients", "random",
+           "explain_pairs", "explain_pairs_distributed", "method_options", "METHODS", "METHOD_CORES"]
+
+
+def __getattr__(name):
+    if name == "explain_pairs_distributed":
+        return importlib.import_module("simexplain_jax.saliency.distributed").explain_pairs_distributed
+    raise AttributeError(f"module 'simexplain_jax.saliency' has no attribute {name!r}")

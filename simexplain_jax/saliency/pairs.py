@@ -1,52 +1,79 @@
-"""Explaining many pairs at once: grouped by query so shared work is done once.
+"""Explaining many pairs at once: one registry of method cores, one path, any mesh.
 
 ``explain_pairs(method, embed_fn, queries, references, key=..., pairs=[[q, r], ...], config={...})``
 returns one ``[H, W]`` map per pair, in the order of ``pairs``.
 
-- Fixed-reference RISE, sliding window and LIME: every reference of a query is explained in one
-  call (K reference embeddings, one pass over the query's perturbations). K is padded to a power
-  of two so a few compiled programs serve any grouping.
-- Variable-reference RISE: the query's N masked embeddings are shared by all its references
-  (N + R * K passes for R references).
-- The mask method: pairs are optimised ``pair_batch`` at a time in one vmapped call.
-- Randomness: the query with index i in ``queries`` uses ``fold_in(key, i)``, so a pair's map is the
-  same as the single-pair function called with that key, whatever else is in the list. When the
-  arrays hold a subset of a dataset (one process's shard), ``query_ids`` / ``reference_ids`` give
-  each row's index in the whole dataset: keys and cache files use those, so the maps equal a run
-  over the whole dataset.
+Every method is a pure core ``core(embed_fn, query, references [K, ...], key, ...) -> [K, H, W]``
+(``METHOD_CORES`` names them, with their defaults and whether they can split a query's masks over
+a mesh axis). The pairs are grouped by query so that work shared by a query's references is done
+once (the masked-query embeddings of RISE, the occluded queries, LIME's samples and factorisation);
+a query's K references are padded to a power of two so that a few compiled programs serve any
+grouping. Stacks of queries are vmapped and split over the devices of a mesh
+(``parallel.map_queries``; one local device when no mesh is given), and the compiled programs are
+cached, so the single-pair functions, the unsharded call and the sharded call run the same core.
+
+Randomness: the query with index i in ``queries`` uses ``fold_in(key, i)``, so a pair's map is what
+the single-pair function gives with that key for the query's references (as a ``[K, ...]``
+stack), whatever else is in the list. When the arrays hold a subset of a dataset (one process's
+shard), ``query_ids`` / ``reference_ids`` give each row's index in the whole dataset: keys and cache
+files use those, so the maps equal a run over the whole dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from simexplain_jax.saliency import _common
+from simexplain_jax import checks, engine, parallel
+from simexplain_jax.saliency import _gradients, _lime, _occlusion, _perturbation, _random, _rise
 from simexplain_jax.saliency.cache import SaliencyCache
-from simexplain_jax.saliency.gradients import gradient, integrated_gradients
-from simexplain_jax.saliency.lime import lime, lime_variable
-from simexplain_jax.saliency.occlusion import sliding_window, sliding_window_variable
-from simexplain_jax.saliency.perturbation import perturbation_batch, perturbation_variable_batch
-from simexplain_jax.saliency.random import random
-from simexplain_jax.saliency.rise import rise
-from simexplain_jax.masks import rise_masks
-
-METHODS = ("rise", "rise_variable", "sliding_window", "sliding_window_variable", "lime", "lime_variable",
-           "perturbation", "perturbation_variable", "gradient", "integrated_gradients", "random")
-_GROUPED = ("rise", "sliding_window", "lime")
 
 
-def _embed_rows(embed_fn, images: np.ndarray, rows, batch_size: int = 128) -> dict[int, np.ndarray]:
-    """``{row: embedding}`` for the distinct ``rows`` of ``images`` (chunks sized to a power of two)."""
-    from simexplain_jax.models.embedding import apply_in_chunks
+@dataclasses.dataclass(frozen=True)
+class MethodCore:
+    """A saliency method as ``explain_pairs`` runs it."""
 
-    rows = sorted(set(int(r) for r in rows))
-    embeddings = apply_in_chunks(embed_fn, images[rows], min(batch_size, _bucket(len(rows))))
-    return dict(zip(rows, embeddings))
+    core: Callable  # (embed_fn, query [H, W, C], references [K, ...], key, *extra, **static) -> [K, H, W]
+    defaults: dict  # the options and their defaults (the single-pair function's keyword defaults)
+    options: Callable[..., dict]  # checks the options, returns the core's static arguments
+    references: str  # "embeddings" ([K, D]) or "images" ([K, H, W, C]: variable reference)
+    split_masks: bool = False  # can divide a query's masks over the mesh's "masks" axis
+    segments: bool = False  # takes per-query superpixels (LIME)
+    queries_per_device: int = 1  # queries vmapped together on one device
+
+
+METHOD_CORES = {
+    "rise": MethodCore(_rise.rise_core, _rise.DEFAULTS, _rise.options, "embeddings", split_masks=True),
+    "rise_variable": MethodCore(_rise.rise_variable_core, _rise.VARIABLE_DEFAULTS, _rise.variable_options, "images",
+                                split_masks=True),
+    "sliding_window": MethodCore(_occlusion.sliding_window_core, _occlusion.DEFAULTS, _occlusion.options,
+                                 "embeddings"),
+    "sliding_window_variable": MethodCore(_occlusion.sliding_window_variable_core, _occlusion.VARIABLE_DEFAULTS,
+                                          _occlusion.variable_options, "images"),
+    "lime": MethodCore(_lime.lime_core, _lime.DEFAULTS, _lime.options, "embeddings", segments=True),
+    "lime_variable": MethodCore(_lime.lime_variable_core, _lime.VARIABLE_DEFAULTS, _lime.variable_options, "images",
+                                segments=True),
+    "perturbation": MethodCore(_perturbation.perturbation_core, _perturbation.DEFAULTS, _perturbation.options,
+                               "embeddings", queries_per_device=16),
+    "perturbation_variable": MethodCore(_perturbation.perturbation_variable_core, _perturbation.DEFAULTS,
+                                        _perturbation.options, "images", queries_per_device=16),
+    "gradient": MethodCore(_gradients.gradient_core, _gradients.DEFAULTS, _gradients.options, "embeddings",
+                           queries_per_device=16),
+    "integrated_gradients": MethodCore(_gradients.integrated_gradients_core, _gradients.INTEGRATED_DEFAULTS,
+                                       _gradients.integrated_options, "embeddings"),
+    "random": MethodCore(_random.random_core, _random.DEFAULTS, _random.options, "embeddings",
+                         queries_per_device=16),
+}
+METHODS = tuple(METHOD_CORES)
+
+
+def _bucket(k: int) -> int:
+    return 1 << (k - 1).bit_length()
 
 
 def _ids(ids, count: int, name: str) -> np.ndarray:
@@ -58,214 +85,129 @@ def _ids(ids, count: int, name: str) -> np.ndarray:
     return ids
 
 
-def _bucket(k: int) -> int:
-    return 1 << (k - 1).bit_length()
-
-
-def _check(method, queries, references, pairs):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def _check_pairs(pairs, num_queries: int, num_references: int) -> np.ndarray:
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
         raise ValueError(f"pairs must be a non-empty [P, 2] array of (query, reference) indices, got {pairs.shape}")
-    if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= len(queries) or pairs[:, 1].min() < 0 or \
-            pairs[:, 1].max() >= len(references):
-        raise ValueError("pairs index outside queries / references")
-    if np.shape(queries)[1:] != np.shape(references)[1:] or np.ndim(queries) != 4:
-        raise ValueError(f"queries and references must be image batches [N, H, W, C] of one shape, got "
-                         f"{np.shape(queries)} and {np.shape(references)}")
+    if not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(f"pairs must hold integer indices, got dtype {pairs.dtype}")
+    if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= num_queries or pairs[:, 1].min() < 0 or \
+            pairs[:, 1].max() >= num_references:
+        raise ValueError(f"pairs index outside queries ({num_queries}) / references ({num_references})")
     return pairs.astype(np.int64)
+
+
+def method_options(method: str, config: Optional[dict] = None) -> tuple[MethodCore, dict]:
+    """The registry entry of ``method`` and its checked static options (defaults overridden by
+    ``config``); an unknown method or option raises a ValueError naming the valid ones."""
+    if method not in METHOD_CORES:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    spec = METHOD_CORES[method]
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(spec.defaults))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; its options are {sorted(spec.defaults)}")
+    return spec, spec.options(**{**spec.defaults, **config})
 
 
 def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
-                  pair_batch: int = 16, mesh=None, query_ids=None, reference_ids=None,
+                  mesh: Optional[Mesh] = None, query_batch: Optional[int] = None, query_ids=None, reference_ids=None,
                   cache_meta: Optional[dict] = None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
-    ``config`` holds the method's options (e.g. ``{"num_masks": 2000}``). ``progress(n)`` is called
-    with the number of pairs finished after each group (e.g. ``tqdm(total=P).update``). With
-    ``cache_dir``, maps are stored per query (``SaliencyCache``) and reused on a rerun.
-    ``query_ids [len(queries)]`` / ``reference_ids [len(references)]``: each row's index in the
-    whole dataset (default: the row index), used for the random keys and the cache.
-    ``cache_meta``: more to record in (and check against) the cache's ``meta.json``, e.g. the
-    dataset and split the ids index, so a cache is never reused for other images.
+    Args:
+      method: one of ``METHODS``.
+      embed_fn: pure ``images [B, H, W, C] -> [B, D]``.
+      queries, references: float images ``[N, H, W, C]`` in the model's input space.
+      key: PRNG key; the query with id i uses ``fold_in(key, i)``.
+      pairs: ``[P, 2]`` integer indices.
+      config: the method's options (e.g. ``{"num_masks": 2000}``); unknown names raise.
+      progress: called with the number of pairs finished after each step (e.g. ``tqdm(total=P).update``).
+      cache_dir: maps are stored per query (``SaliencyCache``) and reused on a rerun.
+      mesh: a ``jax.sharding.Mesh`` (``sx.parallel.make_mesh``): every method spreads the queries
+        over all its devices; on a 2-D ``("pairs", "masks")`` mesh RISE (fixed and variable)
+        spreads queries over ``"pairs"`` and divides each query's masks over ``"masks"``. None: one
+        local device. The maps do not depend on the mesh (to float rounding).
+      query_batch: queries vmapped together per device (default: 1 for the chunked methods, 16
+        for the mask method, gradient and random).
+      query_ids, reference_ids: each row's index in the whole dataset (default: the row index),
+        used for the random keys and the cache.
+      cache_meta: more to record in (and check against) the cache's ``meta.json``, e.g. the dataset
+        and split the ids index, so a cache is never reused for other images.
     """
+    spec, static = method_options(method, config)
     config = dict(config or {})
-    embed_fn = _common.as_pytree_fn(embed_fn)
-    pairs = _check(method, queries, references, pairs)
+    embed_fn = checks.as_pytree_fn(embed_fn)
+    queries = checks.check_images(queries, "queries")
+    references = checks.check_images(references, "references")
+    if queries.shape[1:] != references.shape[1:]:
+        raise ValueError(f"queries and references must be images of one shape, got {queries.shape[1:]} and "
+                         f"{references.shape[1:]}")
+    pairs = _check_pairs(pairs, len(queries), len(references))
+    if key is None:
+        raise ValueError("explain_pairs needs key=")
     qid = _ids(query_ids, len(queries), "query_ids")
     rid = _ids(reference_ids, len(references), "reference_ids")
+    mesh = parallel.make_mesh(1, local=True) if mesh is None else mesh
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (sx.parallel.make_mesh) or None, got {type(mesh).__name__}")
+    split = spec.split_masks and mesh.shape.get(parallel.MASKS, 1) > 1
+    if split:
+        static = dict(static, mask_axis=parallel.MASKS, mask_axis_size=mesh.shape[parallel.MASKS])
+    per_call = checks.check_positive_int(query_batch if query_batch is not None else spec.queries_per_device,
+                                         "query_batch") * parallel.stack_size(mesh, split)
 
-    def query_key(q):  # the key of row q of queries
-        return jax.random.fold_in(key, int(qid[q]))
-
-    queries, references = np.asarray(queries, np.float32), np.asarray(references, np.float32)
     cache = SaliencyCache(cache_dir, {"method": method, "config": config, **(cache_meta or {})}) if cache_dir else None
     out = np.zeros((len(pairs), *queries.shape[1:3]), np.float32)
-    groups: "OrderedDict[int, list[int]]" = OrderedDict()
-    for position, (q, _) in enumerate(pairs):
-        groups.setdefault(int(q), []).append(position)
-
-    todo = OrderedDict()
+    groups: "OrderedDict[int, np.ndarray]" = OrderedDict()
+    for q in dict.fromkeys(pairs[:, 0].tolist()):
+        groups[q] = np.flatnonzero(pairs[:, 0] == q)
+    todo = []
     for q, positions in groups.items():
-        refs = pairs[positions, 1]
-        cached = cache.get(qid[q], rid[refs]) if cache else None
-        if cached is not None:
-            out[positions] = cached
-            if progress:
-                progress(len(positions))
-        else:
-            todo[q] = positions
-
-    if method in ("perturbation", "perturbation_variable"):
-        flat = [(q, p) for q, positions in todo.items() for p in positions]
-        needed = _embed_rows(embed_fn, references, pairs[[p for _, p in flat], 1]) if method == "perturbation" else {}
-        for start in range(0, len(flat), pair_batch):
-            chunk = flat[start:start + pair_batch]
-            chunk_pairs = pairs[[p for _, p in chunk]]
-            keys = jnp.stack([query_key(q) for q, _ in chunk])
-            if method == "perturbation":
-                refs = np.stack([needed[int(r)] for r in chunk_pairs[:, 1]])
-                maps = perturbation_batch(embed_fn, queries[chunk_pairs[:, 0]], refs, key=keys, **config)
-            else:
-                maps = perturbation_variable_batch(embed_fn, queries[chunk_pairs[:, 0]],
-                                                   references[chunk_pairs[:, 1]], key=keys, **config)
-            out[[p for _, p in chunk]] = np.asarray(maps)
-            if progress:
-                progress(len(chunk))
-        if cache:
-            for q, positions in todo.items():
-                cache.put(qid[q], rid[pairs[positions, 1]], out[positions])
-        return out
-
-    if mesh is not None and method in _GROUPED and todo:
-        maps = _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_key, config, mesh)
-        for q, positions in todo.items():
-            out[positions] = maps[q]
-            if cache:
-                cache.put(qid[q], rid[pairs[positions, 1]], maps[q])
-        if progress:
-            progress(sum(len(p) for p in todo.values()))
-        return out
-
-    ref_embeddings = (_embed_rows(embed_fn, references, [pairs[p, 1] for ps in todo.values() for p in ps])
-                      if method in _GROUPED + ("gradient", "integrated_gradients") else {})
-    for q, positions in todo.items():
-        query = queries[q]
-        key_q = query_key(q)
-        refs = pairs[positions, 1]
-        if method in _GROUPED:
-            emb = np.stack([ref_embeddings[int(r)] for r in refs])
-            padded = np.zeros((_bucket(len(refs)), emb.shape[1]), np.float32)
-            padded[: len(refs)] = emb
-            if method == "rise":
-                maps = rise(embed_fn, query, padded, key=key_q, **config)
-            elif method == "sliding_window":
-                maps = sliding_window(embed_fn, query, padded, **config)
-            else:
-                maps = lime(embed_fn, query, padded, key=key_q, **config)
-            maps = np.asarray(maps)[: len(refs)]
-        elif method == "random":  # a pair's map depends on (query, reference) only
-            maps = np.stack([np.asarray(random(None, query, key=jax.random.fold_in(key_q, int(rid[r])))) for r in refs])
-        elif method == "rise_variable":
-            maps = _rise_variable_group(embed_fn, query, references[refs], key_q, config)
-        else:
-            single = []
-            for r in refs:
-                if method == "sliding_window_variable":
-                    single.append(sliding_window_variable(embed_fn, query, references[r], **config))
-                elif method == "lime_variable":
-                    single.append(lime_variable(embed_fn, query, references[r], key=key_q, **config))
-                elif method == "gradient":
-                    single.append(gradient(embed_fn, query, ref_embeddings[int(r)], **config))
-                else:
-                    single.append(integrated_gradients(embed_fn, query, ref_embeddings[int(r)], **config))
-            maps = np.stack([np.asarray(m) for m in single])
-        out[positions] = maps
-        if cache:
-            cache.put(qid[q], rid[refs], maps)
+        cached = cache.get(qid[q], rid[pairs[positions, 1]]) if cache else None
+        if cached is None:
+            todo.append(q)
+            continue
+        out[positions] = cached
         if progress:
             progress(len(positions))
-    return out
-
-
-def _rise_variable_group(embed_fn, query, refs_images, query_key, config):
-    """rise_variable for every reference of one query, sharing the N masked-query embeddings:
-    equals ``rise_variable(embed_fn, query, r, key=query_key, **config)`` for each r."""
-    config = dict(config)
-    k = config.pop("num_reference_masks", 30)
-    grid, p = config.get("grid_size", 8), config.get("p", 0.5)
-    ref_masks = np.asarray(rise_masks(jax.random.fold_in(query_key, 1), k, grid, p, refs_images.shape[1:3]))
-    masked = (refs_images[:, None] * ref_masks[None, :, :, :, None]).reshape(-1, *refs_images.shape[1:])
-    embeddings = np.stack([v for _, v in sorted(_embed_rows(embed_fn, masked, range(len(masked))).items())])
-    padded = np.zeros((_bucket(len(embeddings)), embeddings.shape[1]), np.float32)
-    padded[: len(embeddings)] = embeddings
-    maps = np.asarray(rise(embed_fn, query, padded, key=jax.random.fold_in(query_key, 0), **config))
-    return maps[: len(embeddings)].reshape(len(refs_images), k, *maps.shape[1:]).mean(axis=1)
-
-
-def _explain_sharded(method, embed_fn, queries, references, pairs, todo, query_key, config, mesh):
-    """{query: maps [R, H, W]} for the grouped methods, queries split over ``mesh``."""
-    import importlib
-    import inspect
-
-    from simexplain_jax import masks as _masks
-    from simexplain_jax.parallel import MASKS, sharded_queries
-    from simexplain_jax.saliency import occlusion
-
-    # the package re-exports functions named like these modules: import the modules themselves
-    rise_module = importlib.import_module("simexplain_jax.saliency.rise")
-    lime_module = importlib.import_module("simexplain_jax.saliency.lime")
-
-    options = {name: param.default for name, param in inspect.signature(
-        {"rise": rise, "sliding_window": sliding_window, "lime": lime}[method]).parameters.items()
-        if param.kind == param.KEYWORD_ONLY and param.default is not inspect.Parameter.empty}
-    options.update(config)
-    order = list(todo)
-    ref_embeddings = _embed_rows(embed_fn, references, [pairs[p, 1] for ps in todo.values() for p in ps])
-    k = _bucket(max(len(todo[q]) for q in order))
-    refs = np.zeros((len(order), k, next(iter(ref_embeddings.values())).shape[0]), np.float32)
-    for i, q in enumerate(order):
-        refs[i, : len(todo[q])] = np.stack([ref_embeddings[int(r)] for r in pairs[todo[q], 1]])
-    stacked = [queries[order], refs, np.asarray(jax.random.key_data(jnp.stack([query_key(q)
-                                                                                 for q in order])))]
-    similarity = options["similarity"]
-    split = method == "rise" and mesh.shape.get(MASKS, 1) > 1  # each query's RISE masks split over the masks axis
-    if method == "rise":
-        num_masks = options["num_masks"]
-        _masks.check_rise_options(num_masks, options["grid_size"], options["p"])
-
-        def one(embed, query, r, key_data):
-            args = (embed, query, r, jax.random.wrap_key_data(key_data))
-            settings = (num_masks, options["grid_size"], options["p"], options["batch_size"], options["normalize"],
-                        similarity)
-            if split:
-                return rise_module._rise_maps_share(*args, *settings, MASKS, mesh.shape[MASKS])
-            return rise_module._rise_maps(*args, None, *settings)
-    elif method == "sliding_window":
-        def one(embed, query, r, key_data):
-            scores = occlusion._occlusion_scores(embed, query, r, options["window"], options["stride"],
-                                                 options["padding"], options["batch_size"], similarity)
-            return occlusion._upsample_grid(1.0 - scores, query.shape[0], query.shape[1])
-    else:
-        segments = np.stack([options["segments"] if options.get("segments") is not None else
-                             lime_module.superpixels(lime_module.denormalize(queries[q]), options["num_segments"])
-                             for q in order]).astype(np.int32)
-        counts = segments.reshape(len(order), -1).max(axis=1) + 1
-        out = {}
-        for count in np.unique(counts):  # each query with its own superpixel count, as the unsharded path
-            chosen = np.flatnonzero(counts == count)
-
-            def one(embed, query, r, key_data, seg, num_segments=int(count)):
-                coefficients = lime_module._lime_coefficients(
-                    embed, query, r, jax.random.wrap_key_data(key_data), seg, num_segments, options["num_samples"],
-                    options["kernel_width"], options["ridge_alpha"], options["batch_size"], similarity)
-                return coefficients[:, seg]
-
-            maps = sharded_queries(one, mesh)(embed_fn, *[x[chosen] for x in stacked], segments[chosen])
-            out.update({order[i]: maps[j, : len(todo[order[i]])] for j, i in enumerate(chosen)})
+    if not todo:
         return out
 
-    maps = sharded_queries(one, mesh, split_masks=split)(embed_fn, *stacked)
-    return {q: maps[i, : len(todo[q])] for i, q in enumerate(order)}
+    if spec.references == "embeddings":
+        needed = np.unique(np.concatenate([pairs[groups[q], 1] for q in todo]))
+        rows = np.zeros(len(references), np.int64)
+        rows[needed] = np.arange(len(needed))
+        reference_inputs = engine.apply_in_chunks(embed_fn, references[needed], 128)[rows]
+    else:
+        reference_inputs = references
+    classes: dict = {None: todo}
+    segments = {}
+    if spec.segments:  # LIME: superpixels per query; queries with the same count share a program
+        target = config.get("num_segments", spec.defaults["num_segments"])
+        segments = {q: _lime.query_segments(queries[q], target) for q in todo}
+        classes = {}
+        for q in todo:
+            classes.setdefault(int(segments[q].max()) + 1, []).append(q)
+
+    for count, members in classes.items():
+        bound = engine.BoundCore.of(spec.core, **static, **({} if count is None else {"num_segments": count}))
+        for start in range(0, len(members), per_call):
+            chunk = members[start:start + per_call]
+            width = _bucket(max(len(groups[q]) for q in chunk))
+            refs = np.zeros((len(chunk), width, *reference_inputs.shape[1:]), np.float32)
+            for i, q in enumerate(chunk):
+                refs[i, : len(groups[q])] = reference_inputs[pairs[groups[q], 1]]
+            keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
+                np.asarray([qid[q] for q in chunk], np.uint32)))
+            extra = (np.stack([segments[q] for q in chunk]),) if spec.segments else ()
+            maps = parallel.map_queries(bound, mesh, embed_fn, queries[chunk], refs, keys, *extra, split_masks=split)
+            for i, q in enumerate(chunk):
+                positions = groups[q]
+                out[positions] = maps[i, : len(positions)]
+                if cache:
+                    cache.put(qid[q], rid[pairs[positions, 1]], out[positions])
+            if progress:
+                progress(sum(len(groups[q]) for q in chunk))
+    return out

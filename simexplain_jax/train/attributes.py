@@ -46,7 +46,8 @@ def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: 
 
 def predict(model, variables, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """``(scores [N, A], aams [N, h, w, A])`` of normalised ``images`` in inference mode."""
-    from simexplain_jax.models.embedding import apply_in_chunks, inference_fn
+    from simexplain_jax.engine import apply_in_chunks
+    from simexplain_jax.models.embedding import inference_fn
 
     return apply_in_chunks(inference_fn(model, variables), images, batch_size)
 

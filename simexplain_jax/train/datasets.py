@@ -133,7 +133,7 @@ def similarity_data(dataset: str, *, data_dir: str, manual_dir: str = "", num_ev
 @dataclasses.dataclass
 class PairList:
     """Pairs to explain as indices into a split's source, whose images are read only where needed
-    (``parallel.read_pair_shard``, or ``read_images``)."""
+    (``data.shards.read_pair_shard``, or ``read_images``)."""
 
     source: object  # the split's tfds data source: records with "image" (uint8), shapes also "key_mask", "scene"
     pairs: np.ndarray  # [P, 2] indices into source

@@ -104,7 +104,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
 
 def embed_all(embed, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """``images [N, H, W, C]`` -> ``[N, D]`` (``apply_in_chunks`` of the embed_fn)."""
-    from simexplain_jax.models.embedding import apply_in_chunks
+    from simexplain_jax.engine import apply_in_chunks
 
     return apply_in_chunks(embed, images, batch_size)
 

@@ -13,16 +13,22 @@ Peak memory depends on ``batch_size`` and K, never on the number of perturbation
 masks come from a key. The last chunk is padded (padded entries get weight 0), so any N runs
 with one compiled program per shape. Nothing leaves the device inside the loop.
 
-This module is internal machinery: the public methods in ``simexplain_jax.saliency`` validate
-inputs and call :func:`run` inside their own ``jit``.
+The same module holds chunked embedding, written once: ``embed_in_chunks`` inside compiled code
+(``lax.map`` over padded chunks) and ``apply_in_chunks`` for host arrays of any length (one
+module-level compiled program per chunk shape, reused across calls).
+
+This module sits below ``saliency`` and ``metrics``: the public methods validate inputs and call
+:func:`run` inside their own ``jit``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simexplain_jax.similarity import SimilarityFn, pairwise
 
@@ -122,3 +128,60 @@ def run(
     if accumulate_maps:
         return EngineResult(weighted.reshape(num_refs, height, width), mask_sum.reshape(height, width), scores)
     return EngineResult(None, None, scores)
+
+
+def embed_in_chunks(embed_fn: EmbedFn, images: jax.Array, batch_size: int) -> jax.Array:
+    """``images [N, H, W, C]`` -> ``[N, D]`` inside compiled code, ``batch_size`` at a time (the
+    last chunk padded with zeros and dropped)."""
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    chunks = num_chunks(n, batch_size)
+    padded = jnp.pad(images, [(0, chunks * batch_size - n)] + [(0, 0)] * (images.ndim - 1))
+    out = jax.lax.map(embed_fn, padded.reshape(chunks, batch_size, *images.shape[1:]))
+    return out.reshape(chunks * batch_size, *out.shape[2:])[:n]
+
+
+@jax.jit
+def _apply_chunk(fn, images):
+    return fn(images)
+
+
+def apply_in_chunks(fn, images, batch_size: int = 256):
+    """``fn(images [N, ...])`` on host arrays, ``batch_size`` images at a time; the last chunk is
+    padded so one compiled program serves every chunk. Returns ``fn``'s output pytree (numpy) with
+    the N rows concatenated. ``fn`` is a pure function such as an ``embed_fn`` (a
+    ``jax.tree_util.Partial`` passes its parameters as arguments, so new weights do not recompile).
+    """
+    images = np.asarray(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("apply_in_chunks needs at least one image")
+    batch_size = max(1, min(int(batch_size), n))
+    outputs = []
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(jax.tree.map(lambda x: np.asarray(x)[: batch_size - pad], _apply_chunk(fn, jnp.asarray(chunk))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundCore:
+    """A method's pure core with its static options bound, hashable and compared by value, so that
+    ``parallel.map_queries`` / ``replicated_call`` reuse one compiled program per (core, options).
+
+    ``bound(embed_fn, query, references, key_data, *extra) = core(embed_fn, query, references,
+    wrap_key_data(key_data), *extra, **options)``: keys travel as raw key data through ``shard_map``.
+    """
+
+    core: Callable
+    options: tuple  # sorted (name, value) pairs
+
+    @classmethod
+    def of(cls, core: Callable, **options) -> "BoundCore":
+        return cls(core, tuple(sorted(options.items())))
+
+    def __call__(self, embed_fn, query, references, key_data, *extra):
+        return self.core(embed_fn, query, references, jax.random.wrap_key_data(key_data), *extra, **dict(self.options))

@@ -1,4 +1,10 @@
-"""Argument checking and small helpers shared by the saliency methods (module-internal)."""
+"""Argument checks shared by the saliency methods and the metrics (below both; library-internal).
+
+Each check raises a ValueError or TypeError that names the argument and what was expected.
+Images must be floating point in the model's input space: integer images (uint8 pixels, say)
+are rejected rather than silently used as if normalised; ``sx.imageops.normalize_images``
+turns uint8 RGB into the ImageNet-normalised floats the built-in models take.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +29,45 @@ def as_pytree_fn(embed_fn) -> Partial:
     return embed_fn if isinstance(embed_fn, Partial) else Partial(embed_fn)
 
 
+def _check_float(array, name: str) -> None:
+    if jnp.issubdtype(array.dtype, jnp.integer) or array.dtype == bool:
+        raise TypeError(f"{name} must be a floating-point image in the model's input space, got dtype {array.dtype}; "
+                        "normalise integer pixels first (e.g. sx.imageops.normalize_images for uint8 RGB)")
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point image, got dtype {array.dtype}")
+
+
 def check_image(image, name: str) -> jax.Array:
-    """``[H, W, C]`` float image; raises ValueError naming ``name`` otherwise."""
+    """``[H, W, C]`` floating-point image as float32; raises naming ``name`` otherwise."""
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"{name} must be one image [H, W, C], got an array of shape {tuple(image.shape)}")
     if min(image.shape) < 1:
         raise ValueError(f"{name} must have positive sizes [H, W, C], got {tuple(image.shape)}")
-    if not (jnp.issubdtype(image.dtype, jnp.floating) or jnp.issubdtype(image.dtype, jnp.integer)):
-        raise ValueError(f"{name} must be a numeric image, got dtype {image.dtype}")
+    _check_float(image, name)
     return jnp.asarray(image, jnp.float32)
+
+
+def check_images(images, name: str) -> np.ndarray:
+    """``[N, H, W, C]`` floating-point images as a float32 numpy array (host side)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or min(images.shape[1:]) < 1:
+        raise ValueError(f"{name} must be a batch of images [N, H, W, C], got shape {tuple(images.shape)}")
+    _check_float(images, name)
+    return images.astype(np.float32, copy=False)
+
+
+def check_image_or_batch(images, name: str) -> tuple[jax.Array, bool]:
+    """(``[K, H, W, C]`` float32, whether the input was a single ``[H, W, C]`` image)."""
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
+    if images.ndim == 3:
+        return check_image(images, name)[None], True
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"{name} must be an image [H, W, C] or images [K, H, W, C], got shape {tuple(images.shape)}")
+    _check_float(images, name)
+    return jnp.asarray(images, jnp.float32), False
 
 
 def check_reference_embeddings(reference_embeddings, name: str = "reference_embeddings") -> tuple[jax.Array, bool]:
@@ -61,14 +95,19 @@ def check_masks(masks, image: jax.Array, name: str = "masks") -> jax.Array:
 
 
 def check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return int(batch_size)
+    return check_positive_int(batch_size, "batch_size")
 
 
 def check_key_or_masks(key, masks, what: str = "masks") -> None:
     if (key is None) == (masks is None):
         raise ValueError(f"pass exactly one of key= (to generate {what} on device) or {what}= (explicit)")
+
+
+def check_positive_int(value, name: str, low: int = 1) -> int:
+    """``value`` as an int if it is an integer (Python or NumPy) >= ``low``; bools are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def check_similarity(similarity: SimilarityFn) -> None:
@@ -99,28 +138,3 @@ def check_embedding_dims(embed_dim: int, reference_embeddings: jax.Array, name: 
         raise ValueError(
             f"{name} have D={reference_embeddings.shape[-1]} but embed_fn gives D={embed_dim} embeddings"
         )
-
-
-def embed_in_chunks(embed_fn, images: jax.Array, batch_size: int) -> jax.Array:
-    """``images [N, H, W, C]`` -> ``[N, D]``, embedded ``batch_size`` at a time (last chunk padded)."""
-    n = images.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    chunks = -(-n // batch_size)
-    padded = jnp.pad(images, [(0, chunks * batch_size - n)] + [(0, 0)] * (images.ndim - 1))
-    out = jax.lax.map(embed_fn, padded.reshape(chunks, batch_size, *images.shape[1:]))
-    return out.reshape(chunks * batch_size, -1)[:n]
-
-
-def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``[out_size, in_size]`` bilinear interpolation with aligned corners (first and last samples
-    coincide with the first and last pixels)."""
-    u = np.zeros((out_size, in_size), np.float64)
-    if in_size == 1 or out_size == 1:
-        u[:, 0] = 1.0
-        return u.astype(np.float32)
-    pos = np.arange(out_size) * (in_size - 1) / (out_size - 1)
-    lo = np.minimum(np.floor(pos).astype(np.int64), in_size - 2)
-    frac = pos - lo
-    np.add.at(u, (np.arange(out_size), lo), 1.0 - frac)
-    np.add.at(u, (np.arange(out_size), lo + 1), frac)
-    return u.astype(np.float32)
