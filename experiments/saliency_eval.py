@@ -26,6 +26,7 @@ import simexplain_jax as sx
 from simexplain_jax import parallel, viz
 from simexplain_jax.data import shards
 from simexplain_jax.checkpoint import write_json_atomic
+from simexplain_jax.data import reference_files
 from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models import condition_embed_fn, embed_fn
@@ -56,6 +57,8 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
     rows = parse_rows(config.rows)
+    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file, checked before any training
+        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
     distributed = config.distributed  # one command per host; see the README's "Many devices and hosts"
     if distributed.coordinator_address == "auto":  # a TPU pod, SLURM, ...: JAX finds the rest
         parallel.initialize_distributed("auto")

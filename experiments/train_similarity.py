@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
+from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import make_loader
 from simexplain_jax.models import load_torchvision_resnet
 from simexplain_jax.models.factory import BACKBONES, similarity_model
@@ -50,8 +51,8 @@ def validate(config) -> None:
     if config.init_weights and not os.path.exists(config.init_weights):
         raise FileNotFoundError(f"config.init_weights {config.init_weights!r} does not exist")
     parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
-    if config.test_pairs and not os.path.exists(config.test_pairs):
-        raise FileNotFoundError(f"config.test_pairs {config.test_pairs!r} does not exist")
+    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
+        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
 
 
 def main(argv):

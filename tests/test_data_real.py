@@ -9,12 +9,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import simexplain_jax.data  # noqa: F401  (registers the builders)
-from simexplain_jax.data import ManualDataError, pairs
+from simexplain_jax.data import ManualDataError, reference_files
 from simexplain_jax.data.tfds_awa2 import is_validation
 from simexplain_jax.data.tfds_polyvore import compatible_pairs, condition_index, outfit_items, type_conditions
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                      "sane_reference")
 AWA2_CLASSES = (
     "antelope grizzly+bear killer+whale beaver dalmatian persian+cat horse german+shepherd blue+whale siamese+cat "
     "skunk mole tiger hippopotamus leopard moose spider+monkey humpback+whale elephant gorilla ox fox sheep seal "
@@ -112,8 +110,7 @@ def polyvore_folder(tmp_path_factory):
             data = [{"set_id": set_id, "items": [{"item_id": item, "index": k + 1} for k, item in enumerate(items)]}
                     for set_id, items in outfits]
             (root / folder / f"{split}.json").write_text(json.dumps(data))
-    with open(os.path.join(SHARED, "polyvore_attribute_list.txt")) as f:
-        names = [line.strip() for line in f if line.strip()]
+    names = reference_files.polyvore_attribute_names()
     annotations = {"101": [0, 5], "303": [204]}
     (root / "polyvore_attributes.json").write_text(json.dumps({"attributes": names, "annotations": annotations}))
     return root, names
@@ -164,15 +161,39 @@ def test_polyvore_missing_file_names_it(polyvore_folder, tmp_path):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
 
 
-@pytest.mark.parametrize("name", ["awa2_test_pairs.txt", "awa2_valid_pairs.txt", "polyvore_outfits_test_pairs.txt"])
-def test_reference_pair_lists_parse(name):
-    path = os.path.join(SHARED, name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not beside this checkout")
-    parsed = pairs.read_pairs(path)
+@pytest.mark.parametrize("name", ["awa2_test", "awa2_valid", "polyvore_outfits_test"])
+def test_packaged_pair_lists_parse(name):
+    parsed = reference_files.read_reference_pairs(name)
     assert len(parsed) == 20000 and sum(p.label for p in parsed) == 10000
-    if name.startswith("awa2"):
+    assert parsed == reference_files.read_pair_file(f"reference:{name}")
+    assert parsed == reference_files.read_pair_file(str(reference_files.reference_path(name)))  # as a user file
+    if name.startswith("awa2"):  # the AwA2 lists pair images of the ten unseen (test) classes
         assert {p.query.rsplit("_", 1)[0] for p in parsed} == set(AWA2_TEST)
+        assert {p.reference.rsplit("_", 1)[0] for p in parsed} == set(AWA2_TEST)
+        for p in parsed:
+            assert (p.query.rsplit("_", 1)[0] == p.reference.rsplit("_", 1)[0]) == bool(p.label)
+    else:
+        assert all(p.query.isdigit() and p.reference.isdigit() for p in parsed)  # Polyvore item ids
+
+
+def test_packaged_polyvore_attribute_names():
+    names = reference_files.polyvore_attribute_names()
+    assert len(names) == 205 == len(set(names))
+    assert all(name and not any(c.isspace() for c in name) for name in names)
+
+
+@pytest.mark.parametrize("spec,error,message", [
+    ("reference:awa2_tset", ValueError, "test_pairs 'reference:awa2_tset': unknown packaged pair list"),
+    ("/nonexistent/pairs.txt", FileNotFoundError, "test_pairs '/nonexistent/pairs.txt' does not exist"),
+    (".", FileNotFoundError, "is a folder"),
+])
+def test_bad_pair_file_arguments_are_named(spec, error, message):
+    with pytest.raises(error, match=message):
+        reference_files.check_pair_file(spec, "test_pairs")
+    with pytest.raises(error, match=message):
+        reference_files.read_pair_file(spec, "test_pairs")
+    with pytest.raises(ValueError, match="unknown reference file"):
+        reference_files.reference_path("awa2")
 
 
 def test_training_data_from_the_real_layouts(awa2_folder, polyvore_folder, tmp_path):

@@ -9,4 +9,4 @@ from experiments.configs.common import real_saliency_config
 
 def get_config(arg=None):
     return real_saliency_config(arg, "experiments/configs/similarity_awa2.py", background=127,
-                                test_pairs="../shared/data/sane_reference/awa2_test_pairs.txt")
+                                test_pairs="reference:awa2_test")

@@ -9,4 +9,4 @@ from experiments.configs.common import real_saliency_config
 
 def get_config(arg=None):
     return real_saliency_config(arg, "experiments/configs/similarity_polyvore.py", background=255,
-                                test_pairs="../shared/data/sane_reference/polyvore_outfits_test_pairs.txt")
+                                test_pairs="reference:polyvore_outfits_test")

@@ -22,7 +22,7 @@ def get_config(arg=None):
     config.manual_dir = ""
     config.split = "test"
     config.num_pairs = 100  # half positive, half negative (as the paper)
-    config.test_pairs = ""  # a reference pair file instead of sampled pairs
+    config.test_pairs = ""  # a pair file of image ids (or "reference:NAME", packaged) instead of sampled pairs
     config.seed = 0
     config.rows = ",".join(f"{m}:{r}" for m, r in ROWS)  # override e.g. --config.rows=rise:fixed,random:fixed
     config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images

@@ -2,12 +2,12 @@
 embedding, one learned mask per type-pair condition), triplets within outfits, 112 px.
 
 Needs the downloaded dataset: --config.manual_dir=/path/to/polyvore_outfits (with SANE's
-polyvore_attributes.json inside). The test AUC uses the reference's pair list.
+polyvore_attributes.json inside). The test AUC uses the reference's pair list, shipped with the
+package (``reference:polyvore_outfits_test``).
 """
 
 from experiments.configs.common import real_similarity_config
 
 
 def get_config(arg=None):
-    return real_similarity_config(arg, "polyvore_outfits/nondisjoint",
-                                  "../shared/data/sane_reference/polyvore_outfits_test_pairs.txt", 40000)
+    return real_similarity_config(arg, "polyvore_outfits/nondisjoint", "reference:polyvore_outfits_test", 40000)

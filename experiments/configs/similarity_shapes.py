@@ -11,7 +11,7 @@ def base_config():
     config.dataset = "shapes/64px"
     config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
     config.manual_dir = ""  # the downloaded folder, for awa2 and polyvore_outfits
-    config.test_pairs = ""  # a reference pair file for the test set; empty: sampled pairs
+    config.test_pairs = ""  # test-set pair file of image ids, or "reference:NAME" (packaged); empty: sampled
     config.model = "small_cnn"
     config.width = 64
     config.stages = 3

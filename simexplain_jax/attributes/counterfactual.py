@@ -1,5 +1,6 @@
 """The counterfactual oracle on the shapes benchmark: which attribute's removal from the query
-drops the similarity most (SPEC.md section 4, exact because scenes re-render)."""
+drops the similarity most (docs/method.md, "Evaluating attribute explanations"; exact because
+scenes re-render)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses of the attribute predictor (SPEC.md section 4).
+"""Losses of the attribute predictor (docs/method.md, "The attribute predictor and the Eq. 2 loss").
 
 Classification (``classification_loss``):
 - ``"sigmoid_bce"`` (the default): independent sigmoid + binary cross-entropy per attribute.

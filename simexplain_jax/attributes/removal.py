@@ -1,5 +1,6 @@
-"""The real-data proxy for removing an attribute (SPEC.md section 4): delete the region of the
-query where the attribute's activation map is strongest and measure the similarity drop."""
+"""The real-data proxy for removing an attribute (docs/method.md, "Evaluating attribute
+explanations"): delete the region of the query where the attribute's activation map is strongest
+and measure the similarity drop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Choosing the attribute that explains a match (SPEC.md section 4).
+"""Choosing the attribute that explains a match (docs/method.md, "Selecting the explanation attribute").
 
 Candidates are the attributes the predictor believes present in the query (calibrated
 thresholds). ``paper``: rank by ``w * confidence(a | q) + (1 - w) * match(S(q, r), AAM_a(q))``.

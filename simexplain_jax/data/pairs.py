@@ -34,7 +34,7 @@ def parse_pairs(lines: Iterable[str], source: str = "<pairs>") -> list[Pair]:
 
 
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
-    """Reads a pair file in the reference's format (e.g. ../shared/data/sane_reference/awa2_test_pairs.txt)."""
+    """Reads a pair file in the reference's format (the packaged ones: ``reference_files``)."""
     with open(path) as f:
         return parse_pairs(f, source=str(path))
 

@@ -1,7 +1,8 @@
-"""The attribute predictor (SPEC.md section 4): a CNN backbone, then a 3x3 convolution without
-bias to A channels, one spatial *attribute activation map* (AAM) per attribute. The score of
-attribute a is the global average of its AAM; its spatial map is the softmax of the AAM over
-positions. The paper uses ImageNet ResNet-50 (no avgpool/fc): 4 x 4 maps at 112 px.
+"""The attribute predictor (docs/method.md, "The attribute predictor"): a CNN backbone, then a
+3x3 convolution without bias to A channels, one spatial *attribute activation map* (AAM) per
+attribute. The score of attribute a is the global average of its AAM; its spatial map is the
+softmax of the AAM over positions. The paper uses ImageNet ResNet-50 (no avgpool/fc): 4 x 4 maps
+at 112 px.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Embedding heads and the bridge from a Flax model to the pure ``embed_fn`` the library takes.
 
 - ``EmbeddingNet``: backbone feature map -> global average pool -> linear to D -> L2 normalise
-  (the AwA2-style model of SPEC.md section 1).
+  (the class-similarity model of docs/method.md, "Similarity models").
 - ``TypeAwareEmbedding``: the Polyvore-style model (Vasileva et al. 2018). The backbone and head
   give a general embedding ``e(x)``; each type-pair condition c has a learned mask ``m_c`` and
   ``f_c(x) = L2norm(ReLU(m_c) * e(x))``. ``e(x)`` is computed once and every condition is an

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 import simexplain_jax.data  # noqa: F401  (registers the builders)
 from simexplain_jax.data import pairs as pairs_lib
+from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import PAPER_IMAGE_SIZE, Preprocess, resize_and_center_crop
 from simexplain_jax.data.sources import InMemorySource, OutfitPairSource, load_arrays
 
@@ -46,13 +47,16 @@ class SimilarityData:
     num_conditions: int = 0
 
 
-def check_dataset(dataset: str, manual_dir: str) -> None:
-    """Fails fast with a clear message for an unknown dataset or a missing manual folder."""
+def check_dataset(dataset: str, manual_dir: str, test_pairs: str = "") -> None:
+    """Fails fast with a clear message for an unknown dataset, a missing manual folder or a
+    ``test_pairs`` that is neither a packaged pair list nor an existing file."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if dataset.split("/")[0] in MANUAL and (not manual_dir or not os.path.isdir(manual_dir)):
         raise FileNotFoundError(f"dataset {dataset!r} needs config.manual_dir, the folder you downloaded "
                                 f"(got {manual_dir!r}); see the README's Datasets section")
+    if test_pairs:
+        reference_files.check_pair_file(test_pairs, "test_pairs")
 
 
 def _images(source, size: Optional[int], progress: bool) -> np.ndarray:
@@ -68,8 +72,9 @@ def _sampled_pairs(labels, num_pairs: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def _listed_pairs(path: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of ``path`` (a file or ``"reference:NAME"``) as indices into ``ids``, with labels."""
     index = {image_id: i for i, image_id in enumerate(ids)}
-    listed = pairs_lib.read_pairs(path)
+    listed = reference_files.read_pair_file(path, "test_pairs")
     missing = [p for p in listed if p.query not in index or p.reference not in index]
     if missing:
         raise ValueError(f"{path}: {len(missing)} pairs name images that are not in the split (e.g. {missing[0]})")
@@ -78,9 +83,10 @@ def _listed_pairs(path: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def similarity_data(dataset: str, *, data_dir: str, manual_dir: str = "", num_eval_pairs: int = 2000, seed: int = 0,
                     test_pairs: str = "", progress: bool = False) -> SimilarityData:
-    """See the module docstring. ``test_pairs``: a reference pair file (ids) for the test set;
-    empty: ``num_eval_pairs`` balanced pairs sampled from the test split."""
-    check_dataset(dataset, manual_dir)
+    """See the module docstring. ``test_pairs``: a pair file of image ids for the test set, or
+    ``"reference:NAME"`` for a packaged one (``reference_files``); empty: ``num_eval_pairs``
+    balanced pairs sampled from the test split."""
+    check_dataset(dataset, manual_dir, test_pairs)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder = tfds.builder(dataset, data_dir=data_dir)
     builder.download_and_prepare(download_config=download_config)
@@ -91,8 +97,11 @@ def similarity_data(dataset: str, *, data_dir: str, manual_dir: str = "", num_ev
         sets = {}
         for split in ("validation", "test"):
             source = builder.as_data_source(split)
-            arrays = load_arrays(source, ["image", "label"], progress)
-            pairs, labels = _sampled_pairs(arrays["label"], num_eval_pairs, seed + (split == "test"))
+            arrays = load_arrays(source, ["image", "label", "image_id"], progress)
+            if split == "test" and test_pairs:
+                pairs, labels = _listed_pairs(test_pairs, [i.decode() for i in arrays["image_id"]])
+            else:
+                pairs, labels = _sampled_pairs(arrays["label"], num_eval_pairs, seed + (split == "test"))
             sets[split] = PairSet(arrays["image"], pairs, labels)
         return SimilarityData(train, Preprocess(keys=("label",)), "labels", size, sets["validation"], sets["test"])
     size = PAPER_IMAGE_SIZE
@@ -164,25 +173,34 @@ def _metadata_source(builder, split: str):
     return builder.as_data_source(split, decoders=skip)
 
 
+def _first_balanced(pairs: np.ndarray, labels: np.ndarray, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``num_pairs // 2`` positive and ``num_pairs - num_pairs // 2`` negative pairs, in list order."""
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == 1)[: num_pairs // 2],
+                                   np.flatnonzero(labels == 0)[: num_pairs - num_pairs // 2]]))
+    return pairs[keep], labels[keep]
+
+
 def explanation_pair_list(dataset: str, *, data_dir: str, manual_dir: str = "", split: str = "test",
                           num_pairs: int = 100, seed: int = 0, test_pairs: str = "") -> PairList:
-    """Balanced pairs (or a reference pair file) of one split; no image is decoded."""
-    check_dataset(dataset, manual_dir)
+    """Balanced pairs of one split: sampled, or the first ``num_pairs // 2`` positives and
+    negatives of ``test_pairs`` (a pair file or ``"reference:NAME"``); no image is decoded."""
+    check_dataset(dataset, manual_dir, test_pairs)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder = tfds.builder(dataset, data_dir=data_dir)
     builder.download_and_prepare(download_config=download_config)
     source, meta = builder.as_data_source(split), _metadata_source(builder, split)
     name = dataset.split("/")[0]
     if name == "shapes":
-        pairs, labels = _sampled_pairs(load_arrays(meta, ["label"])["label"], num_pairs, seed)
+        if test_pairs:
+            pairs, labels = _first_balanced(*_listed_pairs(test_pairs, [meta[i]["image_id"].decode()
+                                                                        for i in range(len(meta))]), num_pairs)
+        else:
+            pairs, labels = _sampled_pairs(load_arrays(meta, ["label"])["label"], num_pairs, seed)
         return PairList(source, pairs, labels, Preprocess(keys=()), None, query_keys=("key_mask", "scene"))
     records = [{k: v for k, v in meta[i].items() if k != "image"} for i in range(len(meta))]  # no encoded bytes kept
     ids = [r["image_id" if name == "awa2" else "item_id"].decode() for r in records]
     if test_pairs:
-        pairs, labels = _listed_pairs(test_pairs, ids)
-        keep = np.sort(np.concatenate([np.flatnonzero(labels == 1)[: num_pairs // 2],
-                                       np.flatnonzero(labels == 0)[: num_pairs - num_pairs // 2]]))  # balanced
-        pairs, labels = pairs[keep], labels[keep]
+        pairs, labels = _first_balanced(*_listed_pairs(test_pairs, ids), num_pairs)
     elif name == "awa2":
         pairs, labels = _sampled_pairs(np.array([r["label"] for r in records]), num_pairs, seed)
     else:
