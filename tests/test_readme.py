@@ -1,0 +1,25 @@
+"""The README's API tour runs as written."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tour_blocks():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## A tour of the API"):]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_api_tour_runs(capsys):
+    blocks = tour_blocks()
+    assert blocks, "the tour has no python block"
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md (tour)", "exec"), namespace)
+    assert namespace["sal"].shape == (64, 64) and namespace["two"].shape == (2, 64, 64)
+    assert namespace["maps"].shape == (3, 64, 64)
+    insertion, deletion = (float(v) for v in capsys.readouterr().out.split())
+    assert 0.0 <= insertion <= 1.0 and 0.0 <= deletion <= 1.0
