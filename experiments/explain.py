@@ -14,7 +14,6 @@ image is reported with its file name and the other pairs still run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -31,7 +30,7 @@ from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.data.pipeline import resize_and_center_crop
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.models import embed_fn
-from simexplain_jax.train.attributes import load_attribute_predictor, predict
+from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
 from simexplain_jax.train.similarity import load_trained
 
 FLAGS = flags.FLAGS
@@ -73,16 +72,18 @@ def main(argv):
     checkpoint = FLAGS.checkpoint
     if os.path.exists(os.path.join(checkpoint, "checkpoints", "config.json")):
         checkpoint = os.path.join(checkpoint, "checkpoints")
-    model, variables, config = load_trained(checkpoint)
-    size = config["image_size"]
-    embed = embed_fn(model, variables)
     predictor = None
     if FLAGS.attributes:
         predictor, predictor_vars, attr_config = load_attribute_predictor(FLAGS.attributes)
         names = attr_config.get("attribute_names") or [f"attribute_{i}" for i in range(attr_config["num_attributes"])]
-        path = os.path.join(FLAGS.attributes, "thresholds.json")
-        values = json.load(open(path))["values"] if os.path.exists(path) else [0.0] * len(names)
-        thresholds = Thresholds(np.asarray(values, np.float64), "validation")
+        try:
+            thresholds = Thresholds.load(os.path.join(FLAGS.attributes, THRESHOLDS_FILE), len(names))
+        except (FileNotFoundError, ValueError) as err:
+            raise app.UsageError(f"--attributes={FLAGS.attributes}: {err} (train_attributes writes the presence "
+                                 f"thresholds there after training)") from None
+    model, variables, config = load_trained(checkpoint)
+    size = config["image_size"]
+    embed = embed_fn(model, variables)
     if FLAGS.pairs:
         jobs = [(resolve(p.query, FLAGS.image_dir), resolve(p.reference, FLAGS.image_dir)) for p in read_pairs(FLAGS.pairs)]
     else:

@@ -4,10 +4,10 @@
 
 Selectors: ``paper`` (w * confidence + (1 - w) * map match, each w of ``config.weights``),
 ``pair_aware`` (the attribute must be present and salient in both images) and ``random`` (a
-random present attribute). Thresholds are calibrated on the validation split. On the shapes
-benchmark: top-1 / top-3 accuracy against the class-defining attribute and the counterfactual
-oracle (re-render the query with each key-object attribute changed; the largest similarity drop);
-elsewhere the activation-map removal proxy. ``results.json``: ``{"rows": [{"selector", "w",
+random present attribute). The presence thresholds are those train_attributes calibrated on the
+validation split. On the shapes benchmark: top-1 / top-3 accuracy against the class-defining
+attribute and the counterfactual oracle (re-render the query with each key-object attribute
+changed; the largest similarity drop); elsewhere the activation-map removal proxy. ``results.json``: ``{"rows": [{"selector", "w",
 "gt_top1", "gt_top3", "oracle_agreement", "mean_similarity_drop"}], "map": {...}, ...}`` plus
 ``results.md`` and ``gallery.png``.
 """
@@ -29,11 +29,11 @@ from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, select
 from simexplain_jax.attributes.removal import removal_drops
 from simexplain_jax.attributes.saliency_cache import resize_maps
-from simexplain_jax.checkpoint import write_json_atomic
 from simexplain_jax.imageops import normalize_images
+from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import embed_fn
-from simexplain_jax.train.attributes import load_attribute_predictor, predict
-from simexplain_jax.train.datasets import attribute_splits, explanation_pairs
+from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
+from simexplain_jax.train.datasets import explanation_pairs
 from simexplain_jax.train.similarity import load_trained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/explain_attributes_*.py")
@@ -67,10 +67,8 @@ def main(argv):
     model, variables, sim_config = load_trained(os.path.join(attr_results["similarity_workdir"], "checkpoints"))
     embed = embed_fn(model, variables)
     dataset = sim_config["dataset"]
-    splits = attribute_splits(dataset, data_dir=data_dir, manual_dir=config.manual_dir)
     names = _attribute_names(dataset, data_dir)
-    val_scores = predict(predictor, predictor_vars, normalize_images(splits["validation"].images))[0]
-    thresholds = Thresholds.fit(val_scores, splits["validation"].attributes, split="validation")
+    thresholds = Thresholds.load(os.path.join(run["checkpoint_dir"], THRESHOLDS_FILE), len(names))
 
     data = explanation_pairs(dataset, data_dir=data_dir, manual_dir=config.manual_dir, split=config.split,
                              num_pairs=2 * config.num_pairs, seed=config.seed)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import simexplain_jax as sx
 from simexplain_jax import parallel, viz
 from simexplain_jax.data import shards
-from simexplain_jax.checkpoint import write_json_atomic
+from simexplain_jax.io import write_json_atomic
 from simexplain_jax.data import reference_files
 from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.engine import apply_in_chunks

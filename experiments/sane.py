@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from experiments.stages import ensure_stage
 from simexplain_jax import viz
-from simexplain_jax.checkpoint import write_json_atomic
+from simexplain_jax.io import write_json_atomic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/sane_*.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")

@@ -25,16 +25,17 @@ from tqdm import tqdm
 from experiments.stages import ensure_stage
 from simexplain_jax.attributes.saliency_cache import training_saliency
 from simexplain_jax import parallel
-from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
+from simexplain_jax.checkpoint import Checkpointer
 from simexplain_jax.data.pairs import groups_from_labels, positive_references
 from simexplain_jax.data.pipeline import Preprocess, make_loader
 from simexplain_jax.data.sources import InMemorySource
 from simexplain_jax.imageops import normalize_images
+from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import embed_fn
 from simexplain_jax.models.attributes import AttributePredictor
 from simexplain_jax.models.factory import backbone
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.attributes import evaluate_map, make_attribute_step, predict
+from simexplain_jax.train.attributes import THRESHOLDS_FILE, evaluate_map, make_attribute_step, predict
 from simexplain_jax.attributes import Thresholds
 import tensorflow_datasets as tfds
 from simexplain_jax.train.datasets import attribute_splits
@@ -99,7 +100,7 @@ def main(argv):
         optimizer = sim.make_optimizer(config.learning_rate, config.lr_decay_rate, steps_per_epoch)
         state = sim.create_train_state(predictor, optimizer, jax.random.key(config.seed),
                                        jnp.zeros((1, *images.shape[1:])))
-        step = make_attribute_step(predictor, optimizer, lam=lam, classification=config.classification,
+        step = make_attribute_step(lam=lam, classification=config.classification,
                                    normalize=config.saliency_normalization)
         iterator = iter(make_loader(source, batch_size=config.batch_size,
                                     preprocess=Preprocess(keys=("attributes", "saliency", "valid")), seed=config.seed,
@@ -125,19 +126,18 @@ def main(argv):
                                                             splits["validation"].attributes)}
         state, history = fit(state, step, iterator, num_steps=num_steps, checkpointer=checkpointer,
                              evaluate=evaluate, eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch,
-                             on_step=on_step, best_metric="val_map")
+                             on_step=on_step)
         bar.close()
         best_step = checkpointer.best_step()
-        best = checkpointer.restore(state, which="best")[0]
+        best = checkpointer.restore_variables(state.variables())
         checkpointer.close()
         # presence thresholds for users of this checkpoint (experiments.explain), from validation data only
-        val_scores = predict(predictor, best.variables(), val_images)[0]
+        val_scores = predict(predictor, best, val_images)[0]
         thresholds = Thresholds.fit(val_scores, splits["validation"].attributes, split="validation")
-        write_json_atomic(os.path.join(checkpoint_dir, "thresholds.json"),
-                          {"split": thresholds.split, "values": [float(v) for v in thresholds.values]})
+        thresholds.save(os.path.join(checkpoint_dir, THRESHOLDS_FILE))
         runs.append({"lambda": lam,
-                     "test_map": 100 * evaluate_map(predictor, best.variables(), test_images, splits["test"].attributes),
-                     "val_map": 100 * evaluate_map(predictor, best.variables(), val_images,
+                     "test_map": 100 * evaluate_map(predictor, best, test_images, splits["test"].attributes),
+                     "val_map": 100 * evaluate_map(predictor, best, val_images,
                                                    splits["validation"].attributes),
                      "best_epoch": best_step // steps_per_epoch, "checkpoint_dir": checkpoint_dir, "history": history})
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "history"}), flush=True)

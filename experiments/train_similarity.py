@@ -2,7 +2,7 @@
 
     python -m experiments.train_similarity --config=experiments/configs/similarity_shapes.py:runlocal --workdir=DIR
 
-Outputs in the workdir: ``checkpoints/`` (``last/``, ``best/`` by validation pair AUC,
+Outputs in the workdir: ``checkpoints/`` (the latest step and the best by validation pair AUC,
 ``config.json``), ``results.json`` with ``test_pair_auc`` (of the best checkpoint),
 ``validation_pair_auc``, ``best_step``, ``steps``, ``seconds`` (this invocation's wall clock),
 ``checkpoint_dir``, ``history`` (validation AUC over steps), ``model`` and ``dataset``. Run the
@@ -22,9 +22,10 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from simexplain_jax import parallel
-from simexplain_jax.checkpoint import Checkpointer, write_json_atomic
+from simexplain_jax.checkpoint import Checkpointer
 from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import make_loader
+from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import load_torchvision_resnet
 from simexplain_jax.models.factory import BACKBONES, similarity_model
 from simexplain_jax.train import similarity as sim
@@ -73,8 +74,7 @@ def main(argv):
     if config.init_weights:
         variables = load_torchvision_resnet(variables, config.init_weights, prefix=("backbone",))
     state = sim.create_train_state(model, optimizer, None, sample, variables=variables)
-    train_step = sim.make_train_step(model, optimizer, margin=config.margin, mining=config.mining,
-                                     batch_kind=data.batch_kind)
+    train_step = sim.make_train_step(model, margin=config.margin, mining=config.mining, batch_kind=data.batch_kind)
     loader = make_loader(data.train_source, batch_size=config.batch_size, preprocess=data.preprocess,
                          seed=config.seed, num_epochs=None, drop_remainder=True)
     iterator = iter(loader)
@@ -99,15 +99,15 @@ def main(argv):
 
     state, history = fit(state, train_step, iterator, num_steps=config.num_steps, checkpointer=checkpointer,
                          evaluate=evaluate, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-                         on_step=on_step, best_metric="val_auc")
+                         on_step=on_step)
     bar.close()
     best_step = checkpointer.best_step()
-    best_state = checkpointer.restore(state, which="best")[0] if best_step is not None else state
+    best = checkpointer.restore_variables(state.variables()) if best_step is not None else state.variables()
     results = {
         "dataset": config.dataset,
         "model": config.model,
-        "test_pair_auc": sim.evaluate_pairs(model, best_state.variables(), data.test),
-        "validation_pair_auc": sim.evaluate_pairs(model, best_state.variables(), data.validation),
+        "test_pair_auc": sim.evaluate_pairs(model, best, data.test),
+        "validation_pair_auc": sim.evaluate_pairs(model, best, data.validation),
         "best_step": best_step,
         "steps": int(state.step),
         "seconds": time.perf_counter() - start_time,

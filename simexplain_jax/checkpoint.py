@@ -1,39 +1,73 @@
-"""Checkpoints with orbax: the last and the best training state, resumable, with the config beside.
+"""Checkpoints with orbax: one ``CheckpointManager`` that keeps the latest step and the best one by a
+metric, resumable, with the config beside.
 
-Layout under ``directory``: ``last/<step>/`` (the most recent save), ``best/<step>/`` (the best by
-a metric), ``config.json``. Orbax writes each checkpoint to a temporary folder and renames it,
-so a run killed at any moment leaves the previous checkpoint intact.
+Layout under ``directory``: one folder per kept step (``<step>/``) holding three items,
+``variables`` (``{"params", "batch_stats"}``: all that inference needs), ``train``
+(``{"step", "opt_state"}``: what resuming needs besides) and ``meta`` (JSON: the step, the data
+iterator's state); beside them ``config.json`` (the training config) and ``checkpointer.json`` (the
+metric and its mode). After each save, orbax's preservation policy deletes every step but the
+latest and the best by the metric (among the steps saved with metrics). Orbax writes each step to
+a temporary folder and renames it, so a run killed at any moment leaves the previous steps intact.
+
+``restore_variables`` reads the ``variables`` item alone: a trained model is loaded for inference
+without building its optimizer.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from simexplain_jax.io import write_json_atomic
+
+MODES = ("max", "min")
+WHICH = ("last", "best")
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(f.name, path)
+def _abstract(tree):
+    """``tree`` (arrays or ``jax.ShapeDtypeStruct``) as the abstract target orbax restores into:
+    shape, dtype and sharding; a leaf without a sharding is restored onto this process's first
+    device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+        if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+            return ocp.utils.to_shape_dtype_struct(x)
+        return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=device)
+
+    return jax.tree.map(one, tree)
+
+
+def read_config(directory: str) -> dict:
+    """The ``config.json`` a ``Checkpointer`` wrote in ``directory``."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {directory} a checkpoint folder of a training run?")
+    with open(path) as f:
+        return json.load(f)
 
 
 class Checkpointer:
-    """Keeps the last checkpoint and the best one by ``metric`` (higher is better by default).
+    """Keeps the latest checkpoint and the best one by ``metric`` (``mode="max"``: higher is better).
 
-    Each checkpoint holds ``state`` (any pytree: params, batch_stats, optax state, step) and
-    ``meta`` (a JSON dict: e.g. the data iterator's state and the metrics).
+    A saved ``state`` is a train state with ``params``, ``batch_stats``, ``opt_state`` and ``step``
+    (``simexplain_jax.train.similarity.TrainState``); ``meta`` is a JSON dict (e.g. the data
+    iterator's state).
     """
 
     def __init__(self, directory: str, *, metric: Optional[str] = None, mode: str = "max",
                  config: Optional[dict] = None):
         """``metric=None`` reopens an existing folder with the metric it was written with."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         settings = os.path.join(self.directory, "checkpointer.json")
@@ -46,48 +80,72 @@ class Checkpointer:
                 metric = "val_auc"
         else:
             write_json_atomic(settings, {"metric": metric, "mode": mode})
-        self.metric = metric
-        options = dict(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self._last = ocp.CheckpointManager(os.path.join(self.directory, "last"),
-                                           options=ocp.CheckpointManagerOptions(**options))
-        self._best = ocp.CheckpointManager(
-            os.path.join(self.directory, "best"),
-            options=ocp.CheckpointManagerOptions(best_fn=lambda m: m[metric], best_mode=mode,
-                                                 keep_checkpoints_without_metrics=False, **options))
+        self.metric, self.mode = metric, mode
+        best = lambda metrics: metrics[metric]  # noqa: E731
+        policy = preservation_policy.AnyPreservationPolicy([
+            preservation_policy.LatestN(n=1),
+            preservation_policy.BestN(get_metric_fn=best, reverse=mode == "min", n=1,
+                                      keep_checkpoints_without_metrics=False)])
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best, best_mode=mode,
+                                                 create=True, enable_async_checkpointing=False))
         if config is not None:
             write_json_atomic(os.path.join(self.directory, "config.json"), config)
 
-    @staticmethod
-    def _args(state, meta):
-        return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-
-    def save_last(self, step: int, state, meta: dict) -> None:
-        self._last.save(int(step), args=self._args(state, meta), force=True)
-        self._last.wait_until_finished()
-
-    def save_best(self, step: int, state, meta: dict, metrics: dict) -> None:
-        """Saves when ``metrics[metric]`` beats the best so far (orbax keeps only the best)."""
-        self._best.save(int(step), args=self._args(state, meta), metrics={k: float(v) for k, v in metrics.items()},
-                        force=True)
-        self._best.wait_until_finished()
+    def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> None:
+        """Saves ``state`` and ``meta`` at ``step``; with ``metrics`` (which must hold the metric)
+        the step competes for the best checkpoint."""
+        if metrics is not None and self.metric not in metrics:
+            raise ValueError(f"metrics must hold the checkpointer's metric {self.metric!r}, got {sorted(metrics)}")
+        args = ocp.args.Composite(
+            variables=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            meta=ocp.args.JsonSave(meta))
+        self._manager.save(int(step), args=args, force=True,
+                           metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()})
+        self._manager.wait_until_finished()
 
     def latest_step(self) -> Optional[int]:
-        return self._last.latest_step()
+        return self._manager.latest_step()
 
     def best_step(self) -> Optional[int]:
-        return self._best.best_step()
+        """The best step among those saved with metrics (None if there is none)."""
+        return self._manager.best_step()
 
-    def restore(self, target_state, which: str = "last", step: Optional[int] = None):
-        """``(state, meta)`` restored into the structure and dtypes of ``target_state``."""
-        manager = {"last": self._last, "best": self._best}[which]
-        step = step if step is not None else (manager.latest_step() if which == "last" else manager.best_step())
+    def _step(self, which: str, step: Optional[int]) -> int:
+        if which not in WHICH:
+            raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+        if step is None:
+            step = self.latest_step() if which == "last" else self.best_step()
         if step is None:
             raise FileNotFoundError(f"no {which} checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 meta=ocp.args.JsonRestore()))
-        return restored["state"], restored["meta"]
+        return step
+
+    def restore(self, target_state, which: str = "last", step: Optional[int] = None):
+        """``(state, meta)``: ``target_state`` with every saved field restored, in its structure,
+        dtypes and shardings."""
+        step = self._step(which, step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(_abstract({"params": target_state.params,
+                                                          "batch_stats": target_state.batch_stats})),
+            train=ocp.args.StandardRestore(_abstract({"step": target_state.step,
+                                                      "opt_state": target_state.opt_state})),
+            meta=ocp.args.JsonRestore()))
+        variables, train = restored["variables"], restored["train"]
+        state = target_state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                                     step=train["step"], opt_state=train["opt_state"])
+        return state, restored["meta"]
+
+    def restore_variables(self, target: Any, which: str = "best", step: Optional[int] = None) -> dict:
+        """``{"params", "batch_stats"}`` alone (no optimizer state is read), into the structure of
+        ``target`` (arrays, or ``jax.ShapeDtypeStruct`` as ``jax.eval_shape(model.init, ...)``
+        gives)."""
+        step = self._step(which, step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(_abstract(
+                {"params": target["params"], "batch_stats": target.get("batch_stats", {})}))))
+        return dict(restored["variables"])
 
     def close(self) -> None:
-        self._last.close()
-        self._best.close()
+        self._manager.close()

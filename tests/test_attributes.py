@@ -9,7 +9,7 @@ from simexplain_jax.attributes.losses import classification_loss
 from simexplain_jax.models import SmallCNN
 from simexplain_jax.models.attributes import AttributePredictor, spatial_softmax
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.attributes import make_attribute_step
+from simexplain_jax.train.attributes import load_attribute_predictor, make_attribute_step
 
 
 def test_eq2_equals_naive_loop():
@@ -40,7 +40,11 @@ def test_classification_losses():
     bce = classification_loss(scores, labels)
     expected = -np.mean([np.log(1 / (1 + np.exp(-3))), np.log(1 - 1 / (1 + np.exp(3))), np.log(0.5)])
     np.testing.assert_allclose(bce, expected, rtol=1e-5)
-    assert float(classification_loss(scores, labels, "softmax_smoothl1")) >= 0
+    # the reference code's loss: SmoothL1 (Huber, delta 1) between softmax(scores) and labels / |labels|
+    softmax = np.exp([3.0, -3.0, 0.0]) / np.exp([3.0, -3.0, 0.0]).sum()
+    difference = softmax - np.array([0.5, 0.0, 0.5])
+    huber = np.where(np.abs(difference) <= 1.0, 0.5 * difference ** 2, np.abs(difference) - 0.5)
+    np.testing.assert_allclose(classification_loss(scores, labels, "softmax_smoothl1"), huber.mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="classification loss"):
         classification_loss(scores, labels, "hinge")
 
@@ -55,7 +59,7 @@ def test_predictor_steps_lower_both_losses():
     batch = {"image": jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
              "attributes": jnp.asarray(rng.integers(0, 2, (8, 6)).astype(bool)),
              "saliency": jnp.asarray(saliency), "valid": jnp.ones((8, 2), bool)}
-    step = make_attribute_step(model, optimizer, lam=1.0)
+    step = make_attribute_step(lam=1.0)
     history = []
     for _ in range(25):
         state, metrics = step(state, batch)
@@ -123,3 +127,73 @@ def test_counterfactual_oracle_finds_the_known_answer():
     best, drops = oracle(redness, scene, jnp.array([1.0, 0.0]), 32)
     assert best == "color:red" and drops["color:red"] > 0
     assert shapes.scene_class(without(scene, "color:red")) is None
+
+
+def test_thresholds_round_trip_through_json_and_bad_files_are_named(tmp_path):
+    scores = np.array([[0.1, 0.3, 0.0], [0.4, 0.2, 0.0], [0.35, 0.9, 0.0], [0.8, 0.1, 0.0]])
+    labels = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])  # attribute 2 has no positive: +inf
+    fitted = Thresholds.fit(scores, labels, split="train")
+    path = tmp_path / "run" / "thresholds.json"
+    fitted.save(path)
+    fitted.save(path)  # overwritten in place, no temporary file left beside it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["thresholds.json"]
+    loaded = Thresholds.load(path, num_attributes=3)
+    assert loaded.split == "train" and loaded.values.tolist() == [0.4, 0.3, np.inf]
+    np.testing.assert_array_equal(loaded.present(scores), fitted.present(scores))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        Thresholds.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="holds 3 values, expected 4"):
+        Thresholds.load(path, num_attributes=4)
+    path.write_text(path.read_text()[:20])  # a truncated write
+    with pytest.raises(ValueError, match=f"{path}.*not a thresholds JSON"):
+        Thresholds.load(path)
+    path.write_text('{"split": "test", "values": [0.5]}')
+    with pytest.raises(ValueError, match="split must be one of"):
+        Thresholds.load(path)
+
+
+def test_explain_refuses_a_predictor_without_thresholds(tmp_path):
+    """``experiments.explain --attributes`` stops with the missing file's name instead of using
+    thresholds of 0 (every attribute "present")."""
+    import os
+    import subprocess
+    import sys
+
+    from simexplain_jax.checkpoint import Checkpointer
+    from simexplain_jax.models.factory import backbone
+
+    model = AttributePredictor(backbone("small_cnn", width=8, stages=3), num_attributes=3)
+    state = sim.create_train_state(model, sim.make_optimizer(1e-3), jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    checkpointer = Checkpointer(str(tmp_path), metric="val_map",
+                                config={"model": "small_cnn", "width": 8, "stages": 3, "num_attributes": 3,
+                                        "image_size": 16})
+    checkpointer.save(1, state, {"step": 1}, {"val_map": 1.0})
+    checkpointer.close()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "experiments.explain", f"--checkpoint={tmp_path / 'nowhere'}",
+                           "--query=a.png", "--reference=b.png", f"--attributes={tmp_path}"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"thresholds file {tmp_path / 'thresholds.json'} not found" in proc.stderr, proc.stderr[-2000:]
+    _, variables, _ = load_attribute_predictor(str(tmp_path))  # the folder itself is a loadable predictor
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.variables(), variables)
+
+
+def test_map_match_equals_a_float64_loop():
+    """Selection's match term: the saliency map standardised and softmaxed as Eq. 2's targets, its
+    cosine with each attribute's spatial softmax (written out in float64 here)."""
+    from simexplain_jax.attributes.select import map_match
+
+    rng = np.random.default_rng(3)
+    saliency = 500.0 + 5.0 * rng.normal(size=(4, 4))  # RISE-like: a large offset, small variations
+    aams = 3.0 * rng.normal(size=(4, 4, 5))
+    z = (saliency - saliency.mean()) / (saliency.std() + 1e-6)
+    target = np.exp(z.ravel() - z.max()) / np.exp(z.ravel() - z.max()).sum()
+    expected = []
+    for a in range(5):
+        e = np.exp(aams[..., a].ravel() - aams[..., a].max())
+        h = e / e.sum()
+        expected.append(h @ target / (np.linalg.norm(h) * np.linalg.norm(target)))
+    np.testing.assert_allclose(map_match(saliency, aams), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="same grid"):
+        map_match(saliency[:3], aams)

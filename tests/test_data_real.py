@@ -216,7 +216,7 @@ def test_training_data_from_the_real_layouts(awa2_folder, polyvore_folder, tmp_p
             model = EmbeddingNet(SmallCNN(features=(4, 8, 8)), dim=4)
         optimizer = sim.make_optimizer(1e-3)
         state = sim.create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
-        step = sim.make_train_step(model, optimizer, batch_kind=data.batch_kind)
+        step = sim.make_train_step(model, batch_kind=data.batch_kind)
         batches = iter(make_loader(data.train_source, batch_size=4, preprocess=data.preprocess, num_epochs=None,
                                    drop_remainder=True, shard_index=0, shard_count=1))
         for _ in range(2):

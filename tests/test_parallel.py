@@ -144,7 +144,7 @@ def test_data_parallel_train_step_equals_one_device():
     results = []
     for mode in (None, "replicated", "fully_sharded"):
         state = sim.create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-        step = sim.make_train_step(model, optimizer)
+        step = sim.make_train_step(model)
         if mode is not None:
             state = parallel.place_state(state, eight, mode)
             step = parallel.data_parallel(step, eight)

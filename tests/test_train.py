@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +89,7 @@ def fixed_batch():
 
 def test_triplet_steps_lower_the_loss_and_update_batch_norm():
     model, optimizer, state = small_setup()
-    step = sim.make_train_step(model, optimizer, batch_kind="labels")
+    step = sim.make_train_step(model, batch_kind="labels")
     batch = fixed_batch()
     first_stats = jax.tree.map(np.asarray, state.batch_stats)
     losses = []
@@ -111,14 +112,14 @@ def test_type_aware_outfit_step_lowers_the_loss():
              "positive": jnp.asarray(rng.normal(size=(12, 16, 16, 3)), jnp.float32),
              "condition": jnp.asarray(rng.integers(0, 3, 12)), "category": jnp.asarray(rng.integers(0, 2, 12)),
              "outfit": jnp.arange(12)}
-    step = sim.make_train_step(model, optimizer, batch_kind="outfits")
+    step = sim.make_train_step(model, batch_kind="outfits")
     losses = []
     for _ in range(10):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="TypeAwareEmbedding"):
-        sim.make_train_step(EmbeddingNet(SmallCNN()), optimizer, batch_kind="outfits")
+        sim.make_train_step(EmbeddingNet(SmallCNN()), batch_kind="outfits")
 
 
 def run_fit(directory, num_steps):
@@ -130,9 +131,8 @@ def run_fit(directory, num_steps):
                                 num_epochs=None, drop_remainder=True, shard_index=0, shard_count=1))
     checkpointer = Checkpointer(str(directory), config={"test": True})
     evaluate = lambda s: {"val_auc": float(-sim.jnp.abs(jax.tree.leaves(s.params)[0]).mean())}  # noqa: E731
-    state, history = fit(state, sim.make_train_step(model, optimizer), iterator, num_steps=num_steps,
-                         checkpointer=checkpointer, evaluate=evaluate, eval_every=2, checkpoint_every=3,
-                         best_metric="val_auc")
+    state, history = fit(state, sim.make_train_step(model), iterator, num_steps=num_steps,
+                         checkpointer=checkpointer, evaluate=evaluate, eval_every=2, checkpoint_every=3)
     checkpointer.close()
     return state, history
 
@@ -143,20 +143,95 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     resumed, history = run_fit(tmp_path / "b", 7)
     assert int(resumed.step) == 7 and [h["step"] for h in history] == [4, 6, 7]
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 (uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state),
-                 (resumed.params, resumed.batch_stats, resumed.opt_state))
+                 (uninterrupted.step, uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state),
+                 (resumed.step, resumed.params, resumed.batch_stats, resumed.opt_state))
     assert (tmp_path / "b" / "config.json").exists()
-    assert sorted(p.name for p in (tmp_path / "b" / "last").iterdir() if p.name.isdigit()) == ["7"]
-    assert len([p for p in (tmp_path / "b" / "best").iterdir() if p.name.isdigit()]) == 1
-
-
-def test_checkpointer_remembers_its_metric(tmp_path):
-    from simexplain_jax.checkpoint import Checkpointer
-
-    _, _, state = small_setup()
-    writer = Checkpointer(str(tmp_path), metric="val_map", config={"x": 1})
-    writer.save_best(1, state, {"step": 1}, {"val_map": 0.5})
-    writer.close()
-    reader = Checkpointer(str(tmp_path))  # reopened without naming the metric
-    assert reader.metric == "val_map" and reader.best_step() == 1
+    reader = Checkpointer(str(tmp_path / "b"))
+    kept = sorted(int(p.name) for p in (tmp_path / "b").iterdir() if p.name.isdigit())
+    assert kept == sorted({7, reader.best_step()}) and reader.latest_step() == 7  # the latest and the best only
     reader.close()
+
+
+def save_steps(directory, values, mode="max"):
+    """Saves one tiny state per value (None: a save without metrics) and returns the checkpointer."""
+    _, _, state = small_setup()
+    checkpointer = Checkpointer(str(directory), metric="m", mode=mode)
+    for step, value in enumerate(values, start=1):
+        checkpointer.save(step, state, {"step": step}, None if value is None else {"m": value, "other": -value})
+    return checkpointer
+
+
+@pytest.mark.parametrize("mode,best", [("max", 2), ("min", 5)])
+def test_one_manager_keeps_the_latest_and_the_best(tmp_path, mode, best):
+    checkpointer = save_steps(tmp_path, [0.3, 0.9, None, 0.5, 0.1, None], mode)
+    assert checkpointer.latest_step() == 6 and checkpointer.best_step() == best
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == sorted({best, 6})
+    checkpointer.close()
+    reopened = Checkpointer(str(tmp_path))  # reopened without naming the metric: the stored one and its mode
+    assert (reopened.metric, reopened.mode, reopened.best_step()) == ("m", mode, best)
+    reopened.close()
+
+
+def test_checkpointer_errors_name_the_problem(tmp_path):
+    _, _, state = small_setup()
+    checkpointer = Checkpointer(str(tmp_path), metric="val_map")
+    with pytest.raises(ValueError, match="val_map"):
+        checkpointer.save(1, state, {"step": 1}, {"val_auc": 0.5})
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        checkpointer.restore(state, which="best")
+    checkpointer.save(1, state, {"step": 1})  # no metrics: a latest checkpoint, never a best one
+    assert checkpointer.latest_step() == 1 and checkpointer.best_step() is None
+    with pytest.raises(ValueError, match="which must be one of"):
+        checkpointer.restore(state, which="first")
+    checkpointer.close()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Checkpointer(str(tmp_path / "x"), metric="m", mode="highest")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'x'}/config.json not found"):
+        sim.load_trained(str(tmp_path / "x"))
+
+
+def test_variables_restore_without_any_optimizer(tmp_path, monkeypatch):
+    model, optimizer, state = small_setup()
+    step = sim.make_train_step(model)
+    for _ in range(3):  # moved params, batch statistics and Adam moments
+        state, _ = step(state, fixed_batch())
+    checkpointer = Checkpointer(str(tmp_path), metric="val_auc")
+    checkpointer.save(3, state, {"step": 3}, {"val_auc": 0.7})
+    checkpointer.close()
+    # the optimizer state is not read (its item removed) and no optimizer can be built
+    [train_item] = list(tmp_path.glob("3/train"))
+    for path in sorted(train_item.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    train_item.rmdir()
+    monkeypatch.setattr(sim, "make_optimizer", lambda *a, **k: pytest.fail("built an optimizer"))
+    monkeypatch.setattr(sim.optax, "adam", lambda *a, **k: pytest.fail("built an optimizer"))
+    restored = sim.restore_variables(str(tmp_path), model, 16)
+    assert set(restored) == {"params", "batch_stats"}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.variables(), restored)
+    assert all(isinstance(x, jax.Array) and x.dtype == jnp.float32 for x in jax.tree.leaves(restored))
+
+
+def test_write_atomic_replaces_whole_files_or_leaves_them(tmp_path):
+    from simexplain_jax.io import write_atomic, write_json_atomic
+
+    path = tmp_path / "sub" / "x.npz"
+    write_atomic(path, lambda f: np.savez(f, a=np.arange(3)))  # parent folder created
+    with np.load(path) as data:
+        assert data["a"].tolist() == [0, 1, 2]
+
+    def fails(f):
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        write_atomic(path, fails)
+    with np.load(path) as data:  # the previous content, and no temporary file beside it
+        assert data["a"].tolist() == [0, 1, 2]
+    assert [p.name for p in path.parent.iterdir()] == ["x.npz"]
+    write_atomic(tmp_path / "t.txt", "é")
+    write_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "é" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    write_json_atomic(tmp_path / "j.json", {"b": 1, "a": [1.5]})
+    assert json.loads((tmp_path / "j.json").read_text()) == {"a": [1.5], "b": 1}
+    with pytest.raises(TypeError, match="content must be"):
+        write_atomic(tmp_path / "n", 3)

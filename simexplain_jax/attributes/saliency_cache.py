@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simexplain_jax.io import write_atomic
 from simexplain_jax.saliency.cache import SaliencyCache
 from simexplain_jax.saliency.pairs import explain_pairs
 
@@ -31,8 +32,9 @@ def training_saliency(method: str, embed_fn, images: np.ndarray, references: Seq
     of ``images`` (normalised ``[N, H, W, C]``) against ``references[i]`` (indices into all of
     ``images``; at most R of them are used)."""
     n = len(references)
-    cache = SaliencyCache(directory, {"method": method, "config": config, "grid": grid, "R": max_references,
-                                      "num_queries": n, "num_images": len(images), "shard_size": shard_size})
+    # writes meta.json, or checks the one there against these settings
+    SaliencyCache(directory, {"method": method, "config": config, "grid": grid, "R": max_references,
+                              "num_queries": n, "num_images": len(images), "shard_size": shard_size})
     maps = np.zeros((n, max_references, grid, grid), np.float32)
     valid = np.zeros((n, max_references), bool)
     for start in range(0, n, shard_size):
@@ -50,7 +52,7 @@ def training_saliency(method: str, embed_fn, images: np.ndarray, references: Seq
                 for (i, _), m in zip(pairs, small):
                     maps[i, slot[i]], valid[i, slot[i]] = m, True
                     slot[i] += 1
-            cache._write_atomic(path, lambda f: np.savez(f, maps=maps[start:stop], valid=valid[start:stop]))
+            write_atomic(path, lambda f: np.savez(f, maps=maps[start:stop], valid=valid[start:stop]))
         if progress:
             progress(stop - start)
     return maps, valid

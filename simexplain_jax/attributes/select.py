@@ -6,15 +6,21 @@ thresholds). ``paper``: rank by ``w * confidence(a | q) + (1 - w) * match(S(q, r
 candidates must be present in the query and in the reference, and the match term averages the
 query's agreement (its map of q against r vs. q's activation map) and the reference's (its map of
 r against q vs. r's activation map). ``confidence`` is the sigmoid of the score; ``match`` is the
-cosine similarity of the softmax-normalised saliency map (as in Eq. 2) and the attribute's spatial
-softmax, both on the activation-map grid.
+cosine similarity of the saliency map normalised as Eq. 2's target (``losses.saliency_targets``,
+the one place that normalisation is written) and the attribute's spatial softmax, both on the
+activation-map grid.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence
 
+import jax
 import numpy as np
+
+from simexplain_jax.attributes.losses import saliency_targets
+from simexplain_jax.models.attributes import spatial_softmax
 
 SELECTORS = ("paper", "pair_aware", "random")
 
@@ -24,19 +30,20 @@ class Explanation(NamedTuple):
     scores: list  # their ranking scores
 
 
-def _softmax(x):
-    x = np.asarray(x, np.float64).reshape(*np.shape(x)[:-2], -1) if np.ndim(x) >= 2 else np.asarray(x, np.float64)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+@functools.partial(jax.jit, static_argnames="normalize")
+def _distributions(saliency, aams, normalize):
+    """The saliency map as Eq. 2's target ``[g*g]`` and each attribute's spatial softmax ``[A, g*g]``."""
+    return saliency_targets(saliency, normalize), spatial_softmax(aams[None])[0]
 
 
-def map_match(saliency: np.ndarray, aams: np.ndarray) -> np.ndarray:
-    """Cosine similarity of the standardised, softmaxed saliency map ``[g, g]`` with each attribute's
-    spatial softmax (``aams [g, g, A]``) -> ``[A]``."""
-    s = np.asarray(saliency, np.float64)
-    s = (s - s.mean()) / (s.std() + 1e-6)
-    target = _softmax(s[None])[0]  # [g*g]
-    attention = _softmax(np.moveaxis(np.asarray(aams, np.float64), -1, 0))  # [A, g*g]
+def map_match(saliency: np.ndarray, aams: np.ndarray, normalize: str = "zscore") -> np.ndarray:
+    """Cosine similarity of the saliency map ``[g, g]``, normalised as the target of Eq. 2
+    (``losses.saliency_targets``), with each attribute's spatial softmax (``aams [g, g, A]``) -> ``[A]``."""
+    saliency, aams = np.asarray(saliency), np.asarray(aams)
+    if saliency.ndim != 2 or aams.ndim != 3 or saliency.shape != aams.shape[:2]:
+        raise ValueError(f"saliency must be [g, g] and aams [g, g, A] on the same grid, got {saliency.shape} "
+                         f"and {aams.shape}")
+    target, attention = (np.asarray(x, np.float64) for x in _distributions(saliency, aams, normalize))
     return attention @ target / (np.linalg.norm(attention, axis=1) * np.linalg.norm(target) + 1e-12)
 
 

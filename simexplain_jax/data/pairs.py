@@ -4,11 +4,12 @@ references used to cache training saliency maps."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from typing import Hashable, Iterable, NamedTuple, Sequence
 
 import numpy as np
+
+from simexplain_jax.io import write_atomic
 
 
 class Pair(NamedTuple):
@@ -43,14 +44,12 @@ def write_pairs(path: str | os.PathLike, pairs: Sequence[Sequence]) -> None:
     """Writes ``img1 img2 label`` lines atomically (a temporary file renamed into place)."""
     if len(pairs) == 0:
         raise ValueError("pairs is empty")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        for query, reference, label in pairs:
-            if int(label) not in (0, 1) or any(c.isspace() for c in f"{query}{reference}"):
-                raise ValueError(f"bad pair {(query, reference, label)!r}: ids without spaces, label 0 or 1")
-            f.write(f"{query} {reference} {int(label)}\n")
-    os.replace(f.name, path)
+    lines = []
+    for query, reference, label in pairs:
+        if int(label) not in (0, 1) or any(c.isspace() for c in f"{query}{reference}"):
+            raise ValueError(f"bad pair {(query, reference, label)!r}: ids without spaces, label 0 or 1")
+        lines.append(f"{query} {reference} {int(label)}\n")
+    write_atomic(path, "".join(lines))
 
 
 def groups_from_labels(labels: Sequence[Hashable]) -> dict[Hashable, list[int]]:

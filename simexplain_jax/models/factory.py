@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from simexplain_jax.models.embedding import EmbeddingNet, TypeAwareEmbedding
 from simexplain_jax.models.resnet import ResNet18, ResNet34, ResNet50, SmallCNN
 
 BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
@@ -24,8 +25,6 @@ def backbone(name: str, *, width: int = 64, stages: int = 3) -> nn.Module:
 def similarity_model(config, num_conditions: int = 0) -> nn.Module:
     """The similarity model a ``similarity_*`` config describes (``model``, ``width``, ``stages``,
     ``embedding_dim``): an EmbeddingNet, or a TypeAwareEmbedding when there are type conditions."""
-    from simexplain_jax.models.embedding import EmbeddingNet, TypeAwareEmbedding
-
     net = backbone(config["model"], width=config["width"], stages=config["stages"])
     if num_conditions:
         return TypeAwareEmbedding(net, num_conditions=num_conditions, dim=config["embedding_dim"])

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
+
+from simexplain_jax.io import write_atomic
 
 
 class SaliencyCache:
@@ -29,13 +30,7 @@ class SaliencyCache:
                 raise ValueError(f"saliency cache {directory} was written with {stored}, not {meta}: "
                                  "use another directory or delete it")
         else:
-            self._write_atomic(path, lambda f: f.write(json.dumps(meta, sort_keys=True, indent=2).encode()))
-
-    @staticmethod
-    def _write_atomic(path: str, write) -> None:
-        with tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(path), delete=False, suffix=".tmp") as f:
-            write(f)
-        os.replace(f.name, path)
+            write_atomic(path, json.dumps(meta, sort_keys=True, indent=2))
 
     def _path(self, query: int) -> str:
         return os.path.join(self.directory, f"q{int(query)}.npz")
@@ -54,4 +49,4 @@ class SaliencyCache:
     def put(self, query: int, references, maps: np.ndarray) -> None:
         references = np.asarray(references, np.int64)
         maps = np.asarray(maps, np.float32)
-        self._write_atomic(self._path(query), lambda f: np.savez(f, references=references, maps=maps))
+        write_atomic(self._path(query), lambda f: np.savez(f, references=references, maps=maps))

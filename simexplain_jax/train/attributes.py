@@ -2,7 +2,8 @@
 
 Batches: ``{"image" [B, H, W, C], "attributes" [B, A], "saliency" [B, R, g, g], "valid" [B, R]}``
 with g the activation-map grid. The step is jitted with the state donated; batch norm runs in
-training mode and its statistics are carried in the state.
+training mode and its statistics are carried in the state. A trained predictor's folder holds
+its checkpoints, ``config.json`` and ``THRESHOLDS_FILE`` (``attributes.Thresholds.save``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,34 @@ from typing import Callable
 
 import jax
 import numpy as np
-import optax
 
-from simexplain_jax.attributes.losses import classification_loss, saliency_matching_loss, saliency_targets
+from simexplain_jax.attributes.losses import (CLASSIFICATION_LOSSES, SALIENCY_NORMALIZATIONS, classification_loss,
+                                              saliency_matching_loss, saliency_targets)
+from simexplain_jax.checkpoint import read_config
 from simexplain_jax.metrics.attributes import mean_average_precision
-from simexplain_jax.models.attributes import spatial_softmax
-from simexplain_jax.train.similarity import TrainState
+from simexplain_jax.models.attributes import AttributePredictor, spatial_softmax
+from simexplain_jax.engine import apply_in_chunks
+from simexplain_jax.models.embedding import inference_fn
+from simexplain_jax.models.factory import backbone
+from simexplain_jax.train.similarity import TrainState, restore_variables
+
+THRESHOLDS_FILE = "thresholds.json"
 
 
-def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: float,
-                        classification: str = "sigmoid_bce", normalize: str = "zscore") -> Callable:
-    """``step(state, batch) -> (state, {"loss", "classification", "matching"})``."""
+def make_attribute_step(*, lam: float, classification: str = "sigmoid_bce", normalize: str = "zscore") -> Callable:
+    """``step(state, batch) -> (state, {"loss", "classification", "matching"})``, jitted, state
+    donated; the state (``train.similarity.create_train_state`` of an ``AttributePredictor``)
+    carries the model and the optimizer."""
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if classification not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"classification must be one of {CLASSIFICATION_LOSSES}, got {classification!r}")
+    if normalize not in SALIENCY_NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {SALIENCY_NORMALIZATIONS}, got {normalize!r}")
 
     def loss_fn(params, state, batch):
-        (scores, aams), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                              train=True, mutable=["batch_stats"])
+        (scores, aams), updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                                 batch["image"], train=True, mutable=["batch_stats"])
         cls = classification_loss(scores, batch["attributes"], classification)
         if aams.shape[1:3] != batch["saliency"].shape[-2:]:
             raise ValueError(f"saliency maps are {batch['saliency'].shape[-2:]} but the activation maps are "
@@ -36,9 +50,7 @@ def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: 
 
     def step(state: TrainState, batch):
         (loss, (cls, matching, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=stats, opt_state=opt_state), {
+        return state.apply_gradients(grads=grads, batch_stats=stats), {
             "loss": loss, "classification": cls, "matching": matching}
 
     return jax.jit(step, donate_argnums=0)
@@ -46,9 +58,6 @@ def make_attribute_step(model, optimizer: optax.GradientTransformation, *, lam: 
 
 def predict(model, variables, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """``(scores [N, A], aams [N, h, w, A])`` of normalised ``images`` in inference mode."""
-    from simexplain_jax.engine import apply_in_chunks
-    from simexplain_jax.models.embedding import inference_fn
-
     return apply_in_chunks(inference_fn(model, variables), images, batch_size)
 
 
@@ -57,16 +66,9 @@ def evaluate_map(model, variables, images: np.ndarray, labels: np.ndarray) -> fl
 
 
 def load_attribute_predictor(checkpoint_dir: str, which: str = "best"):
-    """``(model, variables, config)`` of a predictor trained by ``experiments.train_attributes``."""
-    import json
-    import os
-
-    from simexplain_jax.models.attributes import AttributePredictor
-    from simexplain_jax.models.factory import backbone
-    from simexplain_jax.train.similarity import restore_variables
-
-    with open(os.path.join(checkpoint_dir, "config.json")) as f:
-        config = json.load(f)
+    """``(model, variables, config)`` of a predictor trained by ``experiments.train_attributes``
+    (its variables alone are read: no optimizer is built)."""
+    config = read_config(checkpoint_dir)
     model = AttributePredictor(backbone(config["model"], width=config["width"], stages=config["stages"]),
                                config["num_attributes"])
-    return model, restore_variables(checkpoint_dir, model, config, which), config
+    return model, restore_variables(checkpoint_dir, model, config["image_size"], which), config

@@ -29,13 +29,14 @@ def restore_or_init(checkpointer: Checkpointer, state, iterator) -> tuple[object
 
 def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: Checkpointer,
         evaluate: Optional[Callable[[object], dict]] = None, eval_every: int = 0, checkpoint_every: int = 0,
-        on_step: Optional[Callable[[int, dict], None]] = None, best_metric: Optional[str] = None):
+        on_step: Optional[Callable[[int, dict], None]] = None):
     """Runs ``train_step`` from the checkpointed step (or 0) up to ``num_steps``.
 
-    Every ``eval_every`` steps (and at the end) ``evaluate(state)`` returns metrics, and the state
-    is offered to the best checkpoint by ``best_metric``; every ``checkpoint_every`` steps (and at
-    the end) the last checkpoint is written with the iterator's state. Returns
-    ``(state, history)`` where history lists ``{"step", **metrics}`` of each evaluation.
+    Every ``eval_every`` steps (and at the end) ``evaluate(state)`` returns metrics (holding the
+    checkpointer's metric) and the state is saved with them, competing for the best checkpoint;
+    every ``checkpoint_every`` steps (and at the end) the state is saved. Every save holds the
+    iterator's state, so any of them resumes exactly. Returns ``(state, history)`` where history
+    lists ``{"step", **metrics}`` of this call's evaluations.
     """
     state, step = restore_or_init(checkpointer, state, iterator)
     history = []
@@ -53,13 +54,11 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
         if on_step is not None:
             on_step(step, metrics)
         last = step == num_steps
+        results = None
         if evaluate is not None and ((eval_every and step % eval_every == 0) or last):
             results = {k: float(v) for k, v in evaluate(state).items()}
             history.append({"step": step, **results})
-            if best_metric is not None:
-                checkpointer.save_best(step, state, meta(step), results)
-        if (checkpoint_every and step % checkpoint_every == 0) or last:
-            checkpointer.save_last(step, state, meta(step))
+        if results is not None or (checkpoint_every and step % checkpoint_every == 0) or last:
+            checkpointer.save(step, state, meta(step), metrics=results)
     jax.block_until_ready(state)
     return state, history
-

@@ -14,25 +14,28 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
+from simexplain_jax.checkpoint import Checkpointer, read_config
+from simexplain_jax.imageops import normalize_images
 from simexplain_jax.metrics.verification import roc_auc
-from simexplain_jax.models.embedding import TypeAwareEmbedding
+from simexplain_jax.engine import apply_in_chunks
+from simexplain_jax.models.embedding import TypeAwareEmbedding, embed_fn
+from simexplain_jax.models.factory import similarity_model
 from simexplain_jax.similarity import l2_normalize
 from simexplain_jax.train.triplet import euclidean_distances, label_masks, triplet_loss
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+class TrainState(train_state.TrainState):
+    """flax's ``TrainState`` (step, params, optimizer and its state, ``apply_fn``) with the batch-norm
+    statistics; ``apply_fn`` and ``tx`` are static fields, not pytree leaves."""
+
+    batch_stats: Any = None
 
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
@@ -52,20 +55,21 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
     """Initial state; pass ``variables`` to start from given (e.g. imported) weights."""
     if variables is None:
         variables = model.init(key, sample_images)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                              batch_stats=variables.get("batch_stats", {}))
+    return state.replace(step=jnp.zeros((), jnp.int32))  # an array, not a Python int: checkpoints hold its dtype
 
 
-def _apply_train(model, state, params, images):
-    out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                               mutable=["batch_stats"])
+def _apply_train(state, params, images):
+    out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                  mutable=["batch_stats"])
     return out, updates.get("batch_stats", state.batch_stats)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *, margin: float = 0.2,
-                    mining: str = "semi_hard", batch_kind: str = "labels") -> Callable:
-    """``train_step(state, batch) -> (state, {"loss", "fraction_active"})``, jitted, state donated."""
+def make_train_step(model: nn.Module, *, margin: float = 0.2, mining: str = "semi_hard",
+                    batch_kind: str = "labels") -> Callable:
+    """``train_step(state, batch) -> (state, {"loss", "fraction_active"})``, jitted, state donated;
+    the state (``create_train_state``) carries the optimizer."""
     if batch_kind not in ("labels", "outfits"):
         raise ValueError(f"batch_kind must be 'labels' or 'outfits', got {batch_kind!r}")
     if batch_kind == "outfits" and not isinstance(model, TypeAwareEmbedding):
@@ -73,17 +77,17 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
 
     def loss_fn(params, state, batch):
         if batch_kind == "labels":
-            out, stats = _apply_train(model, state, params, batch["image"])
+            out, stats = _apply_train(state, params, batch["image"])
             embeddings = l2_normalize(out)
             positive, negative = label_masks(batch["label"])
             d = euclidean_distances(embeddings, embeddings)
         else:
             p = batch["anchor"].shape[0]
-            general, stats = _apply_train(model, state, params, jnp.concatenate([batch["anchor"], batch["positive"]]))
+            general, stats = _apply_train(state, params, jnp.concatenate([batch["anchor"], batch["positive"]]))
             variables = {"params": params, "batch_stats": stats}
             conditions = batch["condition"]
-            anchors = model.apply(variables, general[:p], conditions, method=TypeAwareEmbedding.condition_embeddings)
-            every = model.apply(variables, general[p:], method=TypeAwareEmbedding.condition_embeddings)  # [P, C, D]
+            anchors = state.apply_fn(variables, general[:p], conditions, method=TypeAwareEmbedding.condition_embeddings)
+            every = state.apply_fn(variables, general[p:], method=TypeAwareEmbedding.condition_embeddings)  # [P, C, D]
             candidates = jnp.take(every, conditions, axis=1).transpose(1, 0, 2)  # [A, K, D] in anchor's space
             d = jnp.sqrt(jnp.maximum(jnp.sum((anchors[:, None, :] - candidates) ** 2, -1), 1e-12))
             positive = jnp.eye(p, dtype=bool)
@@ -94,18 +98,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
 
     def train_step(state: TrainState, batch):
         (loss, (active, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=stats, opt_state=opt_state)
-        return new_state, {"loss": loss, "fraction_active": active}
+        return state.apply_gradients(grads=grads, batch_stats=stats), {"loss": loss, "fraction_active": active}
 
     return jax.jit(train_step, donate_argnums=0)
 
 
 def embed_all(embed, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """``images [N, H, W, C]`` -> ``[N, D]`` (``apply_in_chunks`` of the embed_fn)."""
-    from simexplain_jax.engine import apply_in_chunks
-
     return apply_in_chunks(embed, images, batch_size)
 
 
@@ -125,9 +124,6 @@ def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256)
     Type-aware models score a pair in its condition's space ``f_c`` (the general space where
     ``conditions`` is -1); other models by cosine of their embeddings.
     """
-    from simexplain_jax.data.preprocess import normalize_images
-    from simexplain_jax.models.embedding import embed_fn
-
     f = embed_fn(model, variables)
     embeddings = np.concatenate([embed_all(f, normalize_images(pair_set.images[i:i + 4096]), batch_size)
                                  for i in range(0, len(pair_set.images), 4096)])
@@ -145,35 +141,21 @@ def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256)
 def load_trained(checkpoint_dir: str, which: str = "best"):
     """``(model, variables, config)`` of a model trained by ``experiments.train_similarity``.
 
-    Rebuilds the model and its optimizer from ``<checkpoint_dir>/config.json`` and restores the
+    Rebuilds the model from ``<checkpoint_dir>/config.json`` and restores the variables of the
     ``best`` (or ``last``) checkpoint.
     """
-    import json
-    import os
-
-    from simexplain_jax.models.factory import similarity_model
-
-    path = os.path.join(checkpoint_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {checkpoint_dir} a train_similarity checkpoint folder?")
-    with open(path) as f:
-        config = json.load(f)
+    config = read_config(checkpoint_dir)
     model = similarity_model(config, config.get("num_conditions", 0))
-    return model, restore_variables(checkpoint_dir, model, config, which), config
+    return model, restore_variables(checkpoint_dir, model, config["image_size"], which), config
 
 
-def restore_variables(checkpoint_dir: str, model, config: dict, which: str = "best"):
-    """The variables of ``model`` from a ``Checkpointer`` folder, given the training ``config``
-    (image size and the optimizer settings that shape the saved optimizer state)."""
-    from simexplain_jax.checkpoint import Checkpointer
-
-    optimizer = make_optimizer(config["learning_rate"], config["lr_decay_rate"],
-                               config.get("lr_decay_steps") or config.get("steps_per_epoch", 1))
-    size = config["image_size"]
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+def restore_variables(checkpoint_dir: str, model: nn.Module, image_size: int, which: str = "best") -> dict:
+    """The variables (``params``, ``batch_stats``) of ``model``, whose input is ``image_size``
+    square RGB images, from a ``Checkpointer`` folder. Only their shapes are computed from the
+    model (no initialisation, no optimizer) and only they are read."""
+    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
     checkpointer = Checkpointer(checkpoint_dir)
     try:
-        state, _ = checkpointer.restore(state, which=which)
+        return checkpointer.restore_variables(target, which=which)
     finally:
         checkpointer.close()
-    return state.variables()

@@ -1,0 +1,97 @@
+"""The library's import structure: one way through the code (checked on the source, no imports run)."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "simexplain_jax"
+
+# a module may import only modules of its own layer or below (0 = leaves)
+LAYERS = {
+    "similarity": 0, "masks": 0, "imageops": 0, "parallel": 0, "io": 0,
+    "checks": 1, "engine": 1,
+    "data": 2, "models": 2,
+    "saliency": 3,
+    "metrics": 4, "attributes": 4,
+    "checkpoint": 5, "train": 5, "viz": 5,
+}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(node: ast.AST, current: str) -> list[str]:
+    """simexplain_jax modules named by one import statement (relative imports resolved)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name.startswith("simexplain_jax")]
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            package = current.split(".")[: len(current.split(".")) - node.level + (current.endswith("__init__"))]
+            base = ".".join(package + ([base] if base else []))
+        if base.startswith("simexplain_jax"):
+            return [f"{base}.{alias.name}" for alias in node.names] + [base]
+    return []
+
+
+def modules():
+    return {module_name(p): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+
+
+def top_level(name: str) -> str:
+    return name.split(".")[1] if name.count(".") else ""
+
+
+def test_no_function_level_imports_of_the_project():
+    """An import inside a function body is how an import cycle hides: none in the library (a
+    package's lazy ``__getattr__`` is the one allowed form)."""
+    offenders = []
+    for name, tree in modules().items():
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or function.name == "__getattr__":
+                continue
+            for node in ast.walk(function):
+                if project_imports(node, name):
+                    offenders.append(f"{name}.{function.name} (line {node.lineno})")
+    assert not offenders, offenders
+
+
+def test_imports_flow_down_the_layers_and_form_no_cycle():
+    trees = modules()
+    known = set(trees)
+    graph = {}
+    wrong_way = []
+    for name, tree in trees.items():
+        targets = set()
+        for node in tree.body:
+            for target in project_imports(node, name):
+                while target not in known and "." in target:  # "from pkg import function" names the module pkg
+                    target = target.rsplit(".", 1)[0]
+                if target in known and target != name:
+                    targets.add(target)
+        graph[name] = targets
+        here = top_level(name)
+        for target in targets:
+            there = top_level(target)
+            if here in LAYERS and there in LAYERS and LAYERS[there] > LAYERS[here]:
+                wrong_way.append(f"{name} -> {target}")
+    assert not wrong_way, wrong_way
+    assert graph["simexplain_jax.parallel"] == set(), "parallel must import nothing of the project"
+    # no cycle among modules (a package importing its own submodules is not a cycle)
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in graph[node]:
+            if target.startswith(node + "."):
+                continue
+            if state.get(target) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack + [target]))
+            if target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
