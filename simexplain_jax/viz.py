@@ -1,21 +1,32 @@
-"""Figures: saliency overlays and pair galleries (matplotlib, Agg backend; writes PNG files)."""
+"""Figures: saliency overlays and pair galleries (PNG files), and the self-contained HTML report.
+
+Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``, rendered by
+Agg when saved): importing this module or drawing never touches pyplot or the caller's backend.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import os
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from simexplain_jax.io import write_atomic
 
 
-def _save(fig, path: str, dpi: int = 100) -> str:
+def _figure(rows: int, cols: int, figsize) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _save(fig: Figure, path: str, dpi: int = 100) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 
@@ -28,7 +39,7 @@ def normalize_map(saliency: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """``image [H, W, 3]`` uint8 and ``saliency [H, W]`` -> blended uint8 RGB."""
-    heat = plt.get_cmap(cmap)(normalize_map(saliency))[..., :3]
+    heat = colormaps[cmap](normalize_map(saliency))[..., :3]
     blended = (1 - alpha) * np.asarray(image, np.float64) / 255.0 + alpha * heat
     return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
@@ -40,7 +51,7 @@ def pair_gallery(path: str, queries: np.ndarray, references: np.ndarray, maps: d
     ``maps[name]`` is ``[P, H, W]``; ``captions[name][i]`` is printed under that panel.
     """
     rows, cols = len(queries), 2 + len(maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, (2.2 * cols, 2.3 * rows))
     for i in range(rows):
         panels = [("query", queries[i], None), ("reference", references[i], None)]
         panels += [(name, overlay(queries[i], m[i]), (captions or {}).get(name, [None] * rows)[i])
@@ -63,10 +74,8 @@ def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: n
                   columns: int = 10, title: str | None = None) -> str:
     """A grid of ``images [N, H, W, 3]`` uint8 with a title each and, optionally, one box each
     (``boxes [N, 4]``: ymin, xmin, ymax, xmax in pixels, max exclusive) drawn in cyan. Writes ``path``."""
-    from matplotlib.patches import Rectangle
-
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
+    fig, axes = _figure(rows, columns, (1.6 * columns, 1.75 * rows))
     for ax in axes.ravel():
         ax.axis("off")
     for i, (image, name) in enumerate(zip(images, titles)):
@@ -85,7 +94,8 @@ def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: n
 
 def curves(path: str, named_curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     """Mean insertion and deletion curves per method (two panels). Writes ``path``."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _figure(1, 2, (10, 4))
+    axes = axes[0]
     for name, (insertion, deletion) in named_curves.items():
         t = np.linspace(0, 1, len(insertion))
         style = "--" if name == "random" else "-"
@@ -103,9 +113,6 @@ def curves(path: str, named_curves: dict[str, tuple[np.ndarray, np.ndarray]]) ->
 
 def image_html(path: str, alt: str = "", width: str = "100%") -> str:
     """An ``<img>`` with the PNG embedded as base64 (the page needs no other file)."""
-    import base64
-    import html
-
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width:{width}">'
@@ -113,8 +120,6 @@ def image_html(path: str, alt: str = "", width: str = "100%") -> str:
 
 def table_html(rows: Sequence[dict], columns: Sequence[str], digits: int = 3) -> str:
     """An HTML table of ``rows`` (dicts) over ``columns``; floats rounded, None shown as a dash."""
-    import html
-
     def cell(value):
         if value is None:
             return "-"
@@ -129,8 +134,6 @@ def table_html(rows: Sequence[dict], columns: Sequence[str], digits: int = 3) ->
 
 def write_report(path: str, title: str, sections: Sequence[tuple[str, str]]) -> str:
     """A self-contained HTML page: ``sections`` are (heading, HTML fragment). Writes ``path``."""
-    import html
-
     style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f0f0f0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}")
@@ -138,7 +141,5 @@ def write_report(path: str, title: str, sections: Sequence[tuple[str, str]]) -> 
                    for i, (h, fragment) in enumerate(sections))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(page)
+    write_atomic(path, page)
     return path
