@@ -6,5 +6,6 @@ from simexplain_jax.metrics.causal import (InsertionDeletion, insertion_deletion
 from simexplain_jax.metrics.pointing import Pointing, pointing
 from simexplain_jax.metrics.verification import roc_auc
 
-__all__ = ["InsertionDeletion", "insertion_deletion", "insertion_deletion_batch", "minmax_normalize", "trapezoid_auc", "Pointing", "pointing",
+__all__ = ["InsertionDeletion", "insertion_deletion", "insertion_deletion_batch", "minmax_normalize", "trapezoid_auc",
+           "Pointing", "pointing",
            "roc_auc", "average_precision", "mean_average_precision"]

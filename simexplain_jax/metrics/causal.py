@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine, parallel
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.imageops import gaussian_blur
 from simexplain_jax.similarity import SimilarityFn, cosine
 
@@ -70,7 +72,8 @@ def pixel_ranks(saliency: jax.Array) -> jax.Array:
     """``[H, W]`` -> rank of each pixel in descending saliency (0 = most salient; ties by index)."""
     flat = saliency.reshape(-1)
     order = jnp.argsort(-flat, stable=True)
-    return jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32)).reshape(saliency.shape)
+    ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+    return ranks.reshape(saliency.shape)
 
 
 def _curves(embed_fn, query, reference_embedding, saliency, insertion_substrate, deletion_substrate, num_steps,
@@ -111,12 +114,12 @@ def _insertion_deletion_jit(embed_fn, query, reference_embedding, saliency, back
 
 
 def insertion_deletion(
-    embed_fn,
-    query,
-    reference_embedding,
-    saliency,
+    embed_fn: EmbedFn,
+    query: ArrayLike,
+    reference_embedding: ArrayLike,
+    saliency: ArrayLike,
     *,
-    background=None,
+    background: Optional[ArrayLike] = None,
     protocol: str = "sane",
     num_steps: int = 101,
     normalize: str = "minmax",
@@ -149,7 +152,8 @@ def insertion_deletion(
     if not hasattr(saliency, "shape"):
         saliency = np.asarray(saliency)
     if tuple(saliency.shape) != tuple(query.shape[:2]):
-        raise ValueError(f"saliency must be [H, W] = {tuple(query.shape[:2])} like the query, got {tuple(saliency.shape)}")
+        raise ValueError(f"saliency must be [H, W] = {tuple(query.shape[:2])} like the query, "
+                         f"got {tuple(saliency.shape)}")
     saliency = jnp.asarray(saliency, jnp.float32)
     if not bool(jnp.all(jnp.isfinite(saliency))):
         raise ValueError("saliency contains NaN or infinite values")
@@ -204,7 +208,8 @@ class _PairCurves:
         return jnp.stack([result.insertion_curve, result.deletion_curve])
 
 
-def insertion_deletion_batch(embed_fn, queries, reference_embeddings, saliencies, *, background, num_steps: int = 101,
+def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_embeddings: ArrayLike,
+                             saliencies: ArrayLike, *, background: Optional[ArrayLike], num_steps: int = 101,
                              normalize: str = "minmax", batch_size: int = 256, similarity: SimilarityFn = cosine,
                              mesh: Optional[Mesh] = None, pair_group: int = 16) -> InsertionDeletion:
     """``insertion_deletion`` (SANE protocol) for P pairs: ``queries [P, H, W, C]``,

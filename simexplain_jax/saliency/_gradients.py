@@ -16,8 +16,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 DEFAULTS = dict(similarity=cosine)
@@ -74,7 +76,7 @@ _gradient_jit = jax.jit(gradient_core, static_argnames=tuple(DEFAULTS))
 _integrated_jit = jax.jit(integrated_gradients_core, static_argnames=tuple(INTEGRATED_DEFAULTS))
 
 
-def gradient(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = None,
+def gradient(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
              similarity: SimilarityFn = cosine) -> jax.Array:
     """Gradient x input, summed over channels: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``."""
     embed_fn = checks.as_pytree_fn(embed_fn)
@@ -84,7 +86,8 @@ def gradient(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] 
     return maps[0] if single else maps
 
 
-def integrated_gradients(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = None, baseline=None,
+def integrated_gradients(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *,
+                         key: Optional[jax.Array] = None, baseline: Optional[ArrayLike] = None,
                          num_steps: int = 64, batch_size: int = 64, similarity: SimilarityFn = cosine) -> jax.Array:
     """Integrated gradients from ``baseline`` (default zeros; a scalar, ``[C]`` or ``[H, W, C]``),
     summed over channels: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``."""

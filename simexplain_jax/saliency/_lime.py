@@ -24,10 +24,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from skimage.segmentation import slic
 
 from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.imageops import IMAGENET_MEAN, IMAGENET_STD
 from simexplain_jax.similarity import SimilarityFn, cosine
 
@@ -167,7 +169,7 @@ def _check_segments(segments, query, num_segments, segmentation_image):
     return jnp.asarray(dense.reshape(segments.shape), jnp.int32), int(dense.max()) + 1
 
 
-def lime(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = None,
+def lime(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
          samples: Optional[jax.Array] = None, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
          num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0, batch_size: int = 256,
          similarity: SimilarityFn = cosine, segmentation_image: Optional[np.ndarray] = None) -> jax.Array:
@@ -197,7 +199,8 @@ def lime(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = No
     return maps[0] if single else maps
 
 
-def lime_variable(embed_fn, query, reference, *, key: jax.Array, num_reference_masks: int = 30, grid_size: int = 8,
+def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
+                  num_reference_masks: int = 30, grid_size: int = 8,
                   p: float = 0.5, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
                   num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0,
                   batch_size: int = 256, similarity: SimilarityFn = cosine,

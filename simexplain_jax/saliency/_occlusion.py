@@ -17,9 +17,11 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -84,7 +86,8 @@ _sliding_window_jit = jax.jit(sliding_window_core, static_argnames=tuple(DEFAULT
 _sliding_window_variable_jit = jax.jit(sliding_window_variable_core, static_argnames=tuple(VARIABLE_DEFAULTS))
 
 
-def sliding_window(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = None, window: int = 32,
+def sliding_window(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *,
+                   key: Optional[jax.Array] = None, window: int = 32,
                    stride: int = 4, padding: int = 8, batch_size: int = 256,
                    similarity: SimilarityFn = cosine) -> jax.Array:
     """Occlusion saliency of ``query`` for fixed references: ``[D]`` gives ``[H, W]``, ``[K, D]``
@@ -104,7 +107,8 @@ def sliding_window(embed_fn, query, reference_embeddings, *, key: Optional[jax.A
     return maps[0] if single else maps
 
 
-def sliding_window_variable(embed_fn, query, reference, *, key: Optional[jax.Array] = None, window: int = 32,
+def sliding_window_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *,
+                            key: Optional[jax.Array] = None, window: int = 32,
                             stride: int = 4, padding: int = 8, reference_window: int = 32,
                             reference_stride: int = 16, reference_padding: int = 0, batch_size: int = 256,
                             similarity: SimilarityFn = cosine) -> jax.Array:

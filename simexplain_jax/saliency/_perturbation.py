@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 DEFAULTS = dict(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=0.2, noise_std=0.2, blur_size=11,
@@ -136,7 +138,8 @@ def _pair_keys(key, num_pairs):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_pairs))
 
 
-def perturbation_batch(embed_fn, queries, reference_embeddings, *, key: jax.Array, grid: int = 8,
+def perturbation_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
+                       grid: int = 8,
                        num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
                        tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
                        similarity: SimilarityFn = cosine) -> jax.Array:
@@ -153,7 +156,8 @@ def perturbation_batch(embed_fn, queries, reference_embeddings, *, key: jax.Arra
     return _batch_jit(embed_fn, queries, refs, _pair_keys(key, queries.shape[0]), variable=False, **static)
 
 
-def perturbation_variable_batch(embed_fn, queries, references, *, key: jax.Array, grid: int = 8,
+def perturbation_variable_batch(embed_fn: EmbedFn, queries: ArrayLike, references: ArrayLike, *, key: jax.Array,
+                                grid: int = 8,
                                 num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
                                 tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
                                 similarity: SimilarityFn = cosine) -> jax.Array:
@@ -169,7 +173,8 @@ def perturbation_variable_batch(embed_fn, queries, references, *, key: jax.Array
     return _batch_jit(embed_fn, queries, references, _pair_keys(key, queries.shape[0]), variable=True, **static)
 
 
-def perturbation(embed_fn, query, reference_embeddings, *, key: jax.Array, grid: int = 8, num_steps: int = 500,
+def perturbation(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
+                 grid: int = 8, num_steps: int = 500,
                  learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2, noise_std: float = 0.2,
                  blur_size: int = 11, similarity: SimilarityFn = cosine) -> jax.Array:
     """Fixed-reference mask saliency: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``
@@ -185,7 +190,8 @@ def perturbation(embed_fn, query, reference_embeddings, *, key: jax.Array, grid:
     return maps[0] if single else maps
 
 
-def perturbation_variable(embed_fn, query, reference, *, key: jax.Array, grid: int = 8, num_steps: int = 500,
+def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
+                          grid: int = 8, num_steps: int = 500,
                           learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2,
                           noise_std: float = 0.2, blur_size: int = 11, similarity: SimilarityFn = cosine) -> jax.Array:
     """Variable-reference mask saliency: ``reference [H, W, C]`` gives ``[H, W]``, ``[K, H, W, C]``

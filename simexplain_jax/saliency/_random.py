@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks
+from simexplain_jax.engine import EmbedFn
 
 DEFAULTS: dict = {}
 
@@ -25,7 +27,8 @@ def random_core(embed_fn, query, references, key):
 _random_jit = jax.jit(random_core)
 
 
-def random(embed_fn, query, reference_embeddings=None, *, key: Optional[jax.Array] = None) -> jax.Array:
+def random(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike = None, *,
+           key: Optional[jax.Array] = None) -> jax.Array:
     """U(0, 1) saliency ``[H, W]`` (for None or ``[D]``) or ``[K, H, W]`` (for ``[K, D]``).
 
     Takes the same arguments as the other methods so it can stand in for them; ``embed_fn`` is

@@ -21,9 +21,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
-from simexplain_jax import checks, engine, parallel
+from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
+from simexplain_jax import parallel
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 NORMALIZATIONS = ("per_pixel", "expected")
@@ -104,7 +107,7 @@ _rise_jit = jax.jit(rise_core, static_argnames=_STATIC)
 _rise_variable_jit = jax.jit(rise_variable_core, static_argnames=_STATIC + ("num_reference_masks",))
 
 
-def rise(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = None,
+def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
          masks: Optional[jax.Array] = None, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
          batch_size: int = 256, normalize: str = "per_pixel", similarity: SimilarityFn = cosine) -> jax.Array:
     """RISE saliency of ``query`` for fixed (unperturbed) references (see the module docstring).
@@ -133,7 +136,8 @@ def rise(embed_fn, query, reference_embeddings, *, key: Optional[jax.Array] = No
     return maps[0] if single else maps
 
 
-def rise_variable(embed_fn, query, reference, *, key: Optional[jax.Array] = None, masks: Optional[jax.Array] = None,
+def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: Optional[jax.Array] = None,
+                  masks: Optional[jax.Array] = None,
                   reference_masks: Optional[jax.Array] = None, num_masks: int = 2000, num_reference_masks: int = 30,
                   grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
                   similarity: SimilarityFn = cosine) -> jax.Array:
@@ -164,7 +168,8 @@ def rise_variable(embed_fn, query, reference, *, key: Optional[jax.Array] = None
     return maps[0] if single else maps
 
 
-def rise_split_masks(embed_fn, query, reference_embeddings, *, key: jax.Array, mesh: Mesh,
+def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
+                     mesh: Mesh,
                      axis: str = parallel.AXIS, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
                      batch_size: int = 256, normalize: str = "per_pixel",
                      similarity: SimilarityFn = cosine) -> jax.Array:

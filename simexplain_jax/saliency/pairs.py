@@ -28,8 +28,10 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine, parallel
+from simexplain_jax.engine import EmbedFn
 from simexplain_jax.saliency import _gradients, _lime, _occlusion, _perturbation, _random, _rise
 from simexplain_jax.saliency.cache import SaliencyCache
 
@@ -110,9 +112,11 @@ def method_options(method: str, config: Optional[dict] = None) -> tuple[MethodCo
     return spec, spec.options(**{**spec.defaults, **config})
 
 
-def explain_pairs(method: str, embed_fn, queries, references, *, key: jax.Array, pairs, config: Optional[dict] = None,
+def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references: ArrayLike, *, key: jax.Array,
+                  pairs: ArrayLike, config: Optional[dict] = None,
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
-                  mesh: Optional[Mesh] = None, query_batch: Optional[int] = None, query_ids=None, reference_ids=None,
+                  mesh: Optional[Mesh] = None, query_batch: Optional[int] = None,
+                  query_ids: Optional[ArrayLike] = None, reference_ids: Optional[ArrayLike] = None,
                   cache_meta: Optional[dict] = None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
