@@ -60,10 +60,10 @@ def test_rise_protocol_uses_blur_and_zeros(linear_model):
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     ref = rng.normal(size=8).astype(np.float32)
     saliency = rng.normal(size=(16, 16)).astype(np.float32)
-    kernel = np.exp(-((np.arange(11) - 5) ** 2) / 50.0)
-    kernel /= kernel.sum()
-    blurred = ndimage.convolve1d(ndimage.convolve1d(query, kernel, axis=0, mode="constant"), kernel, axis=1,
-                                 mode="constant")
+    impulse = np.zeros((11, 11))
+    impulse[5, 5] = 1.0
+    gkern = ndimage.gaussian_filter(impulse, 5.0)  # RISE's gkern(11, 5)
+    blurred = np.stack([ndimage.convolve(query[..., c], gkern, mode="constant") for c in range(3)], -1)
     got = sx.metrics.insertion_deletion(embed, query, ref, saliency, protocol="rise", num_steps=21)
     expected = naive_insertion_deletion(w, query, ref, saliency, blurred, 0.0, steps=21)
     np.testing.assert_allclose(got.insertion_curve, expected["insertion"][0], rtol=1e-4, atol=1e-5)

@@ -17,7 +17,8 @@ divides by zero there and produces NaN.)
 Substrates: ``protocol="sane"`` uses one constant ``background`` (a scalar, a ``[C]`` colour or an
 ``[H, W, C]`` image, in the query's input space: SANE uses white for Polyvore and grey 127 for
 AwA2, normalised like the images) for both curves; ``protocol="rise"`` is the original RISE
-metric: a blurred query (Gaussian, 11 taps, sigma 5) for insertion and zeros for deletion.
+metric: a blurred query (RISE's own kernel ``gkern(11, 5)``, a Gaussian filter of an 11 x 11
+impulse, with zero padding; see ``imageops.rise_kernel``) for insertion and zeros for deletion.
 """
 
 from __future__ import annotations
