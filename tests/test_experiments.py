@@ -109,11 +109,19 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
                       f"--config.data_dir={shapes32_dir}", f"--config.attributes_workdir={trained_attributes}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    settings = [(r["selector"], r["w"]) for r in results["rows"]]
+    settings = [(r["selector"], r["w"], r["scorer"], r["presence"]) for r in results["rows"]]
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert settings == [("paper", w) for w in weights] + [("pair_aware", w) for w in weights] + [("random", None)]
+    assert settings == ([("paper", w, None, None) for w in weights] + [("pair_aware", w, None, None) for w in weights]
+                        + [("concept", w, scorer, "soft") for scorer in ("product", "removal") for w in weights]
+                        + [("concept", 0.0, scorer, "both") for scorer in ("product", "removal")]
+                        + [("random", None, None, None)])
     for r in results["rows"]:
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
+    # the oracle names one of the key object's attributes; its proxies are scored against it
+    names = results["oracle_names"]
+    assert names["class_attribute"] + names["other"] == pytest.approx(1.0) and names["shortcut"] is None
+    assert set(results["faithfulness"]) == {"embedding_removal", "region_removal"}
+    assert results["concepts"]["split"] == "validation" and results["concepts"]["fitted"] > 0
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -9,7 +9,7 @@ from experiments.configs.common import parse_args
 
 
 def get_config(arg=None):
-    args = parse_args(arg)
+    args = parse_args(arg, known=("runlocal", "shortcut"))
     config = ml_collections.ConfigDict()
     config.similarity_config = "experiments/configs/similarity_shapes.py"
     config.similarity_workdir = ""  # empty: <workdir>/similarity (trained there when absent)
@@ -43,4 +43,6 @@ def get_config(arg=None):
         config.max_references = 4
         config.cache_images = 200
         config.shard_size = 100
+    if "shortcut" in args:  # the similarity model trained on the shortcut variant
+        config.similarity_config += (",shortcut" if ":" in config.similarity_config else ":shortcut")
     return config

@@ -13,6 +13,14 @@ so a counterfactual that removes v leaves a scene of no class.
 
 Ground truth for a positive pair (same class v): the key object of each image explains the
 match, and the attribute v names why.
+
+The shortcut variant (``ShapesConfig(shortcut_probability=p)``, used for the training split of
+the ``*_shortcut`` builder configs) ties a filler to two classes (``SHORTCUTS``: the circle
+class's key object is dotted, the red class's key object is a hexagon, each with probability p)
+and removes those two fillers from every other object and scene, so in training they predict
+the class as well as it is predicted by the class attribute. Validation and test are drawn
+without the correlation. A similarity model trained on it may rely on the shortcut for some
+pairs and on the class attribute for others; the counterfactual oracle tells which, pair by pair.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ FILLER_VALUES = {
     "size": ("small", "large"),
 }
 VALUES = {t: CLASS_VALUES[t] + FILLER_VALUES[t] for t in ATTRIBUTE_TYPES}
+SHORTCUTS = {"shape:circle": "pattern:dotted", "color:red": "shape:hexagon"}  # class -> its shortcut filler
 ATTRIBUTE_NAMES = tuple(f"{t}:{v}" for t in ATTRIBUTE_TYPES for v in VALUES[t])
 CLASS_NAMES = tuple(f"{t}:{v}" for t in ATTRIBUTE_TYPES for v in CLASS_VALUES[t])
 NUM_CLASSES = len(CLASS_NAMES)
@@ -92,6 +101,12 @@ class ShapesConfig:
     margin: float = 0.03  # minimum gap between objects and to the border, image units
     texture_amplitude: float = 6.0  # background texture, in uint8 levels per wave
     num_waves: int = 3
+    shortcut_probability: float = 0.0  # > 0: the shortcut variant (see the module docstring)
+
+
+def shortcut_of(class_name: str) -> Optional[str]:
+    """The filler the shortcut variant ties to ``class_name`` ("type:value"), or None."""
+    return SHORTCUTS.get(class_name)
 
 
 def class_carriers(scene: Scene) -> list[tuple[int, str]]:
@@ -173,10 +188,26 @@ def sample_scene(rng: np.random.Generator, class_id: int, config: ShapesConfig =
         if i == key:
             spec[class_type] = class_value
         objects.append(ShapeObject(**spec))
+    if config.shortcut_probability > 0:
+        objects = _apply_shortcut(rng, objects, key, CLASS_NAMES[class_id], config.shortcut_probability)
     waves = tuple((float(round(rng.uniform(1.5, 6.0), 3)), float(round(rng.uniform(1.5, 6.0), 3)),
                    float(round(rng.uniform(0, 2 * np.pi), 3)), config.texture_amplitude)
                   for _ in range(config.num_waves))
     return Scene(tuple(objects), waves)
+
+
+def _apply_shortcut(rng: np.random.Generator, objects: list, key: int, class_name: str, probability: float) -> list:
+    """Removes every shortcut filler, then gives the key object its class's one with ``probability``."""
+    for shortcut in SHORTCUTS.values():
+        attribute_type, value = shortcut.split(":")
+        other = next(v for v in FILLER_VALUES[attribute_type] if v != value)
+        objects = [dataclasses.replace(o, **{attribute_type: other}) if o.attribute(attribute_type) == value else o
+                   for o in objects]
+    shortcut = shortcut_of(class_name)
+    if shortcut is not None and rng.uniform() < probability:
+        attribute_type, value = shortcut.split(":")
+        objects[key] = dataclasses.replace(objects[key], **{attribute_type: value})
+    return objects
 
 
 def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -6,7 +6,10 @@
     train = builder.as_data_source("train")   # or tfds.data_source("shapes/32px", data_dir=DIR)
 
 Every example is a deterministic function of (config, split, index): the same config always
-writes the same dataset. Classes are balanced (example i has class i mod 10).
+writes the same dataset. Classes are balanced (example i has class i mod 10). The ``*_shortcut``
+configs draw their training split with a filler tied to two classes (``shapes.SHORTCUTS``, with
+probability ``shortcut_probability``); their validation and test splits are the plain
+distribution (the same images as the plain config of that size).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class ShapesBuilderConfig(tfds.core.BuilderConfig):
     image_size: int = 64
     split_sizes: tuple = (("train", 5000), ("validation", 1000), ("test", 1000))
     seed: int = 0
+    shortcut_probability: float = 0.0  # > 0: the training split is the shortcut variant
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -39,7 +43,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 def make_example(config: ShapesBuilderConfig, split: str, index: int) -> dict:
     """One example as the builder stores it (image as PNG bytes)."""
     rng = np.random.default_rng([config.seed, SPLIT_SEEDS[split], index])
-    scene = shapes.sample_scene(rng, index % shapes.NUM_CLASSES)
+    sampling = shapes.ShapesConfig(shortcut_probability=config.shortcut_probability if split == "train" else 0.0)
+    scene = shapes.sample_scene(rng, index % shapes.NUM_CLASSES, sampling)
     truth = shapes.render_with_ground_truth(scene, config.image_size)
     return {
         "image": png_bytes(truth["image"]),
@@ -64,6 +69,11 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                             description="32 x 32 px, the test default"),
         ShapesBuilderConfig(name="64px", image_size=64, description="64 x 64 px, the demo default"),
         ShapesBuilderConfig(name="112px", image_size=112, description="112 x 112 px, the paper's resolution"),
+        ShapesBuilderConfig(name="32px_shortcut", image_size=32,
+                            split_sizes=(("train", 3000), ("validation", 500), ("test", 500)),
+                            shortcut_probability=0.9, description="32 px; training split with class shortcuts"),
+        ShapesBuilderConfig(name="64px_shortcut", image_size=64, shortcut_probability=0.9,
+                            description="64 px; training split with class shortcuts (shapes.SHORTCUTS)"),
     ]
     DEFAULT_CONFIG_NAME = "64px"
 

@@ -20,8 +20,8 @@ from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import PAPER_IMAGE_SIZE, Preprocess, resize_and_center_crop
 from simexplain_jax.data.sources import InMemorySource, OutfitPairSource, load_arrays
 
-DATASETS = ("shapes/32px", "shapes/64px", "shapes/112px", "awa2", "polyvore_outfits/nondisjoint",
-            "polyvore_outfits/disjoint")
+DATASETS = ("shapes/32px", "shapes/64px", "shapes/112px", "shapes/32px_shortcut", "shapes/64px_shortcut", "awa2",
+            "polyvore_outfits/nondisjoint", "polyvore_outfits/disjoint")
 MANUAL = ("awa2", "polyvore_outfits")
 
 

@@ -1,0 +1,136 @@
+"""Concept relevance in the embedding: analytic cases with known answers."""
+
+import numpy as np
+import pytest
+
+import simexplain_jax as sx
+from simexplain_jax.attributes import Thresholds, concept_relevance, fit_concepts, query_removal_drop, select
+from simexplain_jax.data import shapes
+
+
+def encoded_embeddings(labels, strengths, dim=16, noise=0.01, seed=0):
+    """Embeddings that encode attribute a as +-``strengths[a]`` (present / absent) along basis
+    vector a (0: not encoded), plus a common offset: every embedding has the same norm, so the
+    normalised space is a scaled copy and the encoded axes are known exactly."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    e = ((2.0 * labels - 1.0) * strengths) @ basis[: labels.shape[1]] + 0.5 * basis[-1]
+    return e + noise * rng.normal(size=e.shape), basis[: labels.shape[1]]
+
+
+def random_labels(n, a, seed=1):
+    return np.random.default_rng(seed).random((n, a)) < 0.5
+
+
+def test_the_probe_recovers_encoded_directions():
+    labels = random_labels(2000, 4)
+    embeddings, basis = encoded_embeddings(labels, np.array([1.0, 0.6, 0.3, 0.0]))
+    concepts = fit_concepts(embeddings, labels, split="validation")
+    assert concepts.valid.all() and concepts.split == "validation"
+    normalised = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    for a in range(3):  # encoded: the direction is the attribute's axis (in the normalised space)
+        assert abs(float(concepts.directions[a] @ basis[a])) > 0.95, a
+        projection = normalised @ concepts.directions[a]
+        assert projection[labels[:, a]].mean() > projection[~labels[:, a]].mean()
+
+
+def test_relevance_names_the_shared_encoded_attribute_not_the_unencoded_one():
+    labels = random_labels(2000, 4)
+    embeddings, _ = encoded_embeddings(labels, np.array([1.0, 0.6, 0.3, 0.0]))
+    concepts = fit_concepts(embeddings, labels, split="train")
+    pair = np.array([[1, 0, 0, 1], [1, 0, 1, 1]], bool)  # they share attribute 0 (encoded) and 3 (not)
+    e, _ = encoded_embeddings(pair, np.array([1.0, 0.6, 0.3, 0.0]), noise=0.0)
+    for scorer in ("removal", "product"):
+        relevance = concept_relevance(concepts, e[:1], e[1:], scorer=scorer)[0]
+        assert relevance[0] > 5 * abs(relevance[3]), (scorer, relevance)
+
+
+def test_removal_scores_equal_a_direct_computation():
+    rng = np.random.default_rng(3)
+    labels = random_labels(500, 3)
+    concepts = fit_concepts(rng.normal(size=(500, 6)) + labels @ rng.normal(size=(3, 6)), labels, split="train")
+    q, r = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+
+    def cos(a, b):
+        return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+    both = concept_relevance(concepts, q, r, scorer="removal")
+    product = concept_relevance(concepts, q, r, scorer="product")
+    query_only = query_removal_drop(concepts, q, r)
+    for p in range(4):
+        for a in range(3):
+            u = concepts.directions[a].astype(np.float64)
+            project = np.eye(6) - np.outer(u, u)
+            qn, rn = q[p] / np.linalg.norm(q[p]), r[p] / np.linalg.norm(r[p])
+            assert both[p, a] == pytest.approx(cos(q[p], r[p]) - cos(project @ qn, project @ rn), abs=1e-6)
+            assert product[p, a] == pytest.approx((qn @ u) * (rn @ u), abs=1e-6)
+            assert query_only[p, a] == pytest.approx(cos(q[p], r[p]) - cos(project @ qn, rn), abs=1e-6)
+
+
+def test_attributes_without_both_kinds_of_examples_get_no_direction():
+    labels = random_labels(300, 3)
+    labels[:, 1] = True  # every image has it: nothing to contrast
+    concepts = fit_concepts(np.random.default_rng(0).normal(size=(300, 5)), labels, split="validation")
+    assert concepts.valid.tolist() == [True, False, True]
+    relevance = concept_relevance(concepts, np.ones((1, 5)), np.ones((1, 5)))
+    assert relevance[0, 1] == -np.inf
+
+
+def test_bad_input_is_refused():
+    labels = random_labels(10, 2)
+    with pytest.raises(ValueError, match="not 'test'"):
+        fit_concepts(np.ones((10, 3)), labels, split="test")
+    with pytest.raises(ValueError, match="labels"):
+        fit_concepts(np.ones((10, 3)), labels[:5], split="train")
+    with pytest.raises(ValueError, match="NaN"):
+        fit_concepts(np.full((10, 3), np.nan), labels, split="train")
+    concepts = fit_concepts(np.random.default_rng(0).normal(size=(10, 3)), labels, split="train")
+    with pytest.raises(ValueError, match="D=4"):
+        concept_relevance(concepts, np.ones((1, 4)), np.ones((1, 4)))
+    with pytest.raises(ValueError, match="scorer"):
+        concept_relevance(concepts, np.ones((1, 3)), np.ones((1, 3)), scorer="shap")
+
+
+def test_concept_selector_presence_rules():
+    thresholds = Thresholds(np.zeros(4), "validation")
+    query_scores = np.array([1.0, 1.0, 1.0, -1.0])  # 0, 1, 2 present in the query
+    reference_scores = np.array([1.0, -1.0, 1.0, 1.0])  # 0, 2, 3 in the reference
+    relevance = np.array([0.1, 0.9, 0.3, 0.8])  # 1 and 3 are relevant but not shared
+    grid = np.zeros((4, 4))
+    args = (query_scores, np.zeros((4, 4, 4)), grid, thresholds)
+    hard = select(*args, selector="concept", w=0.0, reference_scores=reference_scores, relevance=relevance,
+                  presence="both")
+    assert hard.attributes == [2, 0]  # only what the thresholds call present in both
+    soft = select(*args, selector="concept", w=0.0, reference_scores=reference_scores, relevance=relevance)
+    log_both = np.log(1 / (1 + np.exp(-query_scores))) + np.log(1 / (1 + np.exp(-reference_scores)))
+    expected = relevance / 0.9 + 0.05 * log_both
+    assert soft.attributes == list(np.argsort(-expected)[:3]) and soft.attributes[0] == 1
+    np.testing.assert_allclose(soft.scores, np.sort(expected)[::-1][:3])
+    # a strong presence term reorders by the predictor's belief instead
+    strong = select(*args, selector="concept", w=0.0, reference_scores=reference_scores, relevance=relevance,
+                    presence_weight=10.0)
+    assert strong.attributes[0] in (0, 2)
+    with pytest.raises(ValueError, match="relevance"):
+        select(query_scores, np.zeros((4, 4, 4)), grid, thresholds, selector="concept", reference_scores=reference_scores)
+
+
+def test_shortcut_variant_ties_fillers_to_their_classes_in_training_only():
+    rng = np.random.default_rng(0)
+    config = shapes.ShapesConfig(shortcut_probability=0.9)
+    counts = {name: [0, 0] for name in shapes.CLASS_NAMES}  # [scenes, scenes with a shortcut filler]
+    for i in range(400):
+        scene = shapes.sample_scene(rng, i % shapes.NUM_CLASSES, config)
+        name = shapes.CLASS_NAMES[i % shapes.NUM_CLASSES]
+        carried = {a for o in scene.objects for a in o.attribute_names()} & set(shapes.SHORTCUTS.values())
+        counts[name][0] += 1
+        counts[name][1] += bool(carried)
+        shortcut = shapes.shortcut_of(name)
+        assert carried <= ({shortcut} if shortcut else set()), (name, carried)
+        if carried:  # the filler sits on the key object
+            assert shortcut in scene.objects[shapes.key_index(scene)].attribute_names()
+        assert shapes.scene_class(scene) == i % shapes.NUM_CLASSES
+    for name, shortcut in shapes.SHORTCUTS.items():
+        assert 0.8 <= counts[name][1] / counts[name][0] <= 1.0, name
+    plain = [shapes.sample_scene(np.random.default_rng(i), 0) for i in range(200)]  # circle class, no shortcut
+    dotted = np.mean([any(o.pattern == "dotted" for o in s.objects) for s in plain])
+    assert 0.6 < dotted < 0.95  # an ordinary filler: about 1 - 1/8 of scenes have a dotted object
