@@ -8,8 +8,11 @@ Images of any size and mode are converted to RGB, resized (shorter side) and cen
 model's resolution, and normalised as in training. Writes one overlay PNG per pair (query,
 reference, the query's saliency map) and prints the similarity and, with ``--attributes``, the
 top attributes present in both images. ``--pairs`` reads the reference's ``img1 img2 label``
-format; names are looked up in ``--image_dir`` (as given, or with .jpg/.jpeg/.png); an unreadable
-image is reported with its file name and the other pairs still run.
+format; names are looked up in ``--image_dir`` (as given, or with .jpg/.jpeg/.png; a name that
+would leave it, ``../x`` or an absolute path, is refused). Any image that cannot be used
+(unreadable, truncated, a decompression bomb, an unsupported mode) is reported with its file name
+and the other pairs still run. 16-bit and 32-bit greyscale images are scaled to 8 bits, not
+clipped. The command prints its results; ``--verbose`` adds the libraries' INFO logs.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from PIL import Image
 
 import simexplain_jax as sx
+from experiments.stages import run
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, select
 from simexplain_jax.attributes.saliency_cache import resize_maps
 from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.data.pipeline import resize_and_center_crop
 from simexplain_jax.imageops import normalize_images
+from simexplain_jax.io import path_inside
 from simexplain_jax.models import embed_fn
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
 from simexplain_jax.train.similarity import load_trained
@@ -45,28 +50,48 @@ flags.DEFINE_integer("num_masks", 2000, "RISE masks")
 flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
 flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
 flags.DEFINE_integer("seed", 0, "PRNG seed")
+flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl)")
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` of a PIL image of any mode. 16-bit (``I;16*``) and 32-bit integer
+    (``I``, as from 16-bit files) greyscale are divided by 257 (65535 -> 255) and float (``F``)
+    greyscale in [0, 1] multiplied by 255: scaled, where PIL's ``convert`` would clip them at 255."""
+    if image.mode.startswith("I;16") or image.mode == "I" or image.mode == "F":
+        grey = np.asarray(image, np.float64)
+        if not np.isfinite(grey).all():
+            raise ValueError(f"mode {image.mode} image holds NaN or infinite values")
+        scale = 255.0 if image.mode == "F" and grey.max(initial=0.0) <= 1.0 else 1.0 / 257.0
+        grey = np.clip(np.round(grey * scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
 
 
 def load_image(path: str, size: int) -> np.ndarray:
     """uint8 RGB ``[size, size, 3]``; raises ValueError naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-    return resize_and_center_crop(rgb, size)
+            rgb = to_rgb8(image)
+        if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
+            raise ValueError(f"empty image of shape {rgb.shape}")
+        return resize_and_center_crop(rgb, size)
+    except Exception as err:  # noqa: BLE001  any failure of one image (PIL's DecompressionBombError included)
+        raise ValueError(f"cannot use image {path}: {type(err).__name__}: {err}") from None
 
 
 def resolve(name: str, folder: str) -> str:
+    """The file of pair-list name ``name`` in ``folder`` (as given, or with .jpg/.jpeg/.png); a name
+    that would leave ``folder`` raises a ValueError."""
     for candidate in (name, name + ".jpg", name + ".jpeg", name + ".png"):
-        path = os.path.join(folder, candidate)
+        path = path_inside(folder, candidate, what="image name")
         if os.path.exists(path):
             return path
-    return os.path.join(folder, name)
+    return path_inside(folder, name, what="image name")
 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
     if FLAGS.pairs and (FLAGS.query or FLAGS.reference) or not FLAGS.pairs and not (FLAGS.query and FLAGS.reference):
         raise app.UsageError("give either --query and --reference, or --pairs")
     checkpoint = FLAGS.checkpoint
@@ -85,13 +110,25 @@ def main(argv):
     size = config["image_size"]
     embed = embed_fn(model, variables)
     if FLAGS.pairs:
-        jobs = [(resolve(p.query, FLAGS.image_dir), resolve(p.reference, FLAGS.image_dir)) for p in read_pairs(FLAGS.pairs)]
+        try:
+            listed = read_pairs(FLAGS.pairs)
+        except (OSError, ValueError) as err:
+            raise app.UsageError(f"--pairs={FLAGS.pairs}: {err}") from None
+        jobs = []
+        for p in listed:
+            try:
+                jobs.append((resolve(p.query, FLAGS.image_dir), resolve(p.reference, FLAGS.image_dir)))
+            except ValueError as err:
+                jobs.append(err)
     else:
         jobs = [(FLAGS.query, FLAGS.reference)]
     os.makedirs(FLAGS.out, exist_ok=True)
     failures = 0
-    for index, (query_path, reference_path) in enumerate(jobs):
+    for index, job in enumerate(jobs):
         try:
+            if isinstance(job, ValueError):
+                raise job
+            query_path, reference_path = job
             raw = np.stack([load_image(query_path, size), load_image(reference_path, size)])
         except ValueError as err:
             print(f"pair {index}: skipped: {err}", file=sys.stderr)
@@ -118,11 +155,11 @@ def main(argv):
         viz.pair_gallery(out, raw[:1], raw[1:], {FLAGS.method: maps[:1]}, captions={FLAGS.method: [caption]})
         print(f"{line}; overlay {out}")
     if failures:
-        print(f"{failures} of {len(jobs)} pairs skipped (unreadable images)", file=sys.stderr)
+        print(f"{failures} of {len(jobs)} pairs skipped (images that could not be used)", file=sys.stderr)
         if failures == len(jobs):
             sys.exit(1)
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("checkpoint")
-    app.run(main)
+    run(main)

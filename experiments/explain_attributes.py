@@ -26,19 +26,20 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
 import simexplain_jax as sx
-from experiments.stages import ensure_stage
+from experiments import validation
+from experiments.stages import WorkdirLock, ensure_stage, run
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, concept_relevance, fit_concepts, query_removal_drop, select
 from simexplain_jax.attributes.removal import removal_drops
 from simexplain_jax.attributes.saliency_cache import resize_maps
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.imageops import normalize_images
-from simexplain_jax.io import write_json_atomic
+from simexplain_jax.io import write_atomic, write_json_atomic
 from simexplain_jax.models import embed_fn
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
 from simexplain_jax.train.datasets import attribute_splits, explanation_pairs
@@ -62,7 +63,12 @@ def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
-    weights = [float(w) for w in config.weights.split(",")]
+    weights = validation.check_explain_attributes_config(config)  # before any training or data build
+    with WorkdirLock(workdir):  # one run per workdir
+        explain(config, workdir, weights)
+
+
+def explain(config, workdir: str, weights: list) -> None:
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     attr_dir = ensure_stage("train_attributes", config.attributes_config,
                             config.attributes_workdir or os.path.join(workdir, "attributes"),
@@ -204,8 +210,7 @@ def main(argv):
                       f"and another attribute for {oracle_names['other']:.3f}.",
                   "Oracle proxies without re-rendering, agreement with the exact oracle: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in faithfulness.items()) + "."]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     shown = np.arange(min(config.gallery_pairs, len(pairs)))
     captions = []
     for i in shown:
@@ -226,4 +231,4 @@ def _attribute_names(dataset, data_dir):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -4,8 +4,14 @@ game and the saliency mass on the key object (positive pairs).
 
     python -m experiments.saliency_eval --config=experiments/configs/saliency_shapes.py:runlocal --workdir=DIR
 
-Maps are cached per method under ``<workdir>/cache`` (one file per query), so a killed run
-resumes without recomputing finished pairs. Writes ``results.json`` (``rows``: method, reference, insertion_auc, deletion_auc,
+Maps are cached per method under ``<workdir>/cache`` (one file per query, recording the model,
+key, options, dataset and split; a cache made with anything else raises, or with
+``--config.replace_stale_cache=True`` is moved aside), and every finished row is recorded under
+``<workdir>/rows``, so a killed run resumes where it stopped and a rerun of a finished one does no
+work. A rerun with fewer ``rows`` merges into ``results.json`` (rows of the same model, pairs and
+protocol are kept). One run per workdir at a time (``<workdir>/.lock``).
+
+Writes ``results.json`` (``rows``: method, reference, insertion_auc, deletion_auc,
 pointing_accuracy, mass_on_key, seconds_per_pair; ``num_pairs``, ``num_positive``, ...),
 ``results.md``, ``curves.png`` (mean insertion/deletion curves) and ``gallery.png``.
 """
@@ -15,56 +21,101 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
 import simexplain_jax as sx
 from simexplain_jax import parallel, viz
 from simexplain_jax.data import shards
-from simexplain_jax.io import write_json_atomic
-from simexplain_jax.data import reference_files
+from simexplain_jax.io import write_atomic, write_json_atomic
+from simexplain_jax.saliency.cache import describe, differences, fingerprint
 from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.train.datasets import explanation_pair_list, read_images
 from simexplain_jax.train.similarity import load_trained
-from experiments.stages import ensure_stage
+from experiments import validation
+from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/saliency_*.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 flags.mark_flags_as_required(["config", "workdir"])
+ROWS_DIR = "rows"
+parse_rows = validation.parse_rows
 
 
-def parse_rows(rows: str):
-    """``"rise:fixed,rise:variable,..."`` -> [(method, reference, saliency method name)]."""
-    parsed = []
-    for row in [r.strip() for r in rows.split(",") if r.strip()]:
-        method, _, reference = row.partition(":")
-        name = method if reference == "fixed" else f"{method}_{reference}"
-        if reference not in ("fixed", "variable") or name not in sx.saliency.METHODS:
-            raise ValueError(f"bad row {row!r}: use METHOD:fixed or METHOD:variable with METHOD in "
-                             f"{sorted(set(m.removesuffix('_variable') for m in sx.saliency.METHODS))}")
-        parsed.append((method, reference, name))
-    return parsed
+def _row_record(workdir: str, name: str) -> str:
+    return os.path.join(workdir, ROWS_DIR, f"{name}.npz")
+
+
+def write_row_record(workdir: str, name: str, identity: dict, row: dict, curves, gallery) -> None:
+    """A finished row (its results, mean curves and gallery maps) with what it was computed from."""
+    arrays = {"identity": np.asarray(json.dumps(identity, sort_keys=True)), "row": np.asarray(json.dumps(row)),
+              "curves": np.asarray(curves, np.float32), "gallery": np.asarray(gallery, np.float32)}
+    write_atomic(_row_record(workdir, name), lambda f: np.savez(f, **arrays))
+
+
+def read_row_record(workdir: str, name: str):
+    """``(identity, row, curves [2, S], gallery [G, H, W])`` or None (absent or unreadable)."""
+    path = _row_record(workdir, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return (json.loads(str(data["identity"])), json.loads(str(data["row"])), data["curves"],
+                    data["gallery"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        logging.warning("row record %s is unreadable (%s): recomputing that row", path, err)
+        return None
+
+
+def merged_rows(workdir: str, names: list, evaluation: dict) -> list:
+    """The rows to report: those of earlier runs on this workdir (in their order) and this run's,
+    each from its record; a record made with another model, pair list or protocol is left out."""
+    order = []
+    try:
+        with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+            earlier = json.load(f)["rows"]
+        order = [r["method"] if r["reference"] == "fixed" else f"{r['method']}_{r['reference']}" for r in earlier]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    order += [n for n in names if n not in order]
+    out = []
+    for name in order:
+        record = read_row_record(workdir, name)
+        if record is None:
+            continue
+        identity = {k: v for k, v in record[0].items() if k in evaluation}
+        if identity != evaluation:
+            logging.warning("leaving out row %s of an earlier run: it was computed with other settings (%s)", name,
+                            "; ".join(differences(identity, evaluation)))
+            continue
+        out.append((name, *record[1:]))
+    return out
 
 
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
-    rows = parse_rows(config.rows)
-    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file, checked before any training
-        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
+    rows = validation.check_saliency_config(config)  # everything checked before any training or data build
     distributed = config.distributed  # one command per host; see the README's "Many devices and hosts"
     if distributed.coordinator_address == "auto":  # a TPU pod, SLURM, ...: JAX finds the rest
         parallel.initialize_distributed("auto")
     elif distributed.num_processes > 1:
         parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
                                         distributed.process_id)
+    index = jax.process_index()
+    with WorkdirLock(workdir, LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"):  # one run per workdir
+        evaluate(config, workdir, rows)
+
+
+def evaluate(config, workdir: str, rows: list) -> None:
     # each process reads and explains only its share of the pairs (whole query groups); every pair's
     # curves and scores are then gathered on every process, and process 0 writes the results
     mesh = parallel.make_mesh(config.mesh_devices or None, local=True, masks=config.mesh_masks)
@@ -99,7 +150,8 @@ def main(argv):
     shard = shards.read_pair_shard(listed.source, listed.source, listed.pairs, preprocess=listed.preprocess,
                                    query_keys=("key_mask",) if key_masks else ())
     pairs = shard.pairs  # rows of shard.queries / shard.references
-    conditions = (listed.conditions if listed.conditions is not None else np.full(num_pairs, -1))[shard.positions]
+    all_conditions = listed.conditions if listed.conditions is not None else np.full(num_pairs, -1)
+    conditions = all_conditions[shard.positions]
     positive = listed.labels[shard.positions] == 1
     positives = np.flatnonzero(listed.labels == 1)
     shown = positives[: config.gallery_pairs] if len(positives) else np.arange(min(config.gallery_pairs, num_pairs))
@@ -107,15 +159,30 @@ def main(argv):
     background = normalized_color(config.background)
     key = jax.random.key(config.seed)
     main_process = jax.process_index() == 0
+    model_id = fingerprint(variables)  # the trained parameters: caches and rows of another model are never reused
+    # what every row depends on besides its method: a row record or cache made with anything else is not reused
+    evaluation = {"dataset": sim_config["dataset"], "split": config.split, "model": model_id,
+                  "pairs": fingerprint([np.asarray(listed.pairs), np.asarray(listed.labels), all_conditions]),
+                  "background": describe(config.background), "insertion_steps": config.insertion_steps,
+                  "gallery": shown.tolist(), "seed": config.seed}
+    evaluation = json.loads(json.dumps(evaluation, sort_keys=True))
     # cache files are named by the query's index in this split: record which split that is
-    cache_meta = {"ids": "dataset index", "dataset": sim_config["dataset"], "split": config.split}
+    cache_meta = {"ids": "dataset index", "dataset": sim_config["dataset"], "split": config.split, "model": model_id}
+    # a finished row is reused as it is (one process; several always recompute, from the map caches)
+    reuse_rows = jax.process_count() == 1
 
     def embed_for(condition):
         return condition_embed_fn(model, variables, int(condition)) if condition >= 0 else embed_fn(model, variables)
 
-    results, curves, gallery_maps = [], {}, {}
     for method, reference, name in rows:
-        options = config.methods[name].to_dict() if name in config.methods else {}
+        options = validation.method_config(config, name)
+        identity = dict(evaluation, method=name, options=describe({**sx.saliency.METHOD_CORES[name].defaults,
+                                                                   **options}))
+        record = read_row_record(workdir, name) if reuse_rows else None
+        if record is not None and record[0] == json.loads(json.dumps(identity, sort_keys=True)):
+            if main_process:
+                print(json.dumps(record[1]), flush=True)
+            continue
         maps = np.zeros((len(pairs), *shard.image_shape[:2]), np.float32)
         bar = tqdm(total=len(pairs), desc=f"{method}/{reference}", unit="pair", leave=False, disable=not main_process)
         start = time.perf_counter()
@@ -125,7 +192,10 @@ def main(argv):
             maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), shard.queries, shard.references,
                                                      key=key, pairs=pairs[chosen], config=options, progress=bar.update,
                                                      cache_dir=cache_dir, mesh=mesh, query_ids=shard.query_ids,
-                                                     reference_ids=shard.reference_ids, cache_meta=cache_meta)
+                                                     reference_ids=shard.reference_ids,
+                                                     cache_meta=dict(cache_meta, condition=int(condition)),
+                                                     replace_stale=config.replace_stale_cache,
+                                                     query_batch=config.query_batch or None)
         seconds = time.perf_counter() - start
         bar.close()
         # per pair: insertion curve, deletion curve, pointing hit and mass on the key (NaN: not measured)
@@ -145,28 +215,33 @@ def main(argv):
         measured = parallel.gather_rows(shard.positions, measured, num_pairs)
         seconds = float(parallel.gather_rows([jax.process_index()], [seconds], jax.process_count()).max())
         slot = {int(p): k for k, p in enumerate(shown)}
-        gallery_maps[name] = parallel.gather_rows([slot[int(p)] for p in shard.positions[in_gallery]],
-                                                  maps[in_gallery], len(shown))
+        gallery = parallel.gather_rows([slot[int(p)] for p in shard.positions[in_gallery]], maps[in_gallery],
+                                       len(shown))
         ins_curve, del_curve = np.mean(measured[:, :steps], 0), np.mean(measured[:, steps:2 * steps], 0)
         hits, mass = measured[:, -2], measured[:, -1]
-        curves[name] = (ins_curve, del_curve)
-        results.append({
+        row = {
             "method": method, "reference": reference,
             "insertion_auc": 100 * float(sx.metrics.trapezoid_auc(ins_curve)),
             "deletion_auc": 100 * float(sx.metrics.trapezoid_auc(del_curve)),
             "pointing_accuracy": float(np.nanmean(hits)) if np.isfinite(hits).any() else None,
             "mass_on_key": float(np.nanmean(mass)) if np.isfinite(mass).any() else None,
             "seconds_per_pair": seconds / num_pairs,
-        })
-        if main_process:
-            print(json.dumps(results[-1]), flush=True)
+        }
+        if main_process:  # the row is done: a kill from here on does not lose it
+            write_row_record(workdir, name, identity, row, np.stack([ins_curve, del_curve]), gallery)
+            print(json.dumps(row), flush=True)
 
+    if not main_process:  # process 0 has every process's results and writes them
+        return
+    # this run's rows and those of earlier runs on this workdir (same model, pairs and protocol)
+    reported = merged_rows(workdir, [name for _, _, name in rows], evaluation)
+    results = [r[1] for r in reported]
+    curves = {name: (c[0], c[1]) for name, _, c, _ in reported}
+    gallery_maps = {name: g for name, _, _, g in reported}
     summary = {"rows": results, "num_pairs": int(num_pairs), "num_positive": int(len(positives)),
                "dataset": sim_config["dataset"], "split": config.split, "similarity_workdir": sim_dir,
                "background": config.background, "insertion_steps": config.insertion_steps,
                "num_processes": jax.process_count(), "devices_per_process": mesh.devices.size if mesh else 1}
-    if not main_process:  # process 0 has every process's results and writes them
-        return
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
     lines = [f"{num_pairs} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
              "AUC x100; pointing and mass on the key object over positive pairs", "",
@@ -175,8 +250,7 @@ def main(argv):
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines += [f"| {r['method']} | {r['reference']} | {r['insertion_auc']:.1f} | {r['deletion_auc']:.1f} | "
               f"{fmt(r['pointing_accuracy'])} | {fmt(r['mass_on_key'])} | {r['seconds_per_pair']:.3f} |" for r in results]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     viz.curves(os.path.join(workdir, "curves.png"), curves)
     viz.pair_gallery(os.path.join(workdir, "gallery.png"),
                      read_images(listed.source, listed.pairs[shown, 0], listed.image_size),
@@ -186,4 +260,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

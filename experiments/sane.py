@@ -5,7 +5,8 @@ attribute explanations -> an HTML report.
 
 Stages run as their own experiment modules into ``<workdir>/{similarity,saliency,attributes,
 explanations}`` and are skipped when their ``results.json`` exists; saliency maps are cached per
-query, so a run killed at any point resumes where it stopped. Writes ``<workdir>/report.html``
+query, so a run killed at any point resumes where it stopped; killing this process ends the stage
+running under it. One run per workdir at a time (``<workdir>/.lock``). Writes ``<workdir>/report.html``
 (self-contained: tables, curves, galleries) and ``<workdir>/results.json`` (every stage's results).
 """
 
@@ -15,10 +16,10 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments.stages import ensure_stage
+from experiments.stages import WorkdirLock, ensure_stage, run
 from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
 
@@ -71,6 +72,11 @@ def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
+    with WorkdirLock(workdir):  # one run per workdir (each stage also locks its own folder)
+        run_stages(config, workdir)
+
+
+def run_stages(config, workdir: str) -> None:
     start = time.perf_counter()
     data_dir = os.path.abspath(config.data_dir or os.path.join(workdir, "tfds"))
     folders = {name: os.path.join(workdir, name) for name in ("similarity", "saliency", "attributes", "explanations")}
@@ -99,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

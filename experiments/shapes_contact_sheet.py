@@ -7,18 +7,19 @@ reads it through ``tfds.data_source`` and writes ``<workdir>/contact_sheet.png``
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import simexplain_jax.data  # noqa: F401  (registers the builders)
+from experiments.stages import run
 from simexplain_jax import viz
 from simexplain_jax.data import shapes
+from simexplain_jax.io import write_json_atomic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/shapes_contact_sheet.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -38,11 +39,11 @@ def main(argv):
                                titles, np.stack([e["key_box"] for e in examples]),
                                title=f"{config.dataset} {config.split}: class and key object (cyan box)")
     counts = Counter(shapes.CLASS_NAMES[e["label"]] for e in examples)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"dataset": config.dataset, "split": config.split, "num_examples": len(examples),
-                   "figure": figure, "class_counts": dict(counts)}, f, indent=2)
+    write_json_atomic(os.path.join(workdir, "results.json"),
+                      {"dataset": config.dataset, "split": config.split, "num_examples": len(examples),
+                       "figure": figure, "class_counts": dict(counts)})
     print(f"wrote {figure}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

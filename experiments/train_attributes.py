@@ -18,11 +18,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments.stages import ensure_stage
+from experiments import validation
+from experiments.stages import WorkdirLock, ensure_stage, run
 from simexplain_jax.attributes.saliency_cache import training_saliency
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
@@ -56,10 +57,12 @@ def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)
-    lambdas = [float(x) for x in config.lambdas.split(",")]
-    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
-    if any(lam < 0 for lam in lambdas) or not lambdas:
-        raise ValueError(f"config.lambdas must be non-negative numbers, got {config.lambdas!r}")
+    lambdas = validation.check_attributes_config(config)  # before any training or data build
+    with WorkdirLock(workdir):  # one run per workdir
+        train(config, workdir, lambdas)
+
+
+def train(config, workdir: str, lambdas: list) -> None:
     start_time = time.perf_counter()
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     sim_dir = ensure_stage("train_similarity", config.similarity_config,
@@ -156,4 +159,4 @@ def load_trained_similarity(sim_dir):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

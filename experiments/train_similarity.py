@@ -6,7 +6,9 @@ Outputs in the workdir: ``checkpoints/`` (the latest step and the best by valida
 ``config.json``), ``results.json`` with ``test_pair_auc`` (of the best checkpoint),
 ``validation_pair_auc``, ``best_step``, ``steps``, ``seconds`` (this invocation's wall clock),
 ``checkpoint_dir``, ``history`` (validation AUC over steps), ``model`` and ``dataset``. Run the
-same command again after an interruption: it resumes from the last checkpoint.
+same command again after an interruption: it resumes from the last checkpoint. A NaN or infinite
+loss stops the run with an error naming the step (nothing trained through it is saved); one run
+per workdir at a time (``<workdir>/.lock``).
 """
 
 from __future__ import annotations
@@ -17,43 +19,28 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from experiments import validation
+from experiments.stages import WorkdirLock, run
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
-from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import make_loader
 from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import load_torchvision_resnet
-from simexplain_jax.models.factory import BACKBONES, similarity_model
+from simexplain_jax.models.factory import similarity_model
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.datasets import check_dataset, similarity_data
+from simexplain_jax.train.datasets import similarity_data
 from simexplain_jax.train.loop import fit
-from simexplain_jax.train.triplet import MININGS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/similarity_*.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from its checkpoints)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def validate(config) -> None:
-    """Fails at start, with a clear message, on a config that could not run to the end."""
-    check_dataset(config.dataset, config.manual_dir)
-    if config.model not in BACKBONES:
-        raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
-    if config.embedding_dim < 1:
-        raise ValueError(f"config.embedding_dim must be >= 1, got {config.embedding_dim}")
-    if config.batch_size < 2 or config.num_steps < 1:
-        raise ValueError(f"need batch_size >= 2 and num_steps >= 1, got {config.batch_size}, {config.num_steps}")
-    if config.mining not in MININGS:
-        raise ValueError(f"config.mining must be one of {MININGS}, got {config.mining!r}")
-    if config.init_weights and not os.path.exists(config.init_weights):
-        raise FileNotFoundError(f"config.init_weights {config.init_weights!r} does not exist")
-    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
-    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
-        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
+validate = validation.check_similarity_config  # fails at start, with a clear message, on a config that could not run
 
 
 def main(argv):
@@ -61,6 +48,11 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     validate(config)
+    with WorkdirLock(workdir):  # one run per workdir
+        train(config, workdir)
+
+
+def train(config, workdir: str) -> None:
     start_time = time.perf_counter()
     data = similarity_data(config.dataset, data_dir=config.data_dir or os.path.join(workdir, "tfds"),
                            manual_dir=config.manual_dir, num_eval_pairs=config.num_eval_pairs, seed=config.seed,
@@ -123,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -3,7 +3,10 @@
 Each check raises a ValueError or TypeError that names the argument and what was expected.
 Images must be floating point in the model's input space: integer images (uint8 pixels, say)
 are rejected rather than silently used as if normalised; ``sx.imageops.normalize_images``
-turns uint8 RGB into the ImageNet-normalised floats the built-in models take.
+turns uint8 RGB into the ImageNet-normalised floats the built-in models take. Images, reference
+embeddings and masks must be finite: a NaN or an infinity raises, naming the argument and the
+first rows that hold one (a NaN would otherwise turn into all-zero maps and an AUC of 0.5).
+Numeric options accept Python, NumPy and JAX scalars alike.
 """
 
 from __future__ import annotations
@@ -37,6 +40,26 @@ def _check_float(array, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point image, got dtype {array.dtype}")
 
 
+def check_finite(array, name: str, what: str = "values", rows: bool = True) -> None:
+    """Raises a ValueError naming ``name`` (and its first offending rows) if ``array`` holds NaN or
+    an infinity. Skipped while tracing (inside ``jit`` the values are not known)."""
+    if isinstance(array, jax.core.Tracer):
+        return
+    if isinstance(array, np.ndarray):
+        bad = ~np.isfinite(array)
+        if not bad.any():
+            return
+    else:
+        if bool(jnp.all(jnp.isfinite(array))):
+            return
+        bad = ~np.isfinite(np.asarray(array))
+    where = ""
+    if rows and bad.ndim >= 2:
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        where = f" (rows {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''})"
+    raise ValueError(f"{name} holds NaN or infinite {what}{where}: every value must be finite")
+
+
 def check_image(image, name: str) -> jax.Array:
     """``[H, W, C]`` floating-point image as float32; raises naming ``name`` otherwise."""
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
@@ -46,7 +69,9 @@ def check_image(image, name: str) -> jax.Array:
     if min(image.shape) < 1:
         raise ValueError(f"{name} must have positive sizes [H, W, C], got {tuple(image.shape)}")
     _check_float(image, name)
-    return jnp.asarray(image, jnp.float32)
+    image = jnp.asarray(image, jnp.float32)
+    check_finite(image, name, "pixels", rows=False)
+    return image
 
 
 def check_images(images, name: str) -> np.ndarray:
@@ -55,7 +80,9 @@ def check_images(images, name: str) -> np.ndarray:
     if images.ndim != 4 or min(images.shape[1:]) < 1:
         raise ValueError(f"{name} must be a batch of images [N, H, W, C], got shape {tuple(images.shape)}")
     _check_float(images, name)
-    return images.astype(np.float32, copy=False)
+    images = images.astype(np.float32, copy=False)
+    check_finite(images, name, "pixels")
+    return images
 
 
 def check_image_or_batch(images, name: str) -> tuple[jax.Array, bool]:
@@ -67,7 +94,9 @@ def check_image_or_batch(images, name: str) -> tuple[jax.Array, bool]:
     if images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(f"{name} must be an image [H, W, C] or images [K, H, W, C], got shape {tuple(images.shape)}")
     _check_float(images, name)
-    return jnp.asarray(images, jnp.float32), False
+    images = jnp.asarray(images, jnp.float32)
+    check_finite(images, name, "pixels")
+    return images, False
 
 
 def check_reference_embeddings(reference_embeddings, name: str = "reference_embeddings") -> tuple[jax.Array, bool]:
@@ -80,6 +109,7 @@ def check_reference_embeddings(reference_embeddings, name: str = "reference_embe
         raise ValueError(f"{name} must hold at least one embedding, got shape {tuple(reference_embeddings.shape)}")
     single = reference_embeddings.ndim == 1
     refs = jnp.asarray(reference_embeddings, jnp.float32)
+    check_finite(refs[None] if single else refs, name)
     return (refs[None] if single else refs), single
 
 
@@ -91,7 +121,9 @@ def check_masks(masks, image: jax.Array, name: str = "masks") -> jax.Array:
         raise ValueError(
             f"{name} must be [N, H, W] with N >= 1 and (H, W) = {tuple(image.shape[:2])}, got shape {tuple(masks.shape)}"
         )
-    return jnp.asarray(masks, jnp.float32)
+    masks = jnp.asarray(masks, jnp.float32)
+    check_finite(masks, name)
+    return masks
 
 
 def check_batch_size(batch_size) -> int:

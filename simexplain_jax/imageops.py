@@ -18,9 +18,17 @@ def normalize_images(images: np.ndarray) -> np.ndarray:
 def normalized_color(rgb) -> np.ndarray:
     """A uint8-scale colour (e.g. grey ``127`` or white ``255``) in normalised space: ``[3]``.
 
-    SANE's insertion/deletion background: white for Polyvore, grey 127 for AwA2.
+    SANE's insertion/deletion background: white for Polyvore, grey 127 for AwA2. Raises a
+    ValueError for anything but one value or three values in [0, 255] (``300`` is no colour).
     """
-    return normalize_images(np.broadcast_to(np.asarray(rgb, np.float32), (3,)))
+    try:
+        values = np.asarray(rgb, np.float64)
+        values = np.broadcast_to(values, (3,))
+    except (TypeError, ValueError):
+        raise ValueError(f"a colour must be one value or 3 values (R, G, B) in [0, 255], got {rgb!r}") from None
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"a colour must be one value or 3 values (R, G, B) in [0, 255], got {rgb!r}")
+    return normalize_images(values.astype(np.float32))
 
 
 def rise_kernel_1d(kernel_size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> np.ndarray:

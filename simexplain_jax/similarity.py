@@ -14,23 +14,28 @@ import jax.numpy as jnp
 
 SimilarityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-_TINY = 1e-12
-
-
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     """Scales ``x`` to unit L2 norm along ``axis``; a zero vector stays zero (never NaN).
 
-    The gradient is finite everywhere, including at zero.
+    Computed stably at any scale: each vector is first divided by its largest absolute entry, so
+    neither ``|x|^2`` of a vector of norm 1e20 (beyond float32) nor of a tiny one overflows or
+    underflows. A vector holding NaN or an infinity gives NaN (it is never taken for a zero
+    vector). The gradient is finite everywhere, including at zero.
     """
-    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    safe_sq = jnp.where(sq > _TINY * _TINY, sq, 1.0)
-    return jnp.where(sq > _TINY * _TINY, x * jax.lax.rsqrt(safe_sq), 0.0)
+    x = jnp.asarray(x)
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))  # the result does not depend on it
+    scaled = x / jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+    sq = jnp.sum(jnp.square(scaled), axis=axis, keepdims=True)
+    nonzero = ~(sq <= 0.0)  # True for NaN: non-finite vectors stay non-finite
+    return jnp.where(nonzero, scaled * jax.lax.rsqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     """Cosine similarity over the last axis: ``[..., D] x [..., D] -> [...]`` (broadcasting).
 
-    A zero vector on either side gives similarity 0, never NaN, and finite gradients.
+    A zero vector on either side gives similarity 0, never NaN, and finite gradients; the result
+    does not depend on the vectors' scale (norms of 1e-30 or 1e30 included); a vector holding NaN
+    or an infinity gives NaN, never a number that looks like a similarity.
     """
     a = jnp.asarray(a)
     b = jnp.asarray(b)

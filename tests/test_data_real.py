@@ -224,3 +224,34 @@ def test_training_data_from_the_real_layouts(awa2_folder, polyvore_folder, tmp_p
             assert np.isfinite(float(metrics["loss"]))
         auc = sim.evaluate_pairs(model, state.variables(), data.test)
         assert 0.0 <= auc <= 1.0
+
+
+def test_importers_refuse_names_that_leave_the_dataset_folder(tmp_path):
+    """A split file naming item ``../../secret/x`` made the importer read a file outside the dataset."""
+    from simexplain_jax.data.tfds_awa2 import read_awa2
+
+    root = tmp_path / "polyvore_outfits"
+    (root / "images").mkdir(parents=True)
+    write_jpeg(str(tmp_path / "secret" / "x.jpg"), 0)  # exists: must still not be read
+    evil = "../../secret/x"
+    items = {"101": "tops", evil: "bottoms"}
+    (root / "polyvore_item_metadata.json").write_text(json.dumps({k: {"semantic_category": v} for k, v in items.items()}))
+    (root / "polyvore_attributes.json").write_text(json.dumps({"attributes": reference_files.polyvore_attribute_names(),
+                                                               "annotations": {}}))
+    (root / "nondisjoint").mkdir()
+    for name in ("train", "valid", "test"):
+        (root / "nondisjoint" / f"{name}.json").write_text(json.dumps(
+            [{"set_id": "o1", "items": [{"item_id": "101", "index": 1}, {"item_id": evil, "index": 2}]}]))
+    builder = tfds.builder("polyvore_outfits/nondisjoint", data_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"item id of nondisjoint/train.json '\.\./\.\./secret/x.jpg' leaves its folder"):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+
+    awa2 = tmp_path / "awa2"
+    awa2.mkdir()
+    (awa2 / "classes.txt").write_text("1\tcat\n2\t../../secret\n")
+    (awa2 / "predicates.txt").write_text("1\tblack\n")
+    (awa2 / "predicate-matrix-binary.txt").write_text("1\n0\n")
+    (awa2 / "trainclasses.txt").write_text("cat\n")
+    (awa2 / "testclasses.txt").write_text("../../secret\n")
+    with pytest.raises(ValueError, match=r"class name of trainclasses.txt/testclasses.txt '\.\./\.\./secret' leaves"):
+        read_awa2(str(awa2))

@@ -2,9 +2,12 @@
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +55,7 @@ def test_train_similarity_runlocal_reaches_auc(trained_similarity):
     ("--config.model=vgg", "model must be one of"),
     ("--config.param_sharding=zero3", "param_sharding must be one of"),
     ("--config.mesh_devices=3", "mesh_devices must be >= 1 and divide batch_size"),
+    ("--config.learning_rat=0.1", "--config override names a field the config does not have"),  # was a bare KeyError
 ])
 def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
     proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
@@ -164,7 +168,8 @@ def test_saliency_eval_resumes_from_its_cache(tmp_path, shapes32_dir, trained_si
     first = json.loads((tmp_path / "results.json").read_text())["rows"][0]
     cached = sorted((tmp_path / "cache" / "rise").glob("q*.npz"))
     assert cached
-    cached[-1].unlink()  # as if the run had been killed before its last query
+    cached[-1].unlink()  # as if the run had been killed before its last query (so before the row was recorded)
+    (tmp_path / "rows" / "rise.npz").unlink()
     stamps = {p: p.stat().st_mtime for p in cached[:-1]}
     assert run_module("experiments.saliency_eval", *args).returncode == 0
     assert {p: p.stat().st_mtime for p in cached[:-1]} == stamps and cached[-1].exists()
@@ -191,6 +196,18 @@ def test_report_renders_in_headless_chromium(sane_run, tmp_path):
     assert image.shape[:2] == (2400, 1400) and image.std() > 20  # not a blank page: the gallery is there
 
 
+def png_header(width, height):
+    """A PNG that declares ``width x height`` 8-bit RGB pixels and holds none (enough for PIL to open it)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
 def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_attributes):
     from PIL import Image
 
@@ -206,12 +223,24 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "similarity" in proc.stdout and "top attributes" in proc.stdout
     assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
-    (tmp_path / "pairs.txt").write_text("a b 1\nbroken c 0\nc a 0\n")
+    # one line per pair on stdout; no library INFO logs (orbax/absl wrote 31 of 32 lines for one pair)
+    assert [line for line in proc.stdout.splitlines() if line.strip()] == [proc.stdout.strip()]
+    assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[-2000:]
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        shutil.copy(tmp_path / name, tmp_path / "images" / name)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "images" / "bomb.png").write_bytes(png_header(20000, 20000))  # 400 Mpx: PIL's DecompressionBombError
+    grey16 = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "images" / "g16.png")  # 16-bit greyscale
+    (tmp_path / "pairs.txt").write_text("\ufeffa b 1\nbroken c 0\nc a 0\nbomb a 1\n../a.png c 0\ng16 a 0\n")
     proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--pairs={tmp_path / 'pairs.txt'}",
-                      f"--image_dir={tmp_path}", "--method=sliding_window", f"--out={tmp_path / 'out2'}")
+                      f"--image_dir={tmp_path / 'images'}", "--method=sliding_window", f"--out={tmp_path / 'out2'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "broken.png" in proc.stderr and proc.stdout.count("similarity") == 2
-    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["pair_0000.png", "pair_0002.png"]
+    assert "broken.png" in proc.stderr and proc.stdout.count("similarity") == 3
+    assert "bomb.png: DecompressionBombError" in proc.stderr and "'../a.png' leaves its folder" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["pair_0000.png", "pair_0002.png",
+                                                                     "pair_0005.png"]
 
 
 @pytest.mark.parametrize("variant", [None, "runlocal"])
@@ -311,3 +340,75 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
     cached = {p.name for p in (tmp_path / "two" / "cache" / "rise").glob("q*.npz")}
     assert cached == {p.name for p in (tmp_path / "one" / "cache" / "rise").glob("q*.npz")}  # by dataset index
     assert (tmp_path / "two" / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def run_until_killed(args, kill_when, timeout=300):
+    """Starts ``python -m experiments.saliency_eval ARGS`` and SIGKILLs it as soon as ``kill_when()``
+    holds (polled every 10 ms: kill points are chosen by what the run has written, not by time)."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.saliency_eval", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not kill_when():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its kill point: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the kill point was never reached")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, shapes32_dir, trained_similarity):
+    """SIGKILL during RISE, then after RISE finished and during the mask method; the resumed run
+    ends with the results.json of an uninterrupted run. Also: a second run on a workdir in use fails
+    at once; a rerun with fewer rows merges into results.json and computes nothing."""
+    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
+              f"--config.similarity_workdir={trained_similarity}", "--config.num_pairs=4", "--config.insertion_steps=11",
+              "--config.methods.rise.num_masks=100", "--config.methods.perturbation.num_steps=20",
+              "--config.query_batch=1"]  # one query a step: a step per query of the 4 pairs
+    rows = "--config.rows=rise:fixed,perturbation:fixed"
+    whole = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    from experiments.stages import WorkdirLock
+
+    with WorkdirLock(str(tmp_path / "busy")):  # a live run holds this workdir: a second one fails at once
+        second = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'busy'}")
+    assert second.returncode != 0 and f"is in use by process {os.getpid()}" in second.stderr
+    assert "one run per workdir" in second.stderr and not (tmp_path / "busy" / "cache").exists()
+    queries = len(list((tmp_path / "whole" / "cache" / "rise").glob("q*.npz")))
+    assert queries >= 3
+    work = tmp_path / "killed"
+    args = [*common, rows, f"--workdir={work}"]
+    rise, mask = work / "cache" / "rise", work / "cache" / "perturbation"
+    count = lambda folder: len(list(folder.glob("q*.npz"))) if folder.exists() else 0  # noqa: E731
+    # 1. killed during RISE, once its first step is cached
+    run_until_killed(args, lambda: count(rise) >= 1)
+    assert 1 <= count(rise) < queries and not (work / "results.json").exists()
+    # 2. killed after RISE finished (its row recorded), during the mask method
+    run_until_killed(args, lambda: (work / "rows" / "rise.npz").exists() and count(mask) >= 1)
+    assert count(rise) == queries and 1 <= count(mask) < queries, (count(rise), count(mask))
+    stamps = {p: p.stat().st_mtime_ns for p in [*rise.glob("q*.npz"), *mask.glob("q*.npz"), work / "rows" / "rise.npz"]}
+    # 3. resumed (the killed runs' locks are stale): only what was missing is computed
+    resumed = run_module("experiments.saliency_eval", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing finished was redone
+
+    def table(path):
+        results = json.loads(path.read_text())
+        for row in results["rows"]:
+            row.pop("seconds_per_pair")
+        return results
+
+    expected = table(tmp_path / "whole" / "results.json")
+    assert table(work / "results.json") == expected
+    for name in ("rise", "perturbation"):  # every map bit for bit
+        for cached in sorted((tmp_path / "whole" / "cache" / name).glob("q*.npz")):
+            np.testing.assert_array_equal(np.load(work / "cache" / name / cached.name)["maps"], np.load(cached)["maps"])
+    # 4. a rerun with fewer rows keeps the other rows and, everything being done, computes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()}
+    fewer = run_module("experiments.saliency_eval", *common, "--config.rows=rise:fixed", f"--workdir={work}")
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert table(work / "results.json") == expected
+    assert {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()} == stamps

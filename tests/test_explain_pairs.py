@@ -61,8 +61,9 @@ def test_explain_pairs_equals_single_pair_calls(setup, method):
 def test_cache_is_reused_and_resumes(setup, tmp_path):
     embed, images, pairs = setup
     config = dict(num_masks=40, grid_size=4)
+    same_model = {"model": "the linear embedding"}  # the counting wrapper below is the same model under another name
     first = sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
-                                      config=config, cache_dir=str(tmp_path))
+                                      config=config, cache_dir=str(tmp_path), cache_meta=same_model)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["meta.json", "q0.npz", "q1.npz", "q2.npz"]
     (tmp_path / "q2.npz").unlink()  # as if killed before the last query
@@ -73,19 +74,19 @@ def test_cache_is_reused_and_resumes(setup, tmp_path):
         return embed(batch)
 
     again = sx.saliency.explain_pairs("rise", counting, images, images, key=jax.random.key(0), pairs=pairs,
-                                      config=config, cache_dir=str(tmp_path))
-    np.testing.assert_allclose(again, first, rtol=1e-6)
+                                      config=config, cache_dir=str(tmp_path), cache_meta=same_model)
+    np.testing.assert_array_equal(again, first)  # bit for bit: the same program and inputs as the first run
     assert (tmp_path / "q2.npz").exists()
-    # only query 2 was recomputed: its one reference embedded, then its 40 masked copies
-    assert sum(embedded) == 1 + 40, embedded
+    # only query 2 was recomputed: the list's 5 references embedded (once each), then its 40 masked copies
+    assert sum(embedded) == 5 + 40, embedded
     embedded.clear()
     complete = sx.saliency.explain_pairs("rise", counting, images, images, key=jax.random.key(0), pairs=pairs,
-                                         config=config, cache_dir=str(tmp_path))
+                                         config=config, cache_dir=str(tmp_path), cache_meta=same_model)
     np.testing.assert_array_equal(complete, again)
     assert embedded == []  # everything cached: nothing embedded, no crash on an empty work list
-    with pytest.raises(ValueError, match="written with"):
+    with pytest.raises(ValueError, match=r"written with other settings(.|\n)*options.num_masks: 40 -> 20"):
         sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
-                                  config=dict(num_masks=20, grid_size=4), cache_dir=str(tmp_path))
+                                  config=dict(num_masks=20, grid_size=4), cache_dir=str(tmp_path), cache_meta=same_model)
 
 
 @pytest.mark.parametrize("change,error,message", [

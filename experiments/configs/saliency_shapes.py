@@ -28,7 +28,9 @@ def get_config(arg=None):
     config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
     config.insertion_steps = 101
     config.gallery_pairs = 4
+    config.replace_stale_cache = False  # True: a map cache made with another model/key/options is moved aside, not an error
     config.mesh_devices = 0  # local devices for RISE / sliding window / LIME / insertion-deletion: 0 = all
+    config.query_batch = 0  # queries per device per step of explain_pairs (0: each method's default); a kill loses one step
     config.mesh_masks = 1  # of those, devices on the "masks" axis: RISE splits each query's masks over them
     # multi-host: "host:port" with num_processes and process_id per host, or "auto" where JAX detects the cluster
     config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))

@@ -35,9 +35,18 @@ def parse_pairs(lines: Iterable[str], source: str = "<pairs>") -> list[Pair]:
 
 
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
-    """Reads a pair file in the reference's format (the packaged ones: ``reference_files``)."""
-    with open(path) as f:
-        return parse_pairs(f, source=str(path))
+    """Reads a pair file in the reference's format (the packaged ones: ``reference_files``).
+
+    The file is UTF-8, with or without a byte-order mark (which is not part of the first id); a
+    file in another encoding raises a ValueError naming it and the offending byte's position.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                         f"{err.start}); save the pair file as UTF-8") from None
+    return parse_pairs(text.splitlines(), source=str(path))
 
 
 def write_pairs(path: str | os.PathLike, pairs: Sequence[Sequence]) -> None:

@@ -13,7 +13,8 @@ Layout (the AwA2-data.zip archive, extracted; ``manual_dir`` may be the archive'
 Splits: ``train`` (training classes, less the validation images), ``validation`` (the training
 classes' images whose id hashes to 0 mod 10: a fixed, order-independent 10%), ``test`` (the
 10 test classes: the paper explains similarity on unseen classes). Image ids are the file stems
-(``chimpanzee_10192``), as in the reference's pair lists.
+(``chimpanzee_10192``), as in the reference's pair lists. A class name that would name a folder
+outside ``JPEGImages/`` (``../x``, an absolute path) is rejected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simexplain_jax.data._manual import manual_root, rgb_image_feature
+from simexplain_jax.io import path_inside
 
 INSTRUCTIONS = (
     "Download Animals with Attributes 2 (AwA2-data.zip, about 13 GB) from "
@@ -67,6 +69,7 @@ def read_awa2(root: str) -> dict:
     for name in train + test:
         if name not in classes:
             raise ValueError(f"class {name!r} of trainclasses.txt/testclasses.txt is not in classes.txt")
+        path_inside(os.path.join(root, "JPEGImages"), name, what="class name of trainclasses.txt/testclasses.txt")
     return {"classes": classes, "predicates": predicates, "matrix": matrix.astype(bool), "train_classes": train,
             "test_classes": test}
 
@@ -109,7 +112,7 @@ class Awa2(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root, meta, class_names, keep):
         for name in class_names:
-            folder = os.path.join(root, "JPEGImages", name)
+            folder = path_inside(os.path.join(root, "JPEGImages"), name, what="class name")
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"awa2: missing image folder {folder}.\n{INSTRUCTIONS}")
             label = meta["classes"].index(name)

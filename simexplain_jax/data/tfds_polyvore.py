@@ -12,7 +12,8 @@ Configs ``nondisjoint`` (the paper's) and ``disjoint``. Each split holds every i
 split's outfits once, with the outfits it belongs to. Items of different types in one outfit are
 compatible (positive) pairs; their *type condition* is the unordered pair of their semantic
 categories, one of ``type_conditions(...)`` (all pairs of distinct categories that co-occur in a
-training outfit, sorted), stored in the builder's metadata. Nothing is unpickled.
+training outfit, sorted), stored in the builder's metadata. Nothing is unpickled, and an item id
+that would name a file outside ``images/`` (``../../x``, an absolute path) is rejected.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simexplain_jax.data._manual import manual_root, rgb_image_feature
+from simexplain_jax.io import path_inside
 
 INSTRUCTIONS = (
     "Download Polyvore Outfits (polyvore_outfits.zip, about 6 GB; see https://github.com/mvasil/fashion-compatibility) "
@@ -79,6 +81,11 @@ def compatible_pairs(outfits: dict[str, list[str]], categories: dict[str, str],
     return out
 
 
+def image_path(root: str, item: str, what: str = "item id") -> str:
+    """``<root>/images/<item>.jpg``; an id that would leave ``images/`` raises a ValueError."""
+    return path_inside(os.path.join(root, "images"), f"{item}.jpg", what=what)
+
+
 @dataclasses.dataclass
 class PolyvoreConfig(tfds.core.BuilderConfig):
     split_folder: str = "nondisjoint"
@@ -129,6 +136,7 @@ class PolyvoreOutfits(tfds.core.GeneratorBasedBuilder):
                 for item in items:
                     if item not in categories:
                         raise ValueError(f"item {item} of {folder}/{SPLIT_FILES[split]} is not in polyvore_item_metadata.json")
+                    image_path(root, item, f"item id of {folder}/{SPLIT_FILES[split]}")
         conditions = type_conditions(splits["train"], categories)
         self.info.metadata.update(attribute_names=names, type_conditions=[list(c) for c in conditions],
                                   categories=sorted(set(categories.values())))
@@ -144,7 +152,7 @@ class PolyvoreOutfits(tfds.core.GeneratorBasedBuilder):
         for item in sorted(membership):
             labels = np.zeros(NUM_ATTRIBUTES, bool)
             labels[np.asarray(annotations.get(item, []), np.int64)] = True
-            path = os.path.join(root, "images", f"{item}.jpg")
+            path = image_path(root, item)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"polyvore_outfits: missing image {path}.\n{INSTRUCTIONS}")
             yield item, {"image": rgb_image_feature(path), "item_id": item, "category": categories[item],

@@ -150,6 +150,7 @@ def insertion_deletion(
     if reference_embedding.ndim != 1 or reference_embedding.shape[0] < 1:
         raise ValueError(f"reference_embedding must be one embedding [D], got shape {tuple(reference_embedding.shape)}")
     reference_embedding = jnp.asarray(reference_embedding, jnp.float32)
+    checks.check_finite(reference_embedding, "reference_embedding")
     if not hasattr(saliency, "shape"):
         saliency = np.asarray(saliency)
     if tuple(saliency.shape) != tuple(query.shape[:2]):
@@ -220,7 +221,8 @@ def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_em
     Pairs are vmapped ``pair_group`` at a time per device; with a ``mesh`` (``sx.parallel.make_mesh``)
     each step spreads ``pair_group`` pairs over every device (default: one local device). The
     compiled program is cached: later calls with the same shapes compile nothing. Equal to
-    per-pair calls to float rounding.
+    per-pair calls to float rounding. Non-finite inputs raise, naming the argument and rows; so does
+    a curve made of NaN (an ``embed_fn`` that fails on some perturbed query), naming the pairs.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = checks.check_images(queries, "queries")
@@ -229,8 +231,8 @@ def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_em
     if refs.ndim != 2 or refs.shape[:1] != queries.shape[:1] or maps.shape != queries.shape[:3]:
         raise ValueError(f"need queries [P, H, W, C], reference_embeddings [P, D], saliencies [P, H, W]; got "
                          f"{queries.shape}, {refs.shape}, {maps.shape}")
-    if not np.all(np.isfinite(maps)):
-        raise ValueError("saliencies contain NaN or infinite values")
+    checks.check_finite(refs, "reference_embeddings")
+    checks.check_finite(maps, "saliencies")
     _check_options(num_steps, normalize, batch_size, similarity)
     pair_group = checks.check_positive_int(pair_group, "pair_group")
     substrate = np.broadcast_to(_check_background(background, queries.shape[1:]), queries.shape[1:]).copy()
@@ -240,5 +242,9 @@ def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_em
     curves = np.concatenate([parallel.map_queries(fn, mesh, (embed_fn, substrate), queries[i:i + step],
                                                   refs[i:i + step], maps[i:i + step])
                              for i in range(0, len(queries), step)])  # [P, 2, S]
+    bad = np.flatnonzero(~np.isfinite(curves).reshape(len(curves), -1).all(axis=1))
+    if len(bad):  # never an AUC of 0.5 (a "flat" curve) made of NaN
+        raise ValueError(f"non-finite similarities on the insertion/deletion curves of pairs {bad[:10].tolist()}: "
+                         "embed_fn returned NaN or infinite embeddings for their perturbed queries")
     auc = np.asarray(trapezoid_auc(jnp.asarray(curves)))
     return InsertionDeletion(auc[:, 0], auc[:, 1], curves[:, 0], curves[:, 1])

@@ -33,7 +33,8 @@ from jax.typing import ArrayLike
 from simexplain_jax import checks, engine, parallel
 from simexplain_jax.engine import EmbedFn
 from simexplain_jax.saliency import _gradients, _lime, _occlusion, _perturbation, _random, _rise
-from simexplain_jax.saliency.cache import SaliencyCache
+from simexplain_jax.saliency.cache import SaliencyCache, fingerprint, image_digests
+from simexplain_jax.saliency.cache import key_description as cache_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,7 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
                   mesh: Optional[Mesh] = None, query_batch: Optional[int] = None,
                   query_ids: Optional[ArrayLike] = None, reference_ids: Optional[ArrayLike] = None,
-                  cache_meta: Optional[dict] = None) -> np.ndarray:
+                  cache_meta: Optional[dict] = None, replace_stale: bool = False) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     Args:
@@ -128,7 +129,11 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
       pairs: ``[P, 2]`` integer indices.
       config: the method's options (e.g. ``{"num_masks": 2000}``); unknown names raise.
       progress: called with the number of pairs finished after each step (e.g. ``tqdm(total=P).update``).
-      cache_dir: maps are stored per query (``SaliencyCache``) and reused on a rerun.
+      cache_dir: maps are stored per query (``SaliencyCache``) and reused on a rerun. The cache
+        records the method and all its options, the key, a fingerprint of ``embed_fn``'s
+        parameters (``cache.fingerprint``) and a digest of every image: a rerun with anything else
+        raises, naming what differs. A rerun with some queries missing recomputes only the steps
+        that hold them, each exactly as an uninterrupted run would (same maps, bit for bit).
       mesh: a ``jax.sharding.Mesh`` (``sx.parallel.make_mesh``): every method spreads the queries
         over all its devices; on a 2-D ``("pairs", "masks")`` mesh RISE (fixed and variable)
         spreads queries over ``"pairs"`` and divides each query's masks over ``"masks"``. None: one
@@ -138,7 +143,12 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
       query_ids, reference_ids: each row's index in the whole dataset (default: the row index),
         used for the random keys and the cache.
       cache_meta: more to record in (and check against) the cache's ``meta.json``, e.g. the dataset
-        and split the ids index, so a cache is never reused for other images.
+        and split the ids index, so a cache is never reused for other images; a ``"model"`` entry
+        replaces the fingerprint computed from ``embed_fn`` (pass one computed once when
+        explaining many lists with one model).
+      replace_stale: a cache written with other settings is moved aside and a fresh one started
+        (default: raise). Maps are checked to be finite: an ``embed_fn`` giving NaN raises,
+        naming the queries (or references), and nothing non-finite is cached.
     """
     spec, static = method_options(method, config)
     config = dict(config or {})
@@ -162,22 +172,89 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
     per_call = checks.check_positive_int(query_batch if query_batch is not None else spec.queries_per_device,
                                          "query_batch") * parallel.stack_size(mesh, split)
 
-    cache = SaliencyCache(cache_dir, {"method": method, "config": config, **(cache_meta or {})}) if cache_dir else None
+    cache, digests = None, None
+    if cache_dir:
+        meta = {"method": method, "options": {**spec.defaults, **config}, "key": cache_key(key), **(cache_meta or {})}
+        if "model" not in meta:  # the parameters' fingerprint (a caller explaining many lists passes its own)
+            meta["model"] = fingerprint(embed_fn)
+        cache = SaliencyCache(cache_dir, meta, replace_stale=replace_stale)
+        used_q, used_r = np.unique(pairs[:, 0]), np.unique(pairs[:, 1])
+        digests = (dict(zip(used_q.tolist(), image_digests(queries[used_q]).tolist())),
+                   dict(zip(used_r.tolist(), image_digests(references[used_r]).tolist())))
     out = np.zeros((len(pairs), *queries.shape[1:3]), np.float32)
     groups: "OrderedDict[int, np.ndarray]" = OrderedDict()
     for q in dict.fromkeys(pairs[:, 0].tolist()):
         groups[q] = np.flatnonzero(pairs[:, 0] == q)
-    todo = []
+
+    def cache_args(q):
+        refs = pairs[groups[q], 1]
+        return qid[q], rid[refs], digests[0][q], [digests[1][r] for r in refs.tolist()]
+
+    todo = set()
     for q, positions in groups.items():
-        cached = cache.get(qid[q], rid[pairs[positions, 1]]) if cache else None
+        cached = cache.get(*cache_args(q)) if cache else None
         if cached is None:
-            todo.append(q)
+            todo.add(q)
             continue
         out[positions] = cached
         if progress:
             progress(len(positions))
     if not todo:
         return out
+
+    # The work is cut into the same steps whatever is cached (every query of the list, in order), and
+    # a step runs when one of its queries is missing: a query's map comes from the same compiled
+    # program and inputs as in an uninterrupted run, so a resumed run gives the same maps bit for bit.
+    if spec.references == "embeddings":
+        needed = np.unique(pairs[:, 1])
+        rows = np.zeros(len(references), np.int64)
+        rows[needed] = np.arange(len(needed))
+        embedded = engine.apply_in_chunks(embed_fn, references[needed], 128)
+        bad = ~np.isfinite(embedded).all(axis=1)
+        if bad.any():
+            raise ValueError(f"embed_fn returned NaN or infinite embeddings for references {rid[needed[bad]][:10].tolist()}"
+                             " (their pairs cannot be explained)")
+        reference_inputs = embedded[rows]
+    else:
+        reference_inputs = references
+    classes: dict = {None: list(groups)}
+    segments = {}
+    if spec.segments:  # LIME: superpixels per query; queries with the same count share a program
+        target = config.get("num_segments", spec.defaults["num_segments"])
+        segments = {q: _lime.query_segments(queries[q], target) for q in groups}
+        classes = {}
+        for q in groups:
+            classes.setdefault(int(segments[q].max()) + 1, []).append(q)
+
+    for count, members in classes.items():
+        bound = engine.BoundCore.of(spec.core, **static, **({} if count is None else {"num_segments": count}))
+        for start in range(0, len(members), per_call):
+            chunk = members[start:start + per_call]
+            if not todo.intersection(chunk):
+                continue
+            width = _bucket(max(len(groups[q]) for q in chunk))
+            refs = np.zeros((len(chunk), width, *reference_inputs.shape[1:]), np.float32)
+            for i, q in enumerate(chunk):
+                refs[i, : len(groups[q])] = reference_inputs[pairs[groups[q], 1]]
+            keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
+                np.asarray([qid[q] for q in chunk], np.uint32)))
+            extra = (np.stack([segments[q] for q in chunk]),) if spec.segments else ()
+            maps = parallel.map_queries(bound, mesh, embed_fn, queries[chunk], refs, keys, *extra, split_masks=split)
+            bad = [int(qid[q]) for i, q in enumerate(chunk) if not np.isfinite(maps[i, : len(groups[q])]).all()]
+            if bad:
+                raise ValueError(f"{method} gave NaN or infinite maps for queries {bad[:10]}: embed_fn returned "
+                                 "non-finite embeddings for their perturbed images (nothing was cached for them)")
+            done = [q for q in chunk if q in todo]
+            for i, q in enumerate(chunk):
+                if q not in todo:
+                    continue
+                positions = groups[q]
+                out[positions] = maps[i, : len(positions)]
+                if cache:
+                    cache.put(*cache_args(q)[:2], out[positions], *cache_args(q)[2:])
+            if progress:
+                progress(sum(len(groups[q]) for q in done))
+    return out
 
     if spec.references == "embeddings":
         needed = np.unique(np.concatenate([pairs[groups[q], 1] for q in todo]))

@@ -3,6 +3,11 @@
 Resuming restores the train state and the data iterator's state from the last checkpoint, so a
 run killed at any moment and started again continues from the last saved step with exactly the
 batches an uninterrupted run would have seen.
+
+A non-finite loss stops the run: the first step whose loss is NaN or infinite is tracked on
+device (no synchronisation per step) and checked before every evaluation and save, so a
+``FloatingPointError`` names that step and no state trained through it is ever saved (as the
+latest or as the best checkpoint).
 """
 
 from __future__ import annotations
@@ -10,8 +15,15 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 
 from simexplain_jax.checkpoint import Checkpointer
+
+
+@jax.jit
+def _first_nonfinite(first, loss, step):
+    """``step`` if ``loss`` is the first non-finite one seen (``first`` is -1 until then)."""
+    return jnp.where((first < 0) & ~jnp.all(jnp.isfinite(loss)), step, first)
 
 
 def restore_or_init(checkpointer: Checkpointer, state, iterator) -> tuple[object, int]:
@@ -37,9 +49,20 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
     every ``checkpoint_every`` steps (and at the end) the state is saved. Every save holds the
     iterator's state, so any of them resumes exactly. Returns ``(state, history)`` where history
     lists ``{"step", **metrics}`` of this call's evaluations.
+
+    ``train_step``'s metrics must hold ``"loss"``: a non-finite loss raises ``FloatingPointError``
+    naming the first such step, before anything trained through it is evaluated or saved.
     """
     state, step = restore_or_init(checkpointer, state, iterator)
     history = []
+    first_bad = jnp.asarray(-1, jnp.int32)
+
+    def check_finite():
+        bad = int(first_bad)
+        if bad >= 0:
+            raise FloatingPointError(
+                f"the training loss is NaN or infinite at step {bad}: stopped before saving (the last good "
+                f"checkpoint in {checkpointer.directory} is kept); lower the learning rate or check the data")
 
     def meta(step):
         data = {"step": step}
@@ -51,14 +74,21 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
         batch = next(iterator)
         state, metrics = train_step(state, batch)
         step += 1
+        if "loss" in metrics:
+            first_bad = _first_nonfinite(first_bad, metrics["loss"], step)
         if on_step is not None:
             on_step(step, metrics)
         last = step == num_steps
         results = None
+        will_save = (evaluate is not None and ((eval_every and step % eval_every == 0) or last)) or (
+            checkpoint_every and step % checkpoint_every == 0) or last
+        if will_save:
+            check_finite()
         if evaluate is not None and ((eval_every and step % eval_every == 0) or last):
             results = {k: float(v) for k, v in evaluate(state).items()}
             history.append({"step": step, **results})
         if results is not None or (checkpoint_every and step % checkpoint_every == 0) or last:
             checkpointer.save(step, state, meta(step), metrics=results)
     jax.block_until_ready(state)
+    check_finite()
     return state, history

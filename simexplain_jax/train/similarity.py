@@ -12,6 +12,7 @@ Batch norm runs in training mode inside the step and its statistics are carried 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -44,8 +45,10 @@ class TrainState(train_state.TrainState):
 def make_optimizer(learning_rate: float, decay_rate: float = 1.0, decay_steps: int = 1) -> optax.GradientTransformation:
     """Adam with exponential decay ``lr * decay_rate ** floor(step / decay_steps)`` (the paper's
     per-epoch decay when ``decay_steps`` is the number of steps per epoch)."""
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if not (math.isfinite(float(learning_rate)) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate}")
+    if not (math.isfinite(float(decay_rate)) and decay_rate > 0):
+        raise ValueError(f"decay_rate must be a finite number > 0, got {decay_rate}")
     schedule = optax.exponential_decay(learning_rate, max(int(decay_steps), 1), decay_rate, staircase=True)
     return optax.adam(schedule)
 
@@ -70,6 +73,8 @@ def make_train_step(model: nn.Module, *, margin: float = 0.2, mining: str = "sem
                     batch_kind: str = "labels") -> Callable:
     """``train_step(state, batch) -> (state, {"loss", "fraction_active"})``, jitted, state donated;
     the state (``create_train_state``) carries the optimizer."""
+    if not (math.isfinite(float(margin)) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     if batch_kind not in ("labels", "outfits"):
         raise ValueError(f"batch_kind must be 'labels' or 'outfits', got {batch_kind!r}")
     if batch_kind == "outfits" and not isinstance(model, TypeAwareEmbedding):

@@ -1,0 +1,174 @@
+"""The experiments' config checks, run at start: before any training, dataset build or write.
+
+Each ``check_*_config`` raises a ValueError (FileNotFoundError for a missing file) that names the
+config field and what it must be. The flag-defining experiment modules call them; tests call them
+directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import simexplain_jax as sx
+from simexplain_jax import parallel
+from simexplain_jax.data import reference_files
+from simexplain_jax.imageops import normalized_color
+from simexplain_jax.models.factory import BACKBONES
+from simexplain_jax.train.datasets import check_dataset
+from simexplain_jax.train.triplet import MININGS
+
+SPLITS = ("train", "validation", "test")
+
+
+def number(value, name: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value > high or (
+            value <= low if low_open else value < low):
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"config.{name} must be a finite number in {interval}, got {value!r}")
+    return float(value)
+
+
+def integer(value, name: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"config.{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def existing_file(path: str, name: str) -> None:
+    if path and not os.path.exists(path):
+        raise FileNotFoundError(f"config.{name} {path!r} does not exist")
+
+
+def check_similarity_config(config) -> None:
+    """train_similarity."""
+    check_dataset(config.dataset, config.manual_dir)
+    if config.model not in BACKBONES:
+        raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
+    if config.embedding_dim < 1:
+        raise ValueError(f"config.embedding_dim must be >= 1, got {config.embedding_dim}")
+    if config.batch_size < 2 or config.num_steps < 1:
+        raise ValueError(f"need batch_size >= 2 and num_steps >= 1, got {config.batch_size}, {config.num_steps}")
+    if config.mining not in MININGS:
+        raise ValueError(f"config.mining must be one of {MININGS}, got {config.mining!r}")
+    number(config.learning_rate, "learning_rate", 0.0, low_open=True)
+    number(config.lr_decay_rate, "lr_decay_rate", 0.0, 1.0, low_open=True)
+    integer(config.lr_decay_steps, "lr_decay_steps")
+    number(config.margin, "margin", 0.0)
+    integer(config.eval_every, "eval_every")
+    integer(config.checkpoint_every, "checkpoint_every")
+    integer(config.num_eval_pairs, "num_eval_pairs", 2)
+    integer(config.width, "width", 1)
+    integer(config.stages, "stages", 1)
+    existing_file(config.init_weights, "init_weights")
+    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
+    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
+        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
+
+
+def parse_rows(rows: str) -> list[tuple[str, str, str]]:
+    """``"rise:fixed,rise:variable,..."`` -> [(method, reference, saliency method name)]; at least one."""
+    parsed = []
+    for row in [r.strip() for r in rows.split(",") if r.strip()]:
+        method, _, reference = row.partition(":")
+        name = method if reference == "fixed" else f"{method}_{reference}"
+        if reference not in ("fixed", "variable") or name not in sx.saliency.METHODS:
+            raise ValueError(f"bad row {row!r}: use METHOD:fixed or METHOD:variable with METHOD in "
+                             f"{sorted(set(m.removesuffix('_variable') for m in sx.saliency.METHODS))}")
+        if name in [p[2] for p in parsed]:
+            raise ValueError(f"config.rows lists {row!r} twice")
+        parsed.append((method, reference, name))
+    if not parsed:
+        raise ValueError(f"config.rows names no row (got {rows!r}): list METHOD:fixed or METHOD:variable, "
+                         "comma separated, e.g. rise:fixed,random:fixed")
+    return parsed
+
+
+def method_config(config, name: str) -> dict:
+    """The options of saliency method ``name`` in ``config.methods`` (empty if absent)."""
+    return config.methods[name].to_dict() if name in config.methods else {}
+
+
+def check_saliency_config(config) -> list[tuple[str, str, str]]:
+    """saliency_eval; returns the parsed rows."""
+    rows = parse_rows(config.rows)
+    if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
+        reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
+    if config.split not in SPLITS:
+        raise ValueError(f"config.split must be one of {SPLITS}, got {config.split!r}")
+    integer(config.num_pairs, "num_pairs", 2)
+    integer(config.insertion_steps, "insertion_steps", 2)
+    integer(config.gallery_pairs, "gallery_pairs", 1)
+    integer(config.mesh_devices, "mesh_devices", 0)
+    integer(config.mesh_masks, "mesh_masks", 1)
+    integer(config.query_batch, "query_batch", 0)
+    try:
+        normalized_color(config.background)
+    except ValueError as err:
+        raise ValueError(f"config.background: {err}") from None
+    unknown = sorted(set(config.methods) - set(sx.saliency.METHODS))
+    if unknown:
+        raise ValueError(f"config.methods has unknown method(s) {unknown}; methods: {list(sx.saliency.METHODS)}")
+    for _, _, name in rows:
+        try:
+            sx.saliency.method_options(name, method_config(config, name))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config.methods.{name}: {err}") from None
+    return rows
+
+
+def check_attributes_config(config) -> list[float]:
+    """train_attributes; returns the lambdas."""
+    try:
+        lambdas = [float(x) for x in str(config.lambdas).split(",") if x.strip()]
+    except ValueError:
+        lambdas = []
+    if not lambdas or any(not math.isfinite(lam) or lam < 0 for lam in lambdas):
+        raise ValueError(f"config.lambdas must be non-negative numbers, comma separated, got {config.lambdas!r}")
+    if config.model not in BACKBONES:
+        raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
+    number(config.learning_rate, "learning_rate", 0.0, low_open=True)
+    number(config.lr_decay_rate, "lr_decay_rate", 0.0, 1.0, low_open=True)
+    integer(config.batch_size, "batch_size", 1)
+    integer(config.num_epochs, "num_epochs", 1)
+    integer(config.max_references, "max_references", 1)
+    integer(config.cache_images, "cache_images", 0)
+    integer(config.shard_size, "shard_size", 1)
+    integer(config.width, "width", 1)
+    integer(config.stages, "stages", 1)
+    parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
+    try:
+        sx.saliency.method_options(config.saliency_method, config.saliency.to_dict())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.saliency ({config.saliency_method}): {err}") from None
+    return lambdas
+
+
+def check_explain_attributes_config(config) -> list[float]:
+    """explain_attributes; returns the selector weights w."""
+    try:
+        weights = [float(w) for w in str(config.weights).split(",") if w.strip()]
+    except ValueError:
+        weights = []
+    if not weights or any(not 0 <= w <= 1 for w in weights):
+        raise ValueError(f"config.weights must be numbers in [0, 1], comma separated, got {config.weights!r}")
+    if config.split not in SPLITS:
+        raise ValueError(f"config.split must be one of {SPLITS}, got {config.split!r}")
+    integer(config.num_pairs, "num_pairs", 1)
+    integer(config.gallery_pairs, "gallery_pairs", 1)
+    number(config.removal_fraction, "removal_fraction", 0.0, 1.0, low_open=True)
+    scorers = [x for x in str(config.concept_scorers).split(",") if x]
+    if any(x not in sx.attributes.concepts.SCORERS for x in scorers):
+        raise ValueError(f"config.concept_scorers must name scorers of {sx.attributes.concepts.SCORERS}, "
+                         f"got {config.concept_scorers!r}")
+    if config.concept_split not in ("train", "validation"):
+        raise ValueError(f"config.concept_split must be 'train' or 'validation' (never test), got {config.concept_split!r}")
+    if not float(config.concept_ridge) > 0 or not float(config.presence_weight) >= 0:
+        raise ValueError(f"config.concept_ridge must be > 0 and config.presence_weight >= 0, got "
+                         f"{config.concept_ridge}, {config.presence_weight}")
+    try:
+        sx.saliency.method_options(config.saliency_method, config.saliency.to_dict())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.saliency ({config.saliency_method}): {err}") from None
+    return weights

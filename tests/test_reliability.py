@@ -1,0 +1,445 @@
+"""Issue 14: each case a careful user or a hostile tester found, reproduced as it was, with the
+clear error or the right result it now gets. (The experiment-level cases, the kill test and the
+explain command's are in tests/test_experiments.py; the importers' path checks in
+tests/test_data_real.py.)"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import simexplain_jax as sx
+from simexplain_jax import io
+from simexplain_jax.checkpoint import Checkpointer, CorruptCheckpointError
+from simexplain_jax.data.pairs import read_pairs
+from simexplain_jax.models import EmbeddingNet, SmallCNN
+from simexplain_jax.saliency.cache import SaliencyCache
+from simexplain_jax.train import similarity as sim
+from simexplain_jax.train.loop import fit
+
+from conftest import linear_embed_fn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RISE = dict(num_masks=16, grid_size=4)
+EMBED, _ = linear_embed_fn(16)  # one function object for the module: its compiled programs are reused
+
+
+@pytest.fixture
+def small():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([[0, 1], [2, 3], [1, 2]])  # one reference per query: one compiled program
+    return EMBED, images, pairs
+
+
+# ---- input validation at the public boundary ------------------------------------------------------
+
+def test_integer_images_are_refused_naming_the_conversion(small):
+    embed, images, pairs = small
+    as_uint8 = np.clip(images * 40 + 128, 0, 255).astype(np.uint8)
+    ref = np.asarray(embed(images[:1]))[0]
+    with pytest.raises(TypeError, match="query must be a floating-point image.*normalize_images"):
+        sx.saliency.rise(embed, as_uint8[0], ref, key=jax.random.key(0), **RISE)
+    with pytest.raises(TypeError, match="queries must be a floating-point image"):
+        sx.saliency.explain_pairs("rise", embed, as_uint8.astype(np.int64), images, key=jax.random.key(0),
+                                  pairs=pairs, config=RISE)
+    with pytest.raises(TypeError, match="queries must be a floating-point image"):
+        sx.metrics.insertion_deletion_batch(embed, as_uint8[:1], ref[None], np.ones((1, 16, 16)), background=0.0)
+
+
+@pytest.mark.parametrize("where", ["query", "reference_image", "reference_embedding"])
+def test_non_finite_inputs_raise_naming_the_argument(small, where):
+    """They used to give all-zero maps (and AUC 0.5) without a word."""
+    embed, images, pairs = small
+    bad = images.copy()
+    bad[2, 3, 4, 0] = np.nan if where != "reference_image" else np.inf
+    ref = np.asarray(embed(images[1:2]))[0]
+    if where == "query":
+        with pytest.raises(ValueError, match="query holds NaN or infinite pixels"):
+            sx.saliency.rise(embed, bad[2], ref, key=jax.random.key(0), **RISE)
+        with pytest.raises(ValueError, match=r"queries holds NaN or infinite pixels \(rows \[2\]\)"):
+            sx.saliency.explain_pairs("rise", embed, bad, images, key=jax.random.key(0), pairs=pairs, config=RISE)
+    elif where == "reference_image":
+        with pytest.raises(ValueError, match=r"references holds NaN or infinite pixels \(rows \[2\]\)"):
+            sx.saliency.explain_pairs("rise_variable", embed, images, bad, key=jax.random.key(0), pairs=pairs,
+                                      config=dict(RISE, num_reference_masks=2))
+    else:
+        with pytest.raises(ValueError, match="reference_embeddings holds NaN"):
+            sx.saliency.rise(embed, images[0], ref * np.nan, key=jax.random.key(0), **RISE)
+        with pytest.raises(ValueError, match="reference_embeddings holds NaN"):
+            sx.metrics.insertion_deletion_batch(embed, images[:1], ref[None] * np.nan, np.ones((1, 16, 16)),
+                                                background=0.0)
+
+
+def test_an_embed_fn_giving_nan_raises_and_caches_nothing(small, tmp_path):
+    embed, images, pairs = small
+
+    def broken(batch):  # NaN whenever pixel (0, 0) of channel 0 is masked to exactly 0
+        out = embed(batch)
+        return jnp.where((batch[:, 0, 0, 0] == 0)[:, None], jnp.nan, out)
+
+    with pytest.raises(ValueError, match=r"rise gave NaN or infinite maps for queries \[0\]"):
+        sx.saliency.explain_pairs("rise", broken, images, images, key=jax.random.key(0), pairs=pairs,
+                                  config=dict(RISE, p=0.5), cache_dir=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    every = lambda batch: embed(batch) * jnp.nan  # noqa: E731
+    with pytest.raises(ValueError, match=r"embed_fn returned NaN or infinite embeddings for references \[1, 2, 3\]"):
+        sx.saliency.explain_pairs("rise", every, images, images, key=jax.random.key(0), pairs=pairs, config=RISE)
+    ref = np.asarray(embed(images[1:2]))
+    with pytest.raises(ValueError, match=r"insertion/deletion curves of pairs \[0\]"):
+        sx.metrics.insertion_deletion_batch(broken, images[:1], ref, np.ones((1, 16, 16)), background=0.0,
+                                            num_steps=3)
+
+
+def test_cosine_is_right_at_any_scale_and_never_hides_nan():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    unit = a64 @ b64.T / np.outer(np.linalg.norm(a64, axis=-1), np.linalg.norm(b64, axis=-1))
+    for scale in (1e-30, 1.0, 1e20, 1e30):  # |x|^2 of a 1e20-norm vector is beyond float32: it gave 0
+        scaled = (a64 * scale).astype(np.float32)
+        np.testing.assert_allclose(sx.similarity.cosine(scaled, b * np.float32(1e20)), np.diag(unit), rtol=1e-5)
+        np.testing.assert_allclose(sx.similarity.pairwise_cosine(scaled, b), unit, rtol=1e-5, atol=1e-6)
+    assert float(sx.similarity.cosine(np.zeros(4), np.ones(4))) == 0.0  # a zero vector still gives 0
+    assert np.isnan(float(sx.similarity.cosine(np.array([1.0, np.nan]), np.ones(2))))
+    assert np.isnan(float(sx.similarity.cosine(np.array([1.0, np.inf]), np.ones(2))))
+    grad = jax.grad(lambda x: sx.similarity.cosine(x, jnp.ones(4)))(jnp.array([1e20, 0.0, 0.0, 0.0]))
+    assert np.all(np.isfinite(grad))
+
+
+def test_numpy_and_jax_scalars_are_accepted_as_numbers():
+    """``p=jnp.float32(0.5)`` and ``num_reference_masks=np.int64(4)`` were refused as invalid; now they
+    are the same options (so the same compiled program) as the Python numbers."""
+    plain = sx.saliency.method_options("rise_variable", dict(num_masks=16, num_reference_masks=4, p=0.5))[1]
+    typed = sx.saliency.method_options("rise_variable", dict(num_masks=np.int64(16), num_reference_masks=np.int64(4),
+                                                             p=jnp.float32(0.5)))[1]
+    assert typed == plain and type(typed["num_reference_masks"]) is int and type(typed["p"]) is float
+    with pytest.raises(ValueError, match="num_reference_masks must be"):
+        sx.saliency.method_options("rise_variable", dict(num_reference_masks=np.float64(4.0)))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda e, x, r: sx.metrics.insertion_deletion_batch(e, x[:1], r, np.ones((1, 16, 16)), background=None),
+     ValueError, "background is required"),
+    (lambda e, x, r: sx.metrics.insertion_deletion_batch(e, x[:1], r, np.ones((1, 16, 16)), background=0.0,
+                                                         num_steps=1), ValueError, "num_steps must be an integer >= 2"),
+    (lambda e, x, r: sx.metrics.insertion_deletion_batch(e, x[:1], r, np.ones((1, 16, 16)), background=0.0,
+                                                         pair_group=0), ValueError, "pair_group must be"),
+    (lambda e, x, r: sx.saliency.perturbation(e, x[0], r[0], key=jax.random.key(0), blur_size=101), ValueError,
+     "blur_size"),
+    (lambda e, x, r: sx.saliency.lime(e, x[0], r[0], key=jax.random.key(0), num_samples=8, num_segments=0),
+     ValueError, "num_segments must be an integer >= 1"),
+    (lambda e, x, r: sx.imageops.normalized_color(300), ValueError, r"in \[0, 255\], got 300"),
+    (lambda e, x, r: sx.imageops.normalized_color([0, 255]), ValueError, "3 values"),
+])
+def test_bad_options_get_a_named_error(small, call, error, message):
+    embed, images, _ = small
+    with pytest.raises(error, match=message):
+        call(embed, images, np.asarray(embed(images[1:2])))
+
+
+def test_lime_segment_labels_far_apart_are_made_consecutive(small):
+    """Labels {0, 10^6} once tried to allocate a 10^6-column problem (8 TB for the Gram matrix)."""
+    embed, images, _ = small
+    far, near = np.zeros((16, 16), np.int64), np.zeros((16, 16), np.int64)
+    far[8:], near[8:] = 10**6, 1
+    ref = np.asarray(embed(images[1:2]))[0]
+    args = dict(key=jax.random.key(0), num_samples=8)
+    np.testing.assert_array_equal(sx.saliency.lime(embed, images[0], ref, segments=far, **args),
+                                  sx.saliency.lime(embed, images[0], ref, segments=near, **args))
+
+
+def test_read_pairs_takes_a_bom_and_names_the_file_on_bad_bytes(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes("\ufeffa b 1\nc d 0\n".encode("utf-8"))
+    assert [p.query for p in read_pairs(path)] == ["a", "c"]  # the BOM used to become part of "a"
+    path.write_bytes("caf\xe9 b 1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{path}: not UTF-8 text.*offset 3"):
+        read_pairs(path)
+
+
+# ---- outside data ---------------------------------------------------------------------------------
+
+def test_path_inside_rejects_names_that_leave_the_folder(tmp_path):
+    assert io.path_inside(tmp_path, "a/../b.jpg") == os.path.join(tmp_path, "a/../b.jpg")
+    for name in ("../../secret/x.jpg", "a/../../x", "/etc/passwd", ".."):
+        with pytest.raises(ValueError, match="leaves its folder|absolute path"):
+            io.path_inside(tmp_path, name, what="item id")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_users_umask(tmp_path, umask, mode):
+    """mkstemp's temporary files are 0600: results were unreadable to the other users of a workdir."""
+    old = os.umask(umask)
+    try:
+        io.write_json_atomic(tmp_path / "results.json", {"a": 1})
+        SaliencyCache(str(tmp_path / "cache"), {"method": "x"}).put(0, [1], np.zeros((1, 2, 2)))
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "results.json", tmp_path / "cache" / "meta.json", tmp_path / "cache" / "q0.npz"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+# ---- the saliency cache cannot serve stale maps --------------------------------------------------
+
+def explain(embed, images, pairs, cache, **kw):
+    return sx.saliency.explain_pairs("rise", embed, images, images, pairs=pairs, cache_dir=str(cache),
+                                     **{"key": jax.random.key(0), "config": RISE, **kw})
+
+
+def test_the_cache_records_model_key_options_and_images(small, tmp_path):
+    embed, images, pairs = small
+    first = explain(embed, images, pairs, tmp_path, cache_meta={"dataset": "shapes"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert set(meta) == {"method", "options", "key", "model", "dataset"}
+    assert meta["options"]["num_masks"] == 16 and meta["options"]["similarity"] == "simexplain_jax.similarity.cosine"
+    other_weights = lambda x: embed(x) * 2.0 + 1.0  # noqa: E731  (another model: new function, new name)
+    for change, named in [(dict(embed=other_weights), "model:"), (dict(key=jax.random.key(1)), "key:"),
+                          (dict(config=dict(RISE, p=0.3)), "options.p: 0.5 -> 0.3"),
+                          (dict(cache_meta={"dataset": "awa2"}), 'dataset: "shapes" -> "awa2"')]:
+        args = dict(embed=embed, cache_meta={"dataset": "shapes"})
+        args.update(change)
+        with pytest.raises(ValueError, match=f"written with other settings(.|\\n)*{named}"):
+            explain(args.pop("embed"), images, pairs, tmp_path, **args)
+    # the same ids with other images behind them: the file is named
+    moved = images.copy()
+    moved[2] += 1.0
+    with pytest.raises(ValueError, match=r"q2.npz holds maps of other images for the same ids \(query 2 changed"):
+        explain(embed, moved, pairs, tmp_path, cache_meta={"dataset": "shapes"})
+    # explicitly fresh: the old cache moved aside, the maps recomputed for the new settings
+    with pytest.warns(UserWarning, match="moved to .*stale-"):
+        fresh = explain(embed, images, pairs, tmp_path, key=jax.random.key(1), cache_meta={"dataset": "shapes"},
+                        replace_stale=True)
+    assert not np.allclose(fresh, first)
+    assert len(list(tmp_path.parent.glob(tmp_path.name + ".stale-*"))) == 1
+
+
+def test_a_corrupt_cache_file_is_named_moved_aside_and_recomputed(small, tmp_path):
+    embed, images, pairs = small
+    first = explain(embed, images, pairs, tmp_path)
+    data = (tmp_path / "q2.npz").read_bytes()
+    (tmp_path / "q2.npz").write_bytes(data[: len(data) // 2])  # truncated (a full disk, a copy cut short)
+    with pytest.warns(UserWarning, match=r"q2.npz is unreadable \(BadZipFile.*moved to .*q2.npz.corrupt"):
+        again = explain(embed, images, pairs, tmp_path)
+    np.testing.assert_array_equal(again, first)
+    assert (tmp_path / "q2.npz.corrupt").exists() and np.load(tmp_path / "q2.npz")["maps"].shape == (1, 16, 16)
+
+
+def test_the_training_saliency_cache_is_tied_to_its_model_and_survives_a_corrupt_shard(small, tmp_path):
+    from simexplain_jax.attributes.saliency_cache import training_saliency
+
+    embed, images, _ = small
+    args = dict(key=jax.random.key(0), config={}, grid=4, max_references=1, directory=str(tmp_path), shard_size=2)
+    references = [[1], [0], [3], [2]]
+    maps, valid = training_saliency("random", embed, images, references, **args)
+    assert valid.all() and sorted(p.name for p in tmp_path.glob("shard_*")) == ["shard_0000000.npz",
+                                                                                 "shard_0000002.npz"]
+    with pytest.raises(ValueError, match="written with other settings(.|\n)*model:"):
+        training_saliency("random", lambda x: embed(x) + 1.0, images, references, **args)
+    with pytest.raises(ValueError, match="written with other settings(.|\n)*images:"):
+        training_saliency("random", embed, images + 1.0, references, **args)
+    (tmp_path / "shard_0000002.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.warns(UserWarning, match="shard_0000002.npz is unreadable.*moved to"):
+        again, _ = training_saliency("random", embed, images, references, **args)
+    np.testing.assert_array_equal(again, maps)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+def tiny_state():
+    model = EmbeddingNet(SmallCNN(features=(4,)), dim=4)
+    state = sim.create_train_state(model, sim.make_optimizer(1e-2), jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    return model, state
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    """``learning_rate=nan`` used to exit 0 and save an all-NaN model as the best one."""
+    import optax
+
+    state = sim.TrainState.create(apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.sgd(0.1), batch_stats={})
+    state = state.replace(step=jnp.zeros((), jnp.int32))
+
+    @jax.jit
+    def diverging(state, batch):  # the loss (and the parameters) turn NaN at step 3
+        bad = state.step + 1 >= 3
+        new = state.apply_gradients(grads={"w": jnp.where(bad, jnp.nan, batch)})
+        return new, {"loss": jnp.where(bad, jnp.nan, 1.0 / (state.step + 1))}
+
+    checkpointer = Checkpointer(str(tmp_path), metric="val_auc")
+    evaluate = lambda s: {"val_auc": float(-jnp.abs(s.params["w"]).sum())}  # noqa: E731  (NaN would win nothing)
+    with pytest.raises(FloatingPointError, match="NaN or infinite at step 3"):
+        fit(state, diverging, iter(lambda: jnp.ones(3), None), num_steps=6, checkpointer=checkpointer,
+            evaluate=evaluate, eval_every=2, checkpoint_every=1)
+    assert checkpointer.latest_step() == 2 and checkpointer.best_step() == 2  # nothing trained through step 3 saved
+    checkpointer.close()
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0, got nan"):
+        sim.make_optimizer(float("nan"))
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+        sim.make_train_step(EmbeddingNet(SmallCNN(features=(4,)), dim=4), margin=-0.1)
+
+
+def saved_tiny_checkpoint(directory):
+    model, state = tiny_state()
+    config = {"image_size": 8, "model": "small_cnn", "embedding_dim": 4}
+    checkpointer = Checkpointer(str(directory), metric="val_auc", config=config)
+    checkpointer.save(1, state, {"step": 1}, {"val_auc": 0.5})
+    checkpointer.close()
+    return model, state
+
+
+def test_a_corrupt_checkpoint_is_reported_by_path(tmp_path):
+    model, state = saved_tiny_checkpoint(tmp_path)
+    restored = sim.restore_variables(str(tmp_path), model, 8)
+    jax.tree.map(np.testing.assert_array_equal, restored, state.variables())
+    data_file = max((p for p in (tmp_path / "1" / "variables").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data_file.read_bytes())
+    raw[-200:-136] = bytes(b ^ 0xFF for b in raw[-200:-136])  # 64 flipped bytes: loaded silently before
+    data_file.write_bytes(bytes(raw))
+    relative = os.path.relpath(data_file, tmp_path / "1")
+    with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '1'} is corrupt: {relative} differs"):
+        sim.restore_variables(str(tmp_path), model, 8)
+
+
+def test_an_edited_config_json_is_detected_on_load(tmp_path):
+    model, _ = saved_tiny_checkpoint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, image_size=48)))
+    with pytest.raises(ValueError, match="config.json differs from the config checkpoint 1 was trained with: "
+                                         "image_size: 8 when trained, 48 in config.json"):
+        sim.restore_variables(str(tmp_path), model, 48)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not a readable JSON config"):
+        sim.load_trained(str(tmp_path))
+
+
+# ---- experiment configs, checked at start --------------------------------------------------------
+
+def config_of(name, **changes):
+    import importlib
+
+    config = importlib.import_module(f"experiments.configs.{name}").get_config("runlocal")
+    for field, value in changes.items():
+        node = config
+        *parents, last = field.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("name,check,changes,message", [
+    ("similarity_shapes", "check_similarity_config", {"learning_rate": float("nan")}, "learning_rate must be a finite"),
+    ("similarity_shapes", "check_similarity_config", {"margin": -0.2}, "margin must be a finite number in"),
+    ("saliency_shapes", "check_saliency_config", {"rows": ""}, "config.rows names no row"),
+    ("saliency_shapes", "check_saliency_config", {"test_pairs": "/nonexistent"}, "test_pairs '/nonexistent' does not"),
+    ("saliency_shapes", "check_saliency_config", {"gallery_pairs": 0}, "gallery_pairs must be an integer >= 1"),
+    ("saliency_shapes", "check_saliency_config", {"background": 300}, r"background: .*\[0, 255\], got 300"),
+    ("saliency_shapes", "check_saliency_config", {"methods.rise.p": 1.5}, "config.methods.rise: p must be"),
+    ("saliency_shapes", "check_saliency_config", {"methods.lime.num_segments": 0}, "config.methods.lime: num_segments"),
+    ("attributes_shapes", "check_attributes_config", {"lambdas": "0,-1"}, "lambdas must be non-negative"),
+    ("attributes_shapes", "check_attributes_config", {"learning_rate": float("inf")}, "learning_rate must be a finite"),
+    ("explain_attributes_shapes", "check_explain_attributes_config", {"weights": "0,2"}, r"weights must be numbers in"),
+])
+def test_experiment_configs_are_checked_before_anything_is_built(name, check, changes, message):
+    from experiments import validation
+
+    getattr(validation, check)(config_of(name))  # the shipped config passes
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        getattr(validation, check)(config_of(name, **changes))
+
+
+def test_saliency_config_names_unknown_methods():
+    from experiments import validation
+
+    config = config_of("saliency_shapes")
+    config.methods = ml_collections.ConfigDict(dict(config.methods.to_dict(), shap={}))
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['shap'\]"):
+        validation.check_saliency_config(config)
+
+
+# ---- one writer per workdir; stages die with their parent ----------------------------------------
+
+def test_one_writer_per_workdir(tmp_path):
+    from experiments.stages import WorkdirLock
+
+    with WorkdirLock(str(tmp_path)):
+        held = json.loads((tmp_path / ".lock").read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(RuntimeError, match=f"in use by process {os.getpid()} on this host.*one run per workdir"):
+            WorkdirLock(str(tmp_path)).acquire()  # as a second run on the same workdir
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with WorkdirLock(str(tmp_path)):  # a killed run's lock is stale: taken over
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "another-machine"}))
+    with pytest.raises(RuntimeError, match=f"host another-machine.*delete {tmp_path / '.lock'}"):
+        WorkdirLock(str(tmp_path)).acquire()  # cannot be checked from here: the user decides
+
+
+def test_a_stage_dies_with_its_parent(tmp_path):
+    """Killing the parent (SIGKILL: no cleanup) used to leave the child stage training on."""
+    child = ("import sys, time; sys.path.insert(0, sys.argv[1]); from experiments.stages import die_with_parent; "
+             "die_with_parent(); open(sys.argv[2], 'w').write('ready'); time.sleep(60)")
+    parent = ("import os, subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], "
+              "env=dict(os.environ, SIMEXPLAIN_PARENT_PID=str(os.getpid()))); print(p.pid, flush=True); time.sleep(60)")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", parent, child, ROOT, str(ready)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(proc.stdout.readline())
+    for _ in range(200):
+        if ready.exists():
+            break
+        time.sleep(0.05)
+    assert ready.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it if it became our zombie (it is its parent's, now init's)
+            os.waitpid(child_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")
+
+
+# ---- the explain command's images ----------------------------------------------------------------
+
+def test_explain_scales_16_bit_images_and_names_unusable_ones(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from experiments.explain import load_image, to_rgb8
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as image:
+        assert image.mode.startswith("I;16")
+        rgb = to_rgb8(image)  # PIL's convert("RGB") clipped 99.6% of these pixels to 255
+    np.testing.assert_array_equal(rgb, np.repeat(np.round(ramp / 257.0).astype(np.uint8)[..., None], 3, -1))
+    assert (rgb == 255).mean() < 0.01
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2,
+                                                                                            0, 0, 0)) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=f"cannot use image {tmp_path / 'bomb.png'}: DecompressionBombError"):
+        load_image(str(tmp_path / "bomb.png"), 32)
