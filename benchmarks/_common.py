@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
 
@@ -28,6 +29,14 @@ def make_embed_fn(model: str, image_size: int, dim: int = 64, seed: int = 0):
     # random BN statistics so that inference-mode batch norm is not the identity
     variables = jax.tree.map(lambda x: x, variables)
     return embed_fn(net, variables)
+
+
+def smooth_images(count: int, size: int, seed: int = 0, cell: int = 8):
+    """``[count, size, size, 3]`` float32 random images made of smooth blobs (bilinear upsampling of
+    ``size / cell`` square noise): unlike pixel noise, SLIC finds superpixels of them as in photos."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(size=(count, -(-size // cell) + 1, -(-size // cell) + 1, 3)).astype(np.float32)
+    return np.asarray(jax.image.resize(low, (count, size, size, 3), "bilinear"), np.float32)
 
 
 def timed(fn, *args, repeats: int = 2, **kwargs):

@@ -142,6 +142,21 @@ def check_positive_int(value, name: str, low: int = 1) -> int:
     return int(value)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype) -> str:
+    """The name (``"float32"`` or ``"bfloat16"``) of the embedding forward's compute dtype; accepts the
+    name or the dtype itself (``jnp.bfloat16``, ``np.dtype("float32")``)."""
+    try:
+        name = jnp.dtype(compute_dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    return name
+
+
 def check_similarity(similarity: SimilarityFn) -> None:
     if not callable(similarity):
         raise TypeError(f"similarity must be callable ([..., D] x [..., D] -> [...]), got {similarity!r}")

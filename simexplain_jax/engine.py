@@ -17,6 +17,10 @@ The same module holds chunked embedding, written once: ``embed_in_chunks`` insid
 (``lax.map`` over padded chunks) and ``apply_in_chunks`` for host arrays of any length (one
 module-level compiled program per chunk shape, reused across calls).
 
+It also holds :func:`in_compute_dtype`, which turns an ``embed_fn`` into one whose forward pass
+runs in bfloat16 (parameters cast once, activations in bfloat16, embeddings returned as float32),
+the ``compute_dtype`` option of every method and of insertion/deletion.
+
 This module sits below ``saliency`` and ``metrics``: the public methods validate inputs and call
 :func:`run` inside their own ``jit``.
 """
@@ -29,6 +33,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from simexplain_jax.similarity import SimilarityFn, pairwise
 
@@ -58,6 +63,49 @@ def masked_perturbation(query: jax.Array, masks_for: Callable[[jax.Array], jax.A
         return images, masks
 
     return perturb
+
+
+@dataclasses.dataclass(frozen=True)
+class _InDtype:
+    """``fn(*params, images)`` with the images cast to ``dtype`` and floating outputs cast to float32;
+    hashable and compared by value, so equal wrappers share compiled programs."""
+
+    fn: Callable
+    dtype: str
+
+    def __call__(self, *args, **kwargs):
+        *params, images = args
+        out = self.fn(*params, jnp.asarray(images).astype(self.dtype), **kwargs)
+        return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, out)
+
+
+def _cast_floating(tree, dtype):
+    def cast(x):
+        return x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+def in_compute_dtype(embed_fn: Partial, compute_dtype: str) -> Partial:
+    """``embed_fn`` (a ``jax.tree_util.Partial``, see ``checks.as_pytree_fn``) computing in ``compute_dtype``.
+
+    ``"float32"`` returns ``embed_fn`` itself. ``"bfloat16"``: the floating-point leaves of the
+    Partial's arguments (the model's parameters and batch statistics) are cast once, here (call it
+    outside the chunk loop: inside ``jit`` the cast is one op before the loop); each chunk's images
+    are cast on the way in, so convolutions and activations run in bfloat16; the embeddings come
+    back as float32, so similarities, scores and map accumulation stay float32. Integer leaves (a
+    condition index) are kept. Constants that a plain function closes over are not arguments and
+    are not cast (JAX's type promotion then computes in float32 where they meet the images).
+    Applying it twice with the same dtype is the same as once.
+    """
+    if compute_dtype == "float32":
+        return embed_fn
+    if isinstance(embed_fn.func, _InDtype):
+        if embed_fn.func.dtype == compute_dtype:
+            return embed_fn
+        raise ValueError(f"embed_fn already computes in {embed_fn.func.dtype}, cannot change it to {compute_dtype}")
+    return Partial(_InDtype(embed_fn.func, compute_dtype), *_cast_floating(embed_fn.args, compute_dtype),
+                   **_cast_floating(embed_fn.keywords, compute_dtype))
 
 
 def num_chunks(num_items: int, batch_size: int) -> int:

@@ -99,6 +99,7 @@ def test_cache_is_reused_and_resumes(setup, tmp_path):
     (dict(key=None), ValueError, "key"),
     (dict(query_batch=0), ValueError, "query_batch"),
     (dict(mesh="cpu"), TypeError, "mesh"),
+    (dict(segment_threads=-1), ValueError, "segment_threads must be an integer >= 0"),
 ])
 def test_bad_arguments(setup, change, error, message):
     embed, images, pairs = setup
@@ -106,3 +107,24 @@ def test_bad_arguments(setup, change, error, message):
     args.update(change)
     with pytest.raises(error, match=message):
         sx.saliency.explain_pairs(**args)
+
+
+def test_lime_segmentation_threads_give_the_serial_maps(linear_model):
+    """SLIC in host threads, overlapped with the device work, changes nothing: the same device steps
+    (queries grouped by superpixel count, query_batch at a time) and the same maps as segmenting
+    each query in the calling thread."""
+    embed, _ = linear_model
+    rng = np.random.default_rng(0)
+    images = np.stack([np.repeat(np.repeat(rng.normal(size=(2, 2, 3)), 8, 0), 8, 1) for _ in range(5)])
+    images = images.astype(np.float32)  # 2 x 2 blocks of 8 px
+    counts = [int(sx.saliency.superpixels(sx.saliency.denormalize(x), 8).max()) + 1 for x in images]
+    assert counts[0] not in counts[1:]  # two programs: query 0 alone (a part-full step) and four others
+    pairs = np.array([[q, (q + 1) % 5] for q in range(5)] + [[0, 3]])
+    run = lambda threads: sx.saliency.explain_pairs(  # noqa: E731
+        "lime", embed, images, images, key=jax.random.key(1), pairs=pairs, query_batch=2,
+        config=dict(num_samples=40, num_segments=8), segment_threads=threads)
+    serial = run(0)
+    np.testing.assert_array_equal(run(3), serial)
+    single = sx.saliency.lime(embed, images[0], np.asarray(embed(images[:4])), key=jax.random.fold_in(
+        jax.random.key(1), 0), num_samples=40, num_segments=8)  # query 0's references: 1 and 3
+    np.testing.assert_allclose(serial[[0, 5]], np.asarray(single)[[1, 3]], rtol=1e-4, atol=1e-6)

@@ -34,7 +34,7 @@ from simexplain_jax.imageops import IMAGENET_MEAN, IMAGENET_STD
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 DEFAULTS = dict(num_samples=1000, num_segments=50, kernel_width=0.25, ridge_alpha=1.0, batch_size=256,
-                similarity=cosine)
+                similarity=cosine, compute_dtype="float32")
 VARIABLE_DEFAULTS = dict(DEFAULTS, num_reference_masks=30, grid_size=8, p=0.5)
 
 
@@ -51,7 +51,7 @@ def denormalize(query: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
 
 
 def options(num_samples=1000, num_segments=50, kernel_width=0.25, ridge_alpha=1.0, batch_size=256,
-            similarity=cosine) -> dict:
+            similarity=cosine, compute_dtype="float32") -> dict:
     """The fixed-reference options, checked (``num_segments`` is SLIC's target, not a static option)."""
     num_samples = checks.check_positive_int(num_samples, "num_samples", 2)
     checks.check_positive_int(num_segments, "num_segments")
@@ -59,7 +59,8 @@ def options(num_samples=1000, num_segments=50, kernel_width=0.25, ridge_alpha=1.
         raise ValueError(f"kernel_width must be > 0 and ridge_alpha >= 0, got {kernel_width}, {ridge_alpha}")
     checks.check_similarity(similarity)
     return dict(num_samples=num_samples, kernel_width=float(kernel_width), ridge_alpha=float(ridge_alpha),
-                batch_size=checks.check_batch_size(batch_size), similarity=similarity)
+                batch_size=checks.check_batch_size(batch_size), similarity=similarity,
+                compute_dtype=checks.check_compute_dtype(compute_dtype))
 
 
 def variable_options(num_reference_masks=30, grid_size=8, p=0.5, **fixed) -> dict:
@@ -109,8 +110,9 @@ def weighted_ridge(z, y, weights, alpha):
 
 
 def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, num_samples, kernel_width, ridge_alpha,
-                  batch_size, similarity):
-    """``[K, S]`` superpixel coefficients for ``refs [K, D]``."""
+                  batch_size, similarity, compute_dtype):
+    """``[K, S]`` superpixel coefficients for ``refs [K, D]`` (the regression in float32 whatever ``compute_dtype``)."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), refs)
     if samples is not None:
         num_samples = samples.shape[0]
@@ -131,17 +133,19 @@ def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, n
 
 
 def lime_core(embed_fn, query, references, key, segments, *, samples=None, num_segments, num_samples, kernel_width,
-              ridge_alpha, batch_size, similarity):
+              ridge_alpha, batch_size, similarity, compute_dtype="float32"):
     """``[K, H, W]`` maps for ``references [K, D]``; ``segments [H, W]`` labels 0..num_segments-1."""
     coefficients = _coefficients(embed_fn, query, references, key, segments, samples, num_segments, num_samples,
-                                 kernel_width, ridge_alpha, batch_size, similarity)
+                                 kernel_width, ridge_alpha, batch_size, similarity, compute_dtype)
     return coefficients[:, segments]
 
 
 def lime_variable_core(embed_fn, query, references, key, segments, *, num_reference_masks, grid_size, p,
-                       num_segments, num_samples, kernel_width, ridge_alpha, batch_size, similarity):
+                       num_segments, num_samples, kernel_width, ridge_alpha, batch_size, similarity,
+                       compute_dtype="float32"):
     """``[K, H, W]`` for ``references [K, H, W, C]``: the mean over J RISE-masked copies of each
     reference (masks from ``fold_in(key, 1)``, samples from ``fold_in(key, 0)``)."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
     ref_masks = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1), grid_size=grid_size,
                                     p=p)(jnp.arange(num_reference_masks))
@@ -149,11 +153,11 @@ def lime_variable_core(embed_fn, query, references, key, segments, *, num_refere
     masked = (references[:, None] * ref_masks[None, ..., None]).reshape(-1, *references.shape[1:])
     embeddings = engine.embed_in_chunks(embed_fn, masked, batch_size)
     coefficients = _coefficients(embed_fn, query, embeddings, jax.random.fold_in(key, 0), segments, None, num_segments,
-                                 num_samples, kernel_width, ridge_alpha, batch_size, similarity)
+                                 num_samples, kernel_width, ridge_alpha, batch_size, similarity, compute_dtype)
     return coefficients.reshape(count, num_reference_masks, -1).mean(axis=1)[:, segments]
 
 
-_STATIC = ("num_segments", "num_samples", "kernel_width", "ridge_alpha", "batch_size", "similarity")
+_STATIC = ("num_segments", "num_samples", "kernel_width", "ridge_alpha", "batch_size", "similarity", "compute_dtype")
 _lime_jit = jax.jit(lime_core, static_argnames=_STATIC)
 _lime_variable_jit = jax.jit(lime_variable_core, static_argnames=_STATIC + ("num_reference_masks", "grid_size", "p"))
 
@@ -172,7 +176,8 @@ def _check_segments(segments, query, num_segments, segmentation_image):
 def lime(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
          samples: Optional[jax.Array] = None, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
          num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0, batch_size: int = 256,
-         similarity: SimilarityFn = cosine, segmentation_image: Optional[np.ndarray] = None) -> jax.Array:
+         similarity: SimilarityFn = cosine, segmentation_image: Optional[np.ndarray] = None,
+         compute_dtype: str = "float32") -> jax.Array:
     """LIME saliency: ``[D]`` reference gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]`` (see the
     module docstring).
 
@@ -180,14 +185,15 @@ def lime(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *
     (explicit on/off states ``[N, S]``, one column per superpixel of ``segments``). ``segments
     [H, W]`` overrides the SLIC superpixels (labels are made consecutive; S is the number of labels
     present); ``segmentation_image`` (uint8 RGB) is what SLIC sees (default: the query
-    de-normalised with ImageNet mean/std).
+    de-normalised with ImageNet mean/std). ``compute_dtype``: the embedding forward's dtype, as in
+    ``sx.saliency.rise`` (the ridge regression stays float32).
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     checks.check_key_or_masks(key, samples, what="samples")
     static = options(num_samples if samples is None else 2, num_segments, kernel_width, ridge_alpha, batch_size,
-                     similarity)
+                     similarity, compute_dtype)
     segments, count = _check_segments(segments, query, num_segments, segmentation_image)
     if samples is not None:
         samples = jnp.asarray(samples, jnp.float32)
@@ -204,7 +210,7 @@ def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
                   p: float = 0.5, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
                   num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0,
                   batch_size: int = 256, similarity: SimilarityFn = cosine,
-                  segmentation_image: Optional[np.ndarray] = None) -> jax.Array:
+                  segmentation_image: Optional[np.ndarray] = None, compute_dtype: str = "float32") -> jax.Array:
     """LIME with a variable reference (mean over J RISE-masked copies of each reference):
     ``reference [H, W, C]`` gives ``[H, W]``, ``[K, H, W, C]`` gives ``[K, H, W]``."""
     embed_fn = checks.as_pytree_fn(embed_fn)
@@ -216,7 +222,7 @@ def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         raise ValueError(f"reference has {refs.shape[-1]} channels but query has {query.shape[-1]}")
     static = variable_options(num_reference_masks, grid_size, p, num_samples=num_samples, num_segments=num_segments,
                               kernel_width=kernel_width, ridge_alpha=ridge_alpha, batch_size=batch_size,
-                              similarity=similarity)
+                              similarity=similarity, compute_dtype=compute_dtype)
     segments, count = _check_segments(segments, query, num_segments, segmentation_image)
     maps = _lime_variable_jit(embed_fn, query, refs, key, segments, num_segments=count, **static)
     return maps[0] if single else maps

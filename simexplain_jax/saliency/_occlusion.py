@@ -25,15 +25,15 @@ from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-DEFAULTS = dict(window=32, stride=4, padding=8, batch_size=256, similarity=cosine)
+DEFAULTS = dict(window=32, stride=4, padding=8, batch_size=256, similarity=cosine, compute_dtype="float32")
 VARIABLE_DEFAULTS = dict(DEFAULTS, reference_window=32, reference_stride=16, reference_padding=0)
 
 
-def options(window=32, stride=4, padding=8, batch_size=256, similarity=cosine) -> dict:
+def options(window=32, stride=4, padding=8, batch_size=256, similarity=cosine, compute_dtype="float32") -> dict:
     window, stride, padding = _masks.check_window_options(window, stride, padding)
     checks.check_similarity(similarity)
     return dict(window=window, stride=stride, padding=padding, batch_size=checks.check_batch_size(batch_size),
-                similarity=similarity)
+                similarity=similarity, compute_dtype=checks.check_compute_dtype(compute_dtype))
 
 
 def variable_options(reference_window=32, reference_stride=16, reference_padding=0, **fixed) -> dict:
@@ -62,15 +62,19 @@ def _upsample_grid(grid, height, width):
     return jnp.einsum("hi,kij,wj->khw", rows, grid, cols, precision=_HIGHEST)
 
 
-def sliding_window_core(embed_fn, query, references, key=None, *, window, stride, padding, batch_size, similarity):
+def sliding_window_core(embed_fn, query, references, key=None, *, window, stride, padding, batch_size, similarity,
+                        compute_dtype="float32"):
     """``[K, H, W]`` maps for ``references [K, D]`` (deterministic: ``key`` is unused)."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     scores = _occlusion_scores(embed_fn, query, references, window, stride, padding, batch_size, similarity)
     return _upsample_grid(1.0 - scores, query.shape[0], query.shape[1])
 
 
 def sliding_window_variable_core(embed_fn, query, references, key=None, *, window, stride, padding, reference_window,
-                                 reference_stride, reference_padding, batch_size, similarity):
+                                 reference_stride, reference_padding, batch_size, similarity,
+                                 compute_dtype="float32"):
     """``[K, H, W]`` variable-reference maps for ``references [K, H, W, C]`` (``key`` is unused)."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
     ref_masks = _masks.occlusion_masks(references.shape[1:], window=reference_window, stride=reference_stride,
                                        padding=reference_padding)
@@ -89,19 +93,19 @@ _sliding_window_variable_jit = jax.jit(sliding_window_variable_core, static_argn
 def sliding_window(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *,
                    key: Optional[jax.Array] = None, window: int = 32,
                    stride: int = 4, padding: int = 8, batch_size: int = 256,
-                   similarity: SimilarityFn = cosine) -> jax.Array:
+                   similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """Occlusion saliency of ``query`` for fixed references: ``[D]`` gives ``[H, W]``, ``[K, D]``
     gives ``[K, H, W]``.
 
     Windows of ``window`` px at ``stride`` px are laid on the image padded by ``padding`` px per
     side (top-left corners from ``-padding``), clipped to the image and set to 0. The method is
-    deterministic: ``key`` is accepted, like every method's, and unused. Other arguments as in
-    ``sx.saliency.rise``.
+    deterministic: ``key`` is accepted, like every method's, and unused. Other arguments (``batch_size``,
+    ``similarity``, ``compute_dtype``) as in ``sx.saliency.rise``.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
-    static = options(window, stride, padding, batch_size, similarity)
+    static = options(window, stride, padding, batch_size, similarity, compute_dtype)
     _check_geometry(query.shape, window, stride, padding)
     maps = _sliding_window_jit(embed_fn, query, refs, **static)
     return maps[0] if single else maps
@@ -111,7 +115,7 @@ def sliding_window_variable(embed_fn: EmbedFn, query: ArrayLike, reference: Arra
                             key: Optional[jax.Array] = None, window: int = 32,
                             stride: int = 4, padding: int = 8, reference_window: int = 32,
                             reference_stride: int = 16, reference_padding: int = 0, batch_size: int = 256,
-                            similarity: SimilarityFn = cosine) -> jax.Array:
+                            similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """Occlusion saliency with a variable reference: ``reference [H, W, C]`` gives ``[H, W]``,
     ``[K, H, W, C]`` gives ``[K, H, W]`` (see the module docstring; ``key`` is unused)."""
     embed_fn = checks.as_pytree_fn(embed_fn)
@@ -120,7 +124,8 @@ def sliding_window_variable(embed_fn: EmbedFn, query: ArrayLike, reference: Arra
     if refs.shape[-1] != query.shape[-1]:
         raise ValueError(f"reference has {refs.shape[-1]} channels but query has {query.shape[-1]}")
     static = variable_options(reference_window, reference_stride, reference_padding, window=window, stride=stride,
-                              padding=padding, batch_size=batch_size, similarity=similarity)
+                              padding=padding, batch_size=batch_size, similarity=similarity,
+                              compute_dtype=compute_dtype)
     _check_geometry(query.shape, window, stride, padding)
     _check_geometry(refs.shape[1:], reference_window, reference_stride, reference_padding)
     maps = _sliding_window_variable_jit(embed_fn, query, refs, **static)

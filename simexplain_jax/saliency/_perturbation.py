@@ -21,12 +21,12 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from simexplain_jax import checks
+from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 DEFAULTS = dict(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=0.2, noise_std=0.2, blur_size=11,
-                similarity=cosine)
+                similarity=cosine, compute_dtype="float32")
 
 
 def median_blur(image: jax.Array, size: int = 11) -> jax.Array:
@@ -50,8 +50,10 @@ def _upsample(mask, height, width):
 
 
 def _optimise(embed_fn, images, reference, key, *, grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std,
-              blur_size, similarity):
-    """images: [n, H, W, C] side by side in one mask (n = 1: fixed; n = 2: variable). Returns M [H, n*W]."""
+              blur_size, similarity, compute_dtype):
+    """images: [n, H, W, C] side by side in one mask (n = 1: fixed; n = 2: variable). Returns M [H, n*W].
+    The forward (and backward) pass of ``embed_fn`` runs in ``compute_dtype``; the mask and Adam in float32."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     n, height, width = images.shape[:3]
     blurred = jax.vmap(lambda x: median_blur(x, blur_size))(images)
     optimizer = optax.adam(learning_rate)
@@ -80,7 +82,7 @@ def _optimise(embed_fn, images, reference, key, *, grid, num_steps, learning_rat
 
 
 def options(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=0.2, noise_std=0.2, blur_size=11,
-            similarity=cosine) -> dict:
+            similarity=cosine, compute_dtype="float32") -> dict:
     grid, num_steps = checks.check_positive_int(grid, "grid"), checks.check_positive_int(num_steps, "num_steps")
     blur_size = checks.check_positive_int(blur_size, "blur_size")
     if blur_size % 2 == 0:
@@ -89,7 +91,8 @@ def options(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=
         raise ValueError("learning_rate must be > 0 and l1_weight, tv_weight, noise_std >= 0")
     checks.check_similarity(similarity)
     return dict(grid=grid, num_steps=num_steps, learning_rate=float(learning_rate), l1_weight=float(l1_weight),
-                tv_weight=float(tv_weight), noise_std=float(noise_std), blur_size=blur_size, similarity=similarity)
+                tv_weight=float(tv_weight), noise_std=float(noise_std), blur_size=blur_size, similarity=similarity,
+                compute_dtype=checks.check_compute_dtype(compute_dtype))
 
 
 def _check_blur(blur_size, shape):
@@ -142,7 +145,7 @@ def perturbation_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_embeddin
                        grid: int = 8,
                        num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
                        tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
-                       similarity: SimilarityFn = cosine) -> jax.Array:
+                       similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """Fixed-reference masks for P pairs at once: ``queries [P, H, W, C]`` with their per-pair
     ``reference_embeddings [P, D]`` -> ``[P, H, W]``. ``key`` is one key (pair i uses
     ``fold_in(key, i)``) or P keys; a pair's map does not depend on the other pairs of the batch."""
@@ -151,7 +154,8 @@ def perturbation_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_embeddin
     refs = jnp.asarray(reference_embeddings, jnp.float32)
     if refs.ndim != 2 or refs.shape[0] != queries.shape[0]:
         raise ValueError(f"reference_embeddings must be [P, D] with P = {queries.shape[0]}, got {refs.shape}")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity)
+    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
+                     compute_dtype)
     _check_blur(static["blur_size"], queries.shape[1:])
     return _batch_jit(embed_fn, queries, refs, _pair_keys(key, queries.shape[0]), variable=False, **static)
 
@@ -160,7 +164,7 @@ def perturbation_variable_batch(embed_fn: EmbedFn, queries: ArrayLike, reference
                                 grid: int = 8,
                                 num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
                                 tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
-                                similarity: SimilarityFn = cosine) -> jax.Array:
+                                similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """Variable-reference masks for P pairs: ``queries, references [P, H, W, C]`` -> ``[P, H, W]``."""
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = jnp.asarray(checks.check_images(queries, "queries"))
@@ -168,7 +172,8 @@ def perturbation_variable_batch(embed_fn: EmbedFn, queries: ArrayLike, reference
     if queries.shape != references.shape:
         raise ValueError(f"queries {queries.shape} and references {references.shape} must have the same shape "
                          "(they share one mask side by side)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity)
+    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
+                     compute_dtype)
     _check_blur(static["blur_size"], queries.shape[1:])
     return _batch_jit(embed_fn, queries, references, _pair_keys(key, queries.shape[0]), variable=True, **static)
 
@@ -176,15 +181,18 @@ def perturbation_variable_batch(embed_fn: EmbedFn, queries: ArrayLike, reference
 def perturbation(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
                  grid: int = 8, num_steps: int = 500,
                  learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2, noise_std: float = 0.2,
-                 blur_size: int = 11, similarity: SimilarityFn = cosine) -> jax.Array:
+                 blur_size: int = 11, similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """Fixed-reference mask saliency: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``
-    (every reference's mask optimised with the noise drawn from ``key``)."""
+    (every reference's mask optimised with the noise drawn from ``key``). ``compute_dtype``: the
+    dtype of the model's forward and backward pass, as in ``sx.saliency.rise``; the mask, its
+    gradient and Adam's state stay float32."""
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity)
+    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
+                     compute_dtype)
     _check_blur(static["blur_size"], query.shape)
     maps = _perturbation_jit(embed_fn, query, refs, key, **static)
     return maps[0] if single else maps
@@ -193,7 +201,8 @@ def perturbation(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: Arra
 def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
                           grid: int = 8, num_steps: int = 500,
                           learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2,
-                          noise_std: float = 0.2, blur_size: int = 11, similarity: SimilarityFn = cosine) -> jax.Array:
+                          noise_std: float = 0.2, blur_size: int = 11, similarity: SimilarityFn = cosine,
+                          compute_dtype: str = "float32") -> jax.Array:
     """Variable-reference mask saliency: ``reference [H, W, C]`` gives ``[H, W]``, ``[K, H, W, C]``
     gives ``[K, H, W]`` (each of the same shape as the query)."""
     embed_fn = checks.as_pytree_fn(embed_fn)
@@ -204,7 +213,8 @@ def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayL
                          "(they share one mask side by side)")
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity)
+    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
+                     compute_dtype)
     _check_blur(static["blur_size"], query.shape)
     maps = _perturbation_variable_jit(embed_fn, query, refs, key, **static)
     return maps[0] if single else maps

@@ -30,19 +30,21 @@ from simexplain_jax.engine import EmbedFn
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 NORMALIZATIONS = ("per_pixel", "expected")
-DEFAULTS = dict(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine)
+DEFAULTS = dict(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
+                compute_dtype="float32")
 VARIABLE_DEFAULTS = dict(DEFAULTS, num_reference_masks=30)
 _STATIC = tuple(DEFAULTS) + ("mask_axis", "mask_axis_size")
 
 
-def options(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine) -> dict:
+def options(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
+            compute_dtype="float32") -> dict:
     """The fixed-reference options, checked and as Python values (the cores' static arguments)."""
     num_masks, grid_size, p = _masks.check_rise_options(num_masks, grid_size, p)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     checks.check_similarity(similarity)
     return dict(num_masks=num_masks, grid_size=grid_size, p=p, batch_size=checks.check_batch_size(batch_size),
-                normalize=normalize, similarity=similarity)
+                normalize=normalize, similarity=similarity, compute_dtype=checks.check_compute_dtype(compute_dtype))
 
 
 def variable_options(num_reference_masks=30, **fixed) -> dict:
@@ -59,11 +61,12 @@ def _normalize_maps(weighted, mask_sum, num_masks, p, normalize):
 
 
 def rise_core(embed_fn, query, references, key, *, masks=None, num_masks, grid_size, p, batch_size, normalize,
-              similarity, mask_axis: Optional[str] = None, mask_axis_size: int = 1):
+              similarity, mask_axis: Optional[str] = None, mask_axis_size: int = 1, compute_dtype="float32"):
     """``[K, H, W]`` maps of ``query [H, W, C]`` for ``references [K, D]`` (traceable; static options).
 
     Masks from ``key`` (mask i from ``fold_in(key, i)``) or the explicit ``masks [N, H, W]``.
     """
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
     offset, local = 0, None
     if masks is not None:
@@ -86,8 +89,9 @@ def rise_core(embed_fn, query, references, key, *, masks=None, num_masks, grid_s
 
 def rise_variable_core(embed_fn, query, references, key, *, masks=None, reference_masks=None, num_masks,
                        num_reference_masks, grid_size, p, batch_size, normalize, similarity,
-                       mask_axis: Optional[str] = None, mask_axis_size: int = 1):
+                       mask_axis: Optional[str] = None, mask_axis_size: int = 1, compute_dtype="float32"):
     """``[K, H, W]``: the variable-reference map of ``query`` for each of ``references [K, H, W, C]``."""
+    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
     query_key = None
     if key is not None:
@@ -99,7 +103,7 @@ def rise_variable_core(embed_fn, query, references, key, *, masks=None, referenc
     embeddings = engine.embed_in_chunks(embed_fn, masked, batch_size)  # K J forward passes
     maps = rise_core(embed_fn, query, embeddings, query_key, masks=masks, num_masks=num_masks, grid_size=grid_size,
                      p=p, batch_size=batch_size, normalize=normalize, similarity=similarity, mask_axis=mask_axis,
-                     mask_axis_size=mask_axis_size)  # N forward passes, K J maps
+                     mask_axis_size=mask_axis_size, compute_dtype=compute_dtype)  # N forward passes, K J maps
     return maps.reshape(count, per_reference, *maps.shape[1:]).mean(axis=1)
 
 
@@ -109,7 +113,8 @@ _rise_variable_jit = jax.jit(rise_variable_core, static_argnames=_STATIC + ("num
 
 def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
          masks: Optional[jax.Array] = None, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
-         batch_size: int = 256, normalize: str = "per_pixel", similarity: SimilarityFn = cosine) -> jax.Array:
+         batch_size: int = 256, normalize: str = "per_pixel", similarity: SimilarityFn = cosine,
+         compute_dtype: str = "float32") -> jax.Array:
     """RISE saliency of ``query`` for fixed (unperturbed) references (see the module docstring).
 
     Args:
@@ -124,12 +129,18 @@ def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *
       batch_size: masks per compiled chunk; results do not depend on it (to float rounding).
       normalize: ``"per_pixel"`` or ``"expected"``.
       similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the embedding forward pass
+        (``engine.in_compute_dtype``: parameters cast once, activations in bfloat16); scores and the
+        map sums stay float32. bfloat16 keeps about 3 significant digits per activation: on the
+        trained shapes model the maps correlate >= 0.99 with float32's (tested; measured >= 0.999)
+        and mean AUCs move by under 1 point of 100. Use it on GPU/TPU, where it is the fast path;
+        XLA's CPU backend runs it slower than float32.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     checks.check_key_or_masks(key, masks)
-    static = options(num_masks if masks is None else 1, grid_size, p, batch_size, normalize, similarity)
+    static = options(num_masks if masks is None else 1, grid_size, p, batch_size, normalize, similarity, compute_dtype)
     if masks is not None:
         masks = checks.check_masks(masks, query)
     maps = _rise_jit(embed_fn, query, refs, key, masks=masks, **static)
@@ -140,7 +151,7 @@ def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
                   masks: Optional[jax.Array] = None,
                   reference_masks: Optional[jax.Array] = None, num_masks: int = 2000, num_reference_masks: int = 30,
                   grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
-                  similarity: SimilarityFn = cosine) -> jax.Array:
+                  similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """RISE saliency of ``query`` with a variable (perturbed) reference.
 
     ``reference``: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives
@@ -163,7 +174,8 @@ def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         reference_masks = checks.check_masks(reference_masks, refs[0], name="reference_masks")
         num_masks, num_reference_masks = 1, reference_masks.shape[0]
     static = variable_options(num_reference_masks, num_masks=num_masks, grid_size=grid_size, p=p,
-                              batch_size=batch_size, normalize=normalize, similarity=similarity)
+                              batch_size=batch_size, normalize=normalize, similarity=similarity,
+                              compute_dtype=compute_dtype)
     maps = _rise_variable_jit(embed_fn, query, refs, key, masks=masks, reference_masks=reference_masks, **static)
     return maps[0] if single else maps
 
@@ -172,7 +184,7 @@ def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: 
                      mesh: Mesh,
                      axis: str = parallel.AXIS, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
                      batch_size: int = 256, normalize: str = "per_pixel",
-                     similarity: SimilarityFn = cosine) -> jax.Array:
+                     similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
     """RISE for one pair with its N masks split over the devices along mesh ``axis`` (partial maps
     summed with ``psum``): equals ``rise(..., key=key)`` to float rounding. ``[H, W]`` or ``[K, H, W]``."""
     embed_fn = checks.as_pytree_fn(embed_fn)
@@ -180,7 +192,7 @@ def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: 
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("rise_split_masks needs key= (each device generates its share of the masks)")
-    static = options(num_masks, grid_size, p, batch_size, normalize, similarity)
+    static = options(num_masks, grid_size, p, batch_size, normalize, similarity, compute_dtype)
     call = engine.BoundCore.of(rise_core, **static, mask_axis=axis, mask_axis_size=mesh.shape[axis])
     maps = parallel.replicated_call(call, mesh, embed_fn, query, refs, jax.random.key_data(key))
     return maps[0] if single else maps

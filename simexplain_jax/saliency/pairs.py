@@ -21,9 +21,13 @@ files use those, so the maps equal a run over the whole dataset.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
+import os
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -100,6 +104,34 @@ def _check_pairs(pairs, num_queries: int, num_references: int) -> np.ndarray:
     return pairs.astype(np.int64)
 
 
+def _segments_in_order(queries: np.ndarray, todo: list, target: int, threads: int,
+                       lookahead: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(q, SLIC superpixels of queries[q])`` for each q of ``todo``, in that order. With ``threads``
+    >= 1 they are computed up to ``lookahead`` queries ahead in a pool of host threads (scikit-image
+    releases the GIL in parts), so segmentation overlaps the device work the caller does between
+    items; 0: one after the other in the calling thread. The labels do not depend on ``threads``."""
+    if threads == 0:
+        for q in todo:
+            yield q, _lime.query_segments(queries[q], target)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="slic")
+    try:
+        pending = collections.deque()
+        upcoming = iter(todo)
+        for q in upcoming:
+            pending.append((q, pool.submit(_lime.query_segments, queries[q], target)))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            q, future = pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, pool.submit(_lime.query_segments, queries[following], target)))
+            yield q, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def method_options(method: str, config: Optional[dict] = None) -> tuple[MethodCore, dict]:
     """The registry entry of ``method`` and its checked static options (defaults overridden by
     ``config``); an unknown method or option raises a ValueError naming the valid ones."""
@@ -118,7 +150,8 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
                   progress: Optional[Callable[[int], None]] = None, cache_dir: Optional[str] = None,
                   mesh: Optional[Mesh] = None, query_batch: Optional[int] = None,
                   query_ids: Optional[ArrayLike] = None, reference_ids: Optional[ArrayLike] = None,
-                  cache_meta: Optional[dict] = None, replace_stale: bool = False) -> np.ndarray:
+                  cache_meta: Optional[dict] = None, replace_stale: bool = False,
+                  segment_threads: Optional[int] = None) -> np.ndarray:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     Args:
@@ -149,9 +182,18 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
       replace_stale: a cache written with other settings is moved aside and a fresh one started
         (default: raise). Maps are checked to be finite: an ``embed_fn`` giving NaN raises,
         naming the queries (or references), and nothing non-finite is cached.
+      segment_threads: LIME only: host threads computing the queries' SLIC superpixels ahead of the
+        device work, overlapped with it (default: ``min(8, os.cpu_count())``); 0 segments each query
+        in the calling thread when its turn comes. The maps do not depend on it.
+
+    ``config["compute_dtype"]`` (every method; ``"float32"`` or ``"bfloat16"``) also sets the dtype in
+    which the reference embeddings are computed here, so that query and reference go through the
+    same forward pass.
     """
     spec, static = method_options(method, config)
     config = dict(config or {})
+    threads = min(8, os.cpu_count() or 1) if segment_threads is None else \
+        checks.check_positive_int(segment_threads, "segment_threads", 0)
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = checks.check_images(queries, "queries")
     references = checks.check_images(references, "references")
@@ -205,11 +247,12 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
     # The work is cut into the same steps whatever is cached (every query of the list, in order), and
     # a step runs when one of its queries is missing: a query's map comes from the same compiled
     # program and inputs as in an uninterrupted run, so a resumed run gives the same maps bit for bit.
+    forward = engine.in_compute_dtype(embed_fn, static["compute_dtype"])  # parameters cast once, here
     if spec.references == "embeddings":
         needed = np.unique(pairs[:, 1])
         rows = np.zeros(len(references), np.int64)
         rows[needed] = np.arange(len(needed))
-        embedded = engine.apply_in_chunks(embed_fn, references[needed], 128)
+        embedded = engine.apply_in_chunks(forward, references[needed], 128)
         bad = ~np.isfinite(embedded).all(axis=1)
         if bad.any():
             raise ValueError(f"embed_fn returned NaN or infinite embeddings for references {rid[needed[bad]][:10].tolist()}"
@@ -217,21 +260,37 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
         reference_inputs = embedded[rows]
     else:
         reference_inputs = references
-    classes: dict = {None: list(groups)}
+    order = list(groups)
     segments = {}
-    if spec.segments:  # LIME: superpixels per query; queries with the same count share a program
-        target = config.get("num_segments", spec.defaults["num_segments"])
-        segments = {q: _lime.query_segments(queries[q], target) for q in groups}
-        classes = {}
-        for q in groups:
-            classes.setdefault(int(segments[q].max()) + 1, []).append(q)
 
-    for count, members in classes.items():
-        bound = engine.BoundCore.of(spec.core, **static, **({} if count is None else {"num_segments": count}))
-        for start in range(0, len(members), per_call):
-            chunk = members[start:start + per_call]
+    def steps():
+        """(superpixel count or None, queries) per device step, over every query of the list in order.
+        LIME: queries with the same count share a program; each count's queries are cut into steps as
+        they are segmented (host threads running ahead, overlapped with the device work; the same steps
+        whatever the threads, so the same maps), a step dispatched once it is full."""
+        if not spec.segments:
+            for start in range(0, len(order), per_call):
+                yield None, order[start:start + per_call]
+            return
+        target = config.get("num_segments", spec.defaults["num_segments"])
+        waiting: dict = {}
+        ahead = max(4 * threads, 2 * per_call)
+        for q, labels in _segments_in_order(queries, order, target, threads, ahead):
+            segments[q] = labels
+            members = waiting.setdefault(int(labels.max()) + 1, [])
+            members.append(q)
+            if len(members) == per_call:
+                yield int(labels.max()) + 1, list(members)
+                members.clear()
+        for count, members in waiting.items():
+            if members:
+                yield count, members
+
+    with contextlib.closing(steps()) as work:  # closed on an error too: the segmentation threads stop
+        for count, chunk in work:
             if not todo.intersection(chunk):
                 continue
+            bound = engine.BoundCore.of(spec.core, **static, **({} if count is None else {"num_segments": count}))
             width = _bucket(max(len(groups[q]) for q in chunk))
             refs = np.zeros((len(chunk), width, *reference_inputs.shape[1:]), np.float32)
             for i, q in enumerate(chunk):
@@ -239,7 +298,7 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
             keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
                 np.asarray([qid[q] for q in chunk], np.uint32)))
             extra = (np.stack([segments[q] for q in chunk]),) if spec.segments else ()
-            maps = parallel.map_queries(bound, mesh, embed_fn, queries[chunk], refs, keys, *extra, split_masks=split)
+            maps = parallel.map_queries(bound, mesh, forward, queries[chunk], refs, keys, *extra, split_masks=split)
             bad = [int(qid[q]) for i, q in enumerate(chunk) if not np.isfinite(maps[i, : len(groups[q])]).all()]
             if bad:
                 raise ValueError(f"{method} gave NaN or infinite maps for queries {bad[:10]}: embed_fn returned "
@@ -254,41 +313,6 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
                     cache.put(*cache_args(q)[:2], out[positions], *cache_args(q)[2:])
             if progress:
                 progress(sum(len(groups[q]) for q in done))
-    return out
-
-    if spec.references == "embeddings":
-        needed = np.unique(np.concatenate([pairs[groups[q], 1] for q in todo]))
-        rows = np.zeros(len(references), np.int64)
-        rows[needed] = np.arange(len(needed))
-        reference_inputs = engine.apply_in_chunks(embed_fn, references[needed], 128)[rows]
-    else:
-        reference_inputs = references
-    classes: dict = {None: todo}
-    segments = {}
-    if spec.segments:  # LIME: superpixels per query; queries with the same count share a program
-        target = config.get("num_segments", spec.defaults["num_segments"])
-        segments = {q: _lime.query_segments(queries[q], target) for q in todo}
-        classes = {}
-        for q in todo:
-            classes.setdefault(int(segments[q].max()) + 1, []).append(q)
-
-    for count, members in classes.items():
-        bound = engine.BoundCore.of(spec.core, **static, **({} if count is None else {"num_segments": count}))
-        for start in range(0, len(members), per_call):
-            chunk = members[start:start + per_call]
-            width = _bucket(max(len(groups[q]) for q in chunk))
-            refs = np.zeros((len(chunk), width, *reference_inputs.shape[1:]), np.float32)
-            for i, q in enumerate(chunk):
-                refs[i, : len(groups[q])] = reference_inputs[pairs[groups[q], 1]]
-            keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
-                np.asarray([qid[q] for q in chunk], np.uint32)))
-            extra = (np.stack([segments[q] for q in chunk]),) if spec.segments else ()
-            maps = parallel.map_queries(bound, mesh, embed_fn, queries[chunk], refs, keys, *extra, split_masks=split)
-            for i, q in enumerate(chunk):
-                positions = groups[q]
-                out[positions] = maps[i, : len(positions)]
-                if cache:
-                    cache.put(qid[q], rid[pairs[positions, 1]], out[positions])
-            if progress:
-                progress(sum(len(groups[q]) for q in chunk))
+            for q in chunk:
+                segments.pop(q, None)
     return out
