@@ -74,8 +74,10 @@ def main(argv):
         ins_f, del_f, hit_f, mass_f = full
         ins_h, del_h, hit_h, mass_h = half
         return {"measure": name,
-                "insertion_auc_float32": round(float(ins_f.mean()), 2), "insertion_auc_bfloat16": round(float(ins_h.mean()), 2),
-                "deletion_auc_float32": round(float(del_f.mean()), 2), "deletion_auc_bfloat16": round(float(del_h.mean()), 2),
+                "insertion_auc_float32": round(float(ins_f.mean()), 2),
+                "insertion_auc_bfloat16": round(float(ins_h.mean()), 2),
+                "deletion_auc_float32": round(float(del_f.mean()), 2),
+                "deletion_auc_bfloat16": round(float(del_h.mean()), 2),
                 "mean_insertion_change": round(float(abs(ins_h.mean() - ins_f.mean())), 3),
                 "mean_deletion_change": round(float(abs(del_h.mean() - del_f.mean())), 3),
                 "worst_pair_insertion_change": round(float(np.abs(ins_h - ins_f).max()), 2),

@@ -79,6 +79,12 @@ METHOD_CORES = {
 METHODS = tuple(METHOD_CORES)
 
 
+@jax.jit
+def _query_keys(key, ids):
+    """Raw key data ``fold_in(key, i)`` for each query id (compiled once per count: no per-step tracing)."""
+    return jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(ids))
+
+
 def _bucket(k: int) -> int:
     return 1 << (k - 1).bit_length()
 
@@ -295,8 +301,7 @@ def explain_pairs(method: str, embed_fn: EmbedFn, queries: ArrayLike, references
             refs = np.zeros((len(chunk), width, *reference_inputs.shape[1:]), np.float32)
             for i, q in enumerate(chunk):
                 refs[i, : len(groups[q])] = reference_inputs[pairs[groups[q], 1]]
-            keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
-                np.asarray([qid[q] for q in chunk], np.uint32)))
+            keys = _query_keys(key, np.asarray([qid[q] for q in chunk], np.uint32))
             extra = (np.stack([segments[q] for q in chunk]),) if spec.segments else ()
             maps = parallel.map_queries(bound, mesh, forward, queries[chunk], refs, keys, *extra, split_masks=split)
             bad = [int(qid[q]) for i, q in enumerate(chunk) if not np.isfinite(maps[i, : len(groups[q])]).all()]
