@@ -48,13 +48,28 @@ def test_train_similarity_runlocal_reaches_auc(trained_similarity):
     assert [h["step"] for h in results["history"]] == [200, 400, 600]
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("dataset", "imagenet", "dataset must be one of"),
+    ("embedding_dim", 0, "embedding_dim"),
+    ("dataset", "awa2", "manual_dir"),
+    ("model", "vgg", "model must be one of"),
+    ("param_sharding", "zero3", "param_sharding must be one of"),
+    ("mesh_devices", 3, "mesh_devices must be >= 1 and divide batch_size"),
+])
+def test_train_similarity_bad_config_is_refused(field, value, message):
+    """In-process: the check train_similarity runs before building anything."""
+    from experiments import validation
+    from experiments.configs import similarity_shapes
+
+    config = similarity_shapes.get_config("runlocal")
+    validation.check_similarity_config(config)
+    config[field] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        validation.check_similarity_config(config)
+
+
 @pytest.mark.parametrize("override,message", [
-    ("--config.dataset=imagenet", "dataset must be one of"),
-    ("--config.embedding_dim=0", "embedding_dim"),
-    ("--config.dataset=awa2", "manual_dir"),
-    ("--config.model=vgg", "model must be one of"),
-    ("--config.param_sharding=zero3", "param_sharding must be one of"),
-    ("--config.mesh_devices=3", "mesh_devices must be >= 1 and divide batch_size"),
+    ("--config.mesh_devices=3", "mesh_devices must be >= 1 and divide batch_size"),  # main checks before it builds
     ("--config.learning_rat=0.1", "--config override names a field the config does not have"),  # was a bare KeyError
 ])
 def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
