@@ -27,7 +27,8 @@ def get_config(arg=None):
     config.learning_rate = 5e-4
     config.lr_decay_rate = 0.985
     config.saliency_method = "rise"
-    config.saliency = ml_collections.ConfigDict(dict(num_masks=500, grid_size=8, p=0.5, batch_size=250))
+    config.saliency = ml_collections.ConfigDict(dict(num_masks=500, grid_size=8, p=0.5, batch_size=250, sampler="iid",
+                                                     tolerance=ml_collections.config_dict.placeholder(float)))
     config.max_references = 20
     config.cache_images = 1000  # training images with cached saliency (the first ones of the split)
     config.shard_size = 250

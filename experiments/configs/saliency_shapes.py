@@ -35,8 +35,12 @@ def get_config(arg=None):
     # multi-host: "host:port" with num_processes and process_id per host, or "auto" where JAX detects the cluster
     config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     config.methods = ml_collections.ConfigDict(dict(
-        rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250),
-        rise_variable=dict(num_masks=2000, grid_size=8, p=0.5, num_reference_masks=30, batch_size=250),
+        # sampler: sx.masks.SAMPLERS; tolerance: stop once the map's standard error is below this
+        # fraction of its range (num_masks is then the maximum), e.g. --config.methods.rise.tolerance=0.02
+        rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250, sampler="iid",
+                  tolerance=ml_collections.config_dict.placeholder(float)),
+        rise_variable=dict(num_masks=2000, grid_size=8, p=0.5, num_reference_masks=30, batch_size=250, sampler="iid",
+                           tolerance=ml_collections.config_dict.placeholder(float)),
         sliding_window=dict(window=16, stride=3, padding=4),
         sliding_window_variable=dict(window=16, stride=3, padding=4, reference_window=16, reference_stride=8),
         lime=dict(num_samples=1000, num_segments=40),

@@ -36,9 +36,10 @@ def training_saliency(method: str, embed_fn, images: np.ndarray, references: Seq
                       replace_stale: bool = False):
     """``(maps [Q, R, grid, grid] float32, valid [Q, R] bool)`` for the first Q = ``len(references)``
     of ``images`` (normalised ``[N, H, W, C]``) against ``references[i]`` (indices into all of
-    ``images``; at most R of them are used). A cache in ``directory`` made with other settings
-    (another model, key or images included) raises naming what differs, or with ``replace_stale``
-    is moved aside and recomputed."""
+    ``images``; at most R of them are used). ``config`` holds ``method``'s ``explain_pairs``
+    options (for RISE e.g. ``sampler`` and ``tolerance``); the cache records them. A cache in
+    ``directory`` made with other settings (another model, key or images included) raises naming
+    what differs, or with ``replace_stale`` is moved aside and recomputed."""
     n = len(references)
     # writes meta.json, or checks the one there against these settings
     SaliencyCache(directory, {"method": method, "config": config, "grid": grid, "R": max_references,

@@ -29,10 +29,10 @@ from simexplain_jax.saliency._occlusion import sliding_window, sliding_window_va
 from simexplain_jax.saliency._perturbation import (perturbation, perturbation_batch, perturbation_variable,
                                                    perturbation_variable_batch)
 from simexplain_jax.saliency._random import random
-from simexplain_jax.saliency._rise import rise, rise_split_masks, rise_variable
+from simexplain_jax.saliency._rise import RiseResult, rise, rise_split_masks, rise_variable
 from simexplain_jax.saliency.pairs import METHOD_CORES, METHODS, explain_pairs, method_options
 
-__all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "sliding_window_variable", "lime",
+__all__ = ["rise", "rise_variable", "rise_split_masks", "RiseResult", "sliding_window", "sliding_window_variable", "lime",
            "lime_variable", "superpixels", "denormalize", "perturbation", "perturbation_variable",
            "perturbation_batch", "perturbation_variable_batch", "gradient", "integrated_gradients", "random",
            "explain_pairs", "explain_pairs_distributed", "method_options", "METHODS", "METHOD_CORES"]

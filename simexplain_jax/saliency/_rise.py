@@ -12,14 +12,60 @@ map for ``f(r_k * M'_j)``: N + K J forward passes, not N K J.
 ``rise_core`` / ``rise_variable_core`` are the pure cores that the single-pair functions,
 ``explain_pairs`` and the mesh path all run; with ``mask_axis`` (inside ``shard_map``) each
 device takes a share of the N masks and the partial sums are added with ``psum``.
+
+``sampler`` chooses how the masks are drawn (``sx.masks.SAMPLERS``; ``"iid"``, the original RISE
+masks, by default; the formulas are in ``simexplain_jax/masks.py``). Every sampler draws each
+mask from the i.i.d. distribution, so the estimators and their normalisation above are unchanged;
+only the coupling of the masks inside a block of ``B`` consecutive masks differs.
+
+**Stopping at a precision** (``tolerance=t``): ``num_masks`` becomes the maximum N. One compiled
+``lax.while_loop`` runs chunks of masks and keeps, besides ``Y = sum_i s_i M_i`` and
+``Msum = sum_i M_i``, the sums over *replicate groups* g of ``B`` consecutive masks (the sampler's
+block: one mask for ``"iid"``, two for ``"antithetic"``, ``B`` for the block designs; blocks are
+independent, so group totals ``y_g = sum_{i in g} s_i M_i``, ``m_g = sum_{i in g} M_i`` are i.i.d.
+replicates whatever the sampler): ``sum_g y_g^2``, ``sum_g y_g m_g``, ``sum_g m_g^2`` (each
+``[K, H, W]`` or ``[H, W]``). With n groups and n_used masks so far, the standard error of each
+pixel of the map ``S`` is, by the delta method for the ratio ``R = Y / Msum``
+(``normalize="per_pixel"``, ``S = n_used R``),
+
+    SE(S) = n_used * sqrt(n / (n - 1) * sum_g (y_g - R m_g)^2) / Msum,
+
+and for ``normalize="expected"`` (``S = Y / (n_used p)``)
+``SE(S) = sqrt(n / (n - 1) * (sum_g y_g^2 - Y^2 / n)) / (n_used p)``. After each chunk the loop
+stops when, for every reference k, the map's standard error up to its level,
+``SE(S_k) = sqrt(mean_x Var(S_k(x) - mean_x' S_k(x')))`` (the root mean square over the pixels
+of the per-pixel variances above, minus the variance of the map's mean over the pixels), is
+below ``t (max S_k - min S_k)`` (a map with zero standard error counts as converged; the range is
+taken as at least ``FLAT = 1e-4`` times ``max |S_k|``, so a map flat to float precision does not
+run on), with at least ``MIN_GROUPS = 4`` groups, or when N masks are used. Every use of a RISE
+map (its display, pointing, insertion/deletion, correlation) ignores its level, and the level
+carries much of the noise (all pixels share each mask's score), most of all for the block
+samplers, whose blocks have one shift each. The level's variance comes from each group's
+influence on ``mean_x R``: ``a_g - (mean_x R) w_g`` with ``a_g = mean_x y_g / mbar``,
+``w_g = mean_x m_g / mbar`` and ``mbar = Msum / n`` taken as each chunk is added, so the sums of
+``a_g^2``, ``a_g w_g`` and ``w_g^2`` are kept (for ``"expected"``: the sum of ``(mean_x y_g)^2``).
+The mean over pixels keeps the estimate steady with few groups (the block samplers' groups are
+128 masks); a per-pixel maximum of an estimate with 3 degrees of freedom would mostly measure its
+own noise. (The second moments are accumulated with the scores minus
+their first-chunk mean ``c``, which leaves the residuals ``y_g - R m_g`` unchanged and avoids
+float cancellation.) The map is then normalised with n_used. Results are
+``RiseResult(maps, passes, error)``, with ``passes`` the masked-query forward passes used (a
+multiple of the chunk, or N) and ``error`` each map's estimated ``SE / range`` at the stop. With
+tolerance the chunk is ``batch_size`` rounded up to whole groups, and with ``mask_axis`` each of
+the D devices takes ``ceil(batch_size / (D B)) B`` masks of every chunk (so one device and D
+devices stop at the same pass count when ``D B`` divides ``batch_size``); the memory per chunk
+grows by ``chunk / B`` group totals ``[K, H, W]`` for ``B > 1``, never with N. ``explain_pairs``
+(and the training-saliency cache through it) accepts ``tolerance`` and returns the maps only;
+call ``rise`` for the pass counts.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
@@ -27,24 +73,48 @@ from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
 from simexplain_jax import parallel
 from simexplain_jax.engine import EmbedFn
-from simexplain_jax.similarity import SimilarityFn, cosine
+from simexplain_jax.similarity import SimilarityFn, cosine, pairwise
 
 NORMALIZATIONS = ("per_pixel", "expected")
 DEFAULTS = dict(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
-                compute_dtype="float32")
+                sampler="iid", tolerance=None, compute_dtype="float32")
 VARIABLE_DEFAULTS = dict(DEFAULTS, num_reference_masks=30)
-_STATIC = tuple(DEFAULTS) + ("mask_axis", "mask_axis_size")
+_STATIC = tuple(DEFAULTS) + ("mask_axis", "mask_axis_size", "return_passes")
+MIN_GROUPS = 4  # replicate groups needed before a tolerance run may stop (their variance has n - 1 dof)
+FLAT = 1e-4  # the range a tolerance is relative to is at least FLAT times the map's largest magnitude
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class RiseResult(NamedTuple):
+    """What ``rise(..., tolerance=t)`` returns: the maps and the masks (query forward passes) used."""
+
+    maps: jax.Array  # [H, W] or [K, H, W]
+    passes: jax.Array  # int32 scalar, <= num_masks
+    error: jax.Array  # [] or [K]: each map's estimated standard error (RMS over pixels) over its range at the stop
+
+
+def check_tolerance(tolerance) -> Optional[float]:
+    """None, or a finite float > 0 (the map's standard error relative to its range)."""
+    if tolerance is None:
+        return None
+    number = (not isinstance(tolerance, (bool, np.bool_)) and np.ndim(tolerance) == 0
+              and np.issubdtype(np.asarray(tolerance).dtype, np.number))
+    if not number or not 0.0 < float(tolerance) < float("inf"):
+        raise ValueError(f"tolerance must be None or a finite number > 0 (the map's standard error relative to "
+                         f"its range, e.g. 0.02), got {tolerance!r}")
+    return float(tolerance)
 
 
 def options(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
-            compute_dtype="float32") -> dict:
+            sampler="iid", tolerance=None, compute_dtype="float32") -> dict:
     """The fixed-reference options, checked and as Python values (the cores' static arguments)."""
     num_masks, grid_size, p = _masks.check_rise_options(num_masks, grid_size, p)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     checks.check_similarity(similarity)
     return dict(num_masks=num_masks, grid_size=grid_size, p=p, batch_size=checks.check_batch_size(batch_size),
-                normalize=normalize, similarity=similarity, compute_dtype=checks.check_compute_dtype(compute_dtype))
+                normalize=normalize, similarity=similarity, sampler=_masks.check_sampler(sampler),
+                tolerance=check_tolerance(tolerance), compute_dtype=checks.check_compute_dtype(compute_dtype))
 
 
 def variable_options(num_reference_masks=30, **fixed) -> dict:
@@ -60,61 +130,200 @@ def _normalize_maps(weighted, mask_sum, num_masks, p, normalize):
     return weighted / (num_masks * p)  # original RISE: S(x) = sum_i s_i M_i(x) / (N p)
 
 
+def _accumulate_until(embed_fn, references, perturb, *, num_masks, batch_size, similarity, group, tolerance,
+                      normalize, p, reference_groups, mask_axis, mask_axis_size):
+    """The tolerance loop (module docstring): one ``lax.while_loop`` over chunks. Returns
+    ``(weighted [K', P], mask_sum [P], used, relative error [K'])`` with K' = K / reference_groups
+    (scores averaged over each group of references, which is the mean of their per-pixel maps:
+    they share ``mask_sum``)."""
+    devices = mask_axis_size if mask_axis is not None else 1
+    local = group * -(-batch_size // (devices * group))  # this device's masks per chunk: whole groups
+    chunk = local * devices
+    max_steps = -(-num_masks // chunk)
+    offset = jax.lax.axis_index(mask_axis) * local if mask_axis is not None else 0
+    probe_images, probe_masks = jax.eval_shape(perturb, jnp.zeros((local,), jnp.int32))
+    pixels = probe_masks.shape[1] * probe_masks.shape[2]
+    count = references.shape[0] // reference_groups
+
+    def total(x):
+        return jax.lax.psum(x, mask_axis) if mask_axis is not None else x
+
+    def body(carry):
+        step, center, weighted, mask_sum, yy, ym, mm, level, groups, used, _ = carry
+        indices = step * chunk + offset + jnp.arange(local, dtype=jnp.int32)
+        valid = (indices < num_masks).astype(jnp.float32)
+        images, masks = perturb(jnp.minimum(indices, num_masks - 1))
+        scores = pairwise(similarity, embed_fn(images), references).astype(jnp.float32)  # [b, K]
+        scores = scores.reshape(local, count, reference_groups).mean(axis=2) * valid[:, None]
+        # the second moments use scores centred on the first chunk's mean (less float cancellation)
+        first = total([jnp.sum(scores, axis=0), jnp.sum(valid)])
+        center = jnp.where(step == 0, first[0] / jnp.maximum(first[1], 1.0), center)
+        centred = (scores - center) * valid[:, None]
+        flat = masks.reshape(local, pixels) * valid[:, None]
+        inc = [jnp.matmul(scores.T, flat, precision=_HIGHEST), jnp.sum(flat, axis=0)]
+        if group == 1:  # y_i = s_i M_i, m_i = M_i: the group sums of squares are matrix products
+            squares = flat * flat
+            inc += [jnp.matmul((centred * centred).T, squares, precision=_HIGHEST),
+                    jnp.matmul(centred.T, squares, precision=_HIGHEST), jnp.sum(squares, axis=0)]
+        else:
+            y = jnp.einsum("gik,gip->gkp", centred.reshape(-1, group, count), flat.reshape(-1, group, pixels),
+                           precision=_HIGHEST)  # [local / B, K', P]
+            m = flat.reshape(-1, group, pixels).sum(axis=1)
+            inc += [jnp.sum(y * y, axis=0), jnp.sum(y * m[:, None], axis=0), jnp.sum(m * m, axis=0)]
+        inc += [jnp.sum(valid.reshape(-1, group).max(axis=1)), jnp.sum(valid)]
+        inc = total(inc)
+        weighted, mask_sum, yy, ym, mm, groups, used = (a + b for a, b in
+                                                         zip((weighted, mask_sum, yy, ym, mm, groups, used), inc))
+        # for each group's influence on the map's level (its mean over the pixels): per_pixel,
+        # a_g = mean_x y_g' / mbar and w_g = mean_x m_g / mbar (mbar = Msum / n as the chunk is
+        # added), the influence being a_g - (mean_x R - c) w_g; expected, ybar_g = mean_x y_g
+        if normalize == "per_pixel":
+            kept = mask_sum > 0
+            inverse = jnp.where(kept, groups / jnp.where(kept, mask_sum, 1.0), 0.0)  # 1 / mbar
+            w = (jnp.matmul(flat, inverse, precision=_HIGHEST) / pixels).reshape(-1, group).sum(axis=1)
+            a = (centred * (jnp.matmul(flat, inverse, precision=_HIGHEST) / pixels)[:, None]).reshape(
+                -1, group, count).sum(axis=1)  # [local / B, K']
+            level = level + total(jnp.stack([jnp.sum(a * a, axis=0), jnp.sum(a * w[:, None], axis=0),
+                                             jnp.broadcast_to(jnp.sum(w * w), (count,))]))
+        else:
+            ybar = (scores * jnp.mean(flat, axis=1)[:, None]).reshape(-1, group, count).sum(axis=1)
+            level = level + total(jnp.stack([jnp.sum(ybar * ybar, axis=0)] + [jnp.zeros((count,))] * 2))
+        return step + 1, center, weighted, mask_sum, yy, ym, mm, level, groups, used, _relative_error(
+            weighted, mask_sum, yy, ym, mm, level, groups, used, center, normalize, p)
+
+    def cond(carry):
+        step, groups, relative = carry[0], carry[8], carry[-1]
+        return (step < max_steps) & ((groups < MIN_GROUPS) | jnp.any(relative >= tolerance))
+
+    zeros_k, zeros = jnp.zeros((count, pixels), jnp.float32), jnp.zeros((pixels,), jnp.float32)
+    init = (jnp.zeros((), jnp.int32), jnp.zeros((count,), jnp.float32), zeros_k, zeros, zeros_k, zeros_k, zeros,
+            jnp.zeros((3, count), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+            jnp.full((count,), jnp.inf, jnp.float32))
+    _, _, weighted, mask_sum, *_, used, relative = jax.lax.while_loop(cond, body, init)
+    return weighted, mask_sum, used, relative
+
+
+def _relative_error(weighted, mask_sum, yy, ym, mm, level, groups, used, center, normalize, p):
+    """``[K]``: each map's standard error up to its level (module docstring) over its range.
+    ``yy, ym`` are the group sums of products with the scores minus ``center [K]``, ``level [3, K]``
+    the sums for the groups' influences on the map's mean; the range is at least ``FLAT``
+    times the map's largest magnitude (a map flat to float precision)."""
+    n = jnp.maximum(groups, 1.0)
+    correction = groups / jnp.maximum(groups - 1.0, 1.0)
+    center = center[:, None]
+    shifted = weighted - center * mask_sum  # sum_g y_g' with y_g' = sum_{i in g} (s_i - c) M_i
+    if normalize == "per_pixel":
+        kept = mask_sum > 0
+        safe = jnp.where(kept, mask_sum, 1.0)
+        ratio = jnp.where(kept, shifted / safe, 0.0)  # R - c: the residuals y_g - R m_g do not change
+        residual = jnp.maximum(yy - 2.0 * ratio * ym + ratio * ratio * mm, 0.0)
+        variance = jnp.where(kept, used * used * correction * residual / (safe * safe), 0.0)
+        ratio_mean = jnp.sum(jnp.where(kept, ratio, 0.0), axis=-1) / jnp.maximum(jnp.sum(kept), 1)  # mean R - c
+        influence = jnp.maximum(level[0] - 2.0 * ratio_mean * level[1] + ratio_mean * ratio_mean * level[2], 0.0)
+        level_variance = used * used * correction * influence / (n * n)
+        maps = jnp.where(kept, used * weighted / safe, 0.0)
+    else:  # sum_g (y_g - mean)^2 with y_g = y_g' + c m_g
+        spread_y = yy - shifted * shifted / n
+        cross = ym - shifted * mask_sum / n
+        spread_m = mm - mask_sum * mask_sum / n
+        residual = jnp.maximum(spread_y + 2.0 * center * cross + center * center * spread_m, 0.0)
+        scale = (jnp.maximum(used, 1.0) * p) ** 2
+        variance = correction * residual / scale
+        mean_y = jnp.mean(weighted, axis=-1)
+        level_variance = correction * jnp.maximum(level[0] - mean_y * mean_y / n, 0.0) / scale
+        maps = weighted / (jnp.maximum(used, 1.0) * p)
+    # root mean square over the pixels of the standard error of S(x) - mean_x S
+    typical = jnp.sqrt(jnp.maximum(jnp.mean(variance, axis=-1) - level_variance, 0.0))
+    spread = jnp.maximum(maps.max(axis=-1) - maps.min(axis=-1), FLAT * jnp.abs(maps).max(axis=-1))
+    relative = jnp.where(typical > 0, typical / jnp.where(spread > 0, spread, 1.0), 0.0)
+    return jnp.where((typical > 0) & (spread <= 0), jnp.inf, relative)
+
+
 def rise_core(embed_fn, query, references, key, *, masks=None, num_masks, grid_size, p, batch_size, normalize,
-              similarity, mask_axis: Optional[str] = None, mask_axis_size: int = 1, compute_dtype="float32"):
+              similarity, sampler="iid", tolerance=None, mask_axis: Optional[str] = None, mask_axis_size: int = 1,
+              reference_groups: int = 1, return_passes: bool = False, compute_dtype="float32"):
     """``[K, H, W]`` maps of ``query [H, W, C]`` for ``references [K, D]`` (traceable; static options).
 
-    Masks from ``key`` (mask i from ``fold_in(key, i)``) or the explicit ``masks [N, H, W]``.
+    Masks from ``key`` (mask i of ``sampler`` from its index, ``sx.masks.rise_mask_fn``) or the
+    explicit ``masks [N, H, W]`` (treated as i.i.d. for ``tolerance``). ``reference_groups`` = J:
+    the references are K / J groups of J and each group's maps are averaged (``[K / J, H, W]``).
+    With ``tolerance`` the loop stops early (module docstring); ``return_passes`` returns
+    ``(maps, passes, relative error [K])`` (the error is NaN without ``tolerance``).
     """
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
     offset, local = 0, None
+    group = _masks.sampler_block(sampler, grid_size)
     if masks is not None:
-        num_masks = masks.shape[0]
+        num_masks, group = masks.shape[0], 1
 
         def masks_for(indices):
             return jnp.take(masks, jnp.minimum(indices, num_masks - 1), axis=0)
     else:
-        masks_for = _masks.rise_mask_fn(query.shape, key=key, grid_size=grid_size, p=p)
-        if mask_axis is not None:  # this device's share of the N masks
+        masks_for = _masks.rise_mask_fn(query.shape, key=key, grid_size=grid_size, p=p, sampler=sampler)
+        if mask_axis is not None and tolerance is None:  # this device's share of the N masks
             local = -(-num_masks // mask_axis_size)
             offset = jax.lax.axis_index(mask_axis) * local
-    result = engine.run(embed_fn, references, engine.masked_perturbation(query, masks_for), num_masks, batch_size,
-                        similarity, index_offset=offset, num_local=local)
+    perturb = engine.masked_perturbation(query, masks_for)
+    if tolerance is not None:
+        weighted, mask_sum, used, relative = _accumulate_until(
+            embed_fn, references, perturb, num_masks=num_masks, batch_size=batch_size, similarity=similarity,
+            group=group, tolerance=tolerance, normalize=normalize, p=p, reference_groups=reference_groups,
+            mask_axis=mask_axis if masks is None else None, mask_axis_size=mask_axis_size)
+        weighted = weighted.reshape(-1, *query.shape[:2])
+        maps = _normalize_maps(weighted, mask_sum.reshape(query.shape[:2]), used, p, normalize)
+        return (maps, used.astype(jnp.int32), relative) if return_passes else maps
+    result = engine.run(embed_fn, references, perturb, num_masks, batch_size, similarity, index_offset=offset,
+                        num_local=local)
     weighted, mask_sum = result.weighted, result.mask_sum
     if local is not None:
         weighted, mask_sum = jax.lax.psum(weighted, mask_axis), jax.lax.psum(mask_sum, mask_axis)
-    return _normalize_maps(weighted, mask_sum, num_masks, p, normalize)
+    maps = _normalize_maps(weighted, mask_sum, num_masks, p, normalize)
+    maps = maps.reshape(-1, reference_groups, *maps.shape[1:]).mean(axis=1)
+    return (maps, jnp.asarray(num_masks, jnp.int32), jnp.full(maps.shape[:1], jnp.nan)) if return_passes else maps
 
 
 def rise_variable_core(embed_fn, query, references, key, *, masks=None, reference_masks=None, num_masks,
-                       num_reference_masks, grid_size, p, batch_size, normalize, similarity,
-                       mask_axis: Optional[str] = None, mask_axis_size: int = 1, compute_dtype="float32"):
-    """``[K, H, W]``: the variable-reference map of ``query`` for each of ``references [K, H, W, C]``."""
+                       num_reference_masks, grid_size, p, batch_size, normalize, similarity, sampler="iid",
+                       tolerance=None, mask_axis: Optional[str] = None, mask_axis_size: int = 1,
+                       return_passes: bool = False, compute_dtype="float32"):
+    """``[K, H, W]``: the variable-reference map of ``query`` for each of ``references [K, H, W, C]``.
+
+    The reference masks are the first J masks of ``sampler`` from ``fold_in(key, 1)``."""
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
     query_key = None
     if key is not None:
         query_key = jax.random.fold_in(key, 0)
-        reference_masks = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1),
-                                              grid_size=grid_size, p=p)(jnp.arange(num_reference_masks))
-    count, per_reference = references.shape[0], reference_masks.shape[0]
+        masks_for = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1), grid_size=grid_size,
+                                        p=p, sampler=sampler)
+        reference_masks = masks_for(jnp.arange(num_reference_masks))
+    per_reference = reference_masks.shape[0]
     masked = (references[:, None] * reference_masks[None, ..., None]).reshape(-1, *references.shape[1:])
     embeddings = engine.embed_in_chunks(embed_fn, masked, batch_size)  # K J forward passes
-    maps = rise_core(embed_fn, query, embeddings, query_key, masks=masks, num_masks=num_masks, grid_size=grid_size,
-                     p=p, batch_size=batch_size, normalize=normalize, similarity=similarity, mask_axis=mask_axis,
-                     mask_axis_size=mask_axis_size, compute_dtype=compute_dtype)  # N forward passes, K J maps
-    return maps.reshape(count, per_reference, *maps.shape[1:]).mean(axis=1)
+    # N forward passes; the K J maps averaged over each reference's J masks
+    return rise_core(embed_fn, query, embeddings, query_key, masks=masks, num_masks=num_masks, grid_size=grid_size,
+                     p=p, batch_size=batch_size, normalize=normalize, similarity=similarity, sampler=sampler,
+                     tolerance=tolerance, mask_axis=mask_axis, mask_axis_size=mask_axis_size,
+                     reference_groups=per_reference, return_passes=return_passes, compute_dtype=compute_dtype)
 
 
 _rise_jit = jax.jit(rise_core, static_argnames=_STATIC)
 _rise_variable_jit = jax.jit(rise_variable_core, static_argnames=_STATIC + ("num_reference_masks",))
 
 
+def _result(out, single, tolerance):
+    maps, passes, error = out
+    if single:
+        maps, error = maps[0], error[0]
+    return maps if tolerance is None else RiseResult(maps, passes, error)
+
+
 def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
          masks: Optional[jax.Array] = None, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
          batch_size: int = 256, normalize: str = "per_pixel", similarity: SimilarityFn = cosine,
-         compute_dtype: str = "float32") -> jax.Array:
+         sampler: str = "iid", tolerance: Optional[float] = None,
+         compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
     """RISE saliency of ``query`` for fixed (unperturbed) references (see the module docstring).
 
     Args:
@@ -122,13 +331,20 @@ def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *
         (e.g. ``Partial(model.apply, variables)``) passes the parameters as arguments.
       query: ``[H, W, C]`` float, in the model's input space (masked pixels become 0 there).
       reference_embeddings: ``[D]`` (gives ``[H, W]``) or ``[K, D]`` (gives ``[K, H, W]``).
-      key: PRNG key for the masks (mask i from ``fold_in(key, i)``, as ``sx.masks.rise_masks``).
+      key: PRNG key for the masks (mask i from its index, as ``sx.masks.rise_masks``).
         Exactly one of ``key`` and ``masks``.
-      masks: explicit ``[N, H, W]`` masks (then ``num_masks`` and ``grid_size`` are unused).
-      num_masks, grid_size, p: the RISE mask distribution (N, s, keep probability).
-      batch_size: masks per compiled chunk; results do not depend on it (to float rounding).
+      masks: explicit ``[N, H, W]`` masks (then ``num_masks``, ``grid_size`` and ``sampler`` are unused).
+      num_masks, grid_size, p: the RISE mask distribution (N, s, keep probability); with
+        ``tolerance``, N is the most masks used.
+      batch_size: masks per compiled chunk; results do not depend on it (to float rounding), except
+        that with ``tolerance`` the stopping test runs after each chunk.
       normalize: ``"per_pixel"`` or ``"expected"``.
       similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      sampler: ``"iid"`` (the original RISE masks), ``"antithetic"``, ``"stratified"`` or
+        ``"orthogonal"`` (``simexplain_jax/masks.py``); each mask has the i.i.d. distribution.
+      tolerance: None (use N masks, return the maps) or t > 0: stop once every map's standard
+        error (root mean square of the per-pixel ones) is below t times its range (module
+        docstring) and return ``RiseResult(maps, passes, error)``.
       compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the embedding forward pass
         (``engine.in_compute_dtype``: parameters cast once, activations in bfloat16); scores and the
         map sums stay float32. bfloat16 keeps about 3 significant digits per activation: on the
@@ -140,24 +356,28 @@ def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     checks.check_key_or_masks(key, masks)
-    static = options(num_masks if masks is None else 1, grid_size, p, batch_size, normalize, similarity, compute_dtype)
+    static = options(num_masks if masks is None else 1, grid_size, p, batch_size, normalize, similarity, sampler,
+                     tolerance, compute_dtype)
     if masks is not None:
         masks = checks.check_masks(masks, query)
-    maps = _rise_jit(embed_fn, query, refs, key, masks=masks, **static)
-    return maps[0] if single else maps
+    out = _rise_jit(embed_fn, query, refs, key, masks=masks, **static, return_passes=True)
+    return _result(out, single, static["tolerance"])
 
 
 def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: Optional[jax.Array] = None,
                   masks: Optional[jax.Array] = None,
                   reference_masks: Optional[jax.Array] = None, num_masks: int = 2000, num_reference_masks: int = 30,
                   grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
-                  similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
+                  similarity: SimilarityFn = cosine, sampler: str = "iid", tolerance: Optional[float] = None,
+                  compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
     """RISE saliency of ``query`` with a variable (perturbed) reference.
 
     ``reference``: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives
     ``[K, H, W]``, sharing the N masked-query embeddings). Either ``key`` (query masks from
-    ``fold_in(key, 0)``, reference masks from ``fold_in(key, 1)``) or both ``masks [N, H, W]`` and
-    ``reference_masks [J, H, W]``. Other arguments as in :func:`rise`.
+    ``fold_in(key, 0)``, reference masks from ``fold_in(key, 1)``, both drawn by ``sampler``) or
+    both ``masks [N, H, W]`` and ``reference_masks [J, H, W]``. Other arguments as in :func:`rise`;
+    with ``tolerance`` the stopping test is on each reference's map (the mean over its J masked
+    versions) and ``passes`` counts the query masks (the forward passes are ``passes + K J``).
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
@@ -174,26 +394,30 @@ def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         reference_masks = checks.check_masks(reference_masks, refs[0], name="reference_masks")
         num_masks, num_reference_masks = 1, reference_masks.shape[0]
     static = variable_options(num_reference_masks, num_masks=num_masks, grid_size=grid_size, p=p,
-                              batch_size=batch_size, normalize=normalize, similarity=similarity,
-                              compute_dtype=compute_dtype)
-    maps = _rise_variable_jit(embed_fn, query, refs, key, masks=masks, reference_masks=reference_masks, **static)
-    return maps[0] if single else maps
+                              batch_size=batch_size, normalize=normalize, similarity=similarity, sampler=sampler,
+                              tolerance=tolerance, compute_dtype=compute_dtype)
+    out = _rise_variable_jit(embed_fn, query, refs, key, masks=masks, reference_masks=reference_masks, **static,
+                             return_passes=True)
+    return _result(out, single, static["tolerance"])
 
 
 def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
                      mesh: Mesh,
                      axis: str = parallel.AXIS, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
                      batch_size: int = 256, normalize: str = "per_pixel",
-                     similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
+                     similarity: SimilarityFn = cosine, sampler: str = "iid", tolerance: Optional[float] = None,
+                     compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
     """RISE for one pair with its N masks split over the devices along mesh ``axis`` (partial maps
-    summed with ``psum``): equals ``rise(..., key=key)`` to float rounding. ``[H, W]`` or ``[K, H, W]``."""
+    summed with ``psum``): equals ``rise(..., key=key)`` to float rounding. ``[H, W]`` or ``[K, H, W]``
+    (``RiseResult`` with ``tolerance``: the same maps and passes as ``rise`` when the devices times
+    the sampler's block divide ``batch_size``)."""
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("rise_split_masks needs key= (each device generates its share of the masks)")
-    static = options(num_masks, grid_size, p, batch_size, normalize, similarity, compute_dtype)
-    call = engine.BoundCore.of(rise_core, **static, mask_axis=axis, mask_axis_size=mesh.shape[axis])
-    maps = parallel.replicated_call(call, mesh, embed_fn, query, refs, jax.random.key_data(key))
-    return maps[0] if single else maps
-
+    static = options(num_masks, grid_size, p, batch_size, normalize, similarity, sampler, tolerance, compute_dtype)
+    call = engine.BoundCore.of(rise_core, **static, mask_axis=axis, mask_axis_size=mesh.shape[axis],
+                               return_passes=True)
+    out = parallel.replicated_call(call, mesh, embed_fn, query, refs, jax.random.key_data(key))
+    return _result(out, single, static["tolerance"])
