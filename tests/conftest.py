@@ -6,6 +6,10 @@ in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the firs
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +77,25 @@ def shapes32_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds_shapes32"))
     tfds.builder("shapes/32px", data_dir=data_dir).download_and_prepare()
     return data_dir
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, devices=None):
+    """``python -m module ARGS`` from the repo root (``devices``: that many fake CPU devices)."""
+    env = dict(os.environ)
+    if devices:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.fixture(scope="session")
+def trained_similarity(tmp_path_factory, shapes32_dir):
+    """The runlocal similarity model, trained once for the session's experiment tests."""
+    workdir = tmp_path_factory.mktemp("similarity")
+    proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
+                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

@@ -1,42 +1,23 @@
-"""The experiment entry points run end to end with their runlocal configs (in a subprocess)."""
+"""The experiment entry points run end to end with their runlocal configs (in a subprocess).
+
+Many devices and processes, kills and bfloat16 are in test_experiments_scale.py; ``run_module``
+and the session's trained runlocal model (``trained_similarity``) are in conftest.py.
+"""
 
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_module(module, *args, devices=None):
-    env = dict(os.environ)
-    if devices:
-        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
-
+from conftest import ROOT, run_module
 
 def test_bad_config_argument_fails_at_start(tmp_path):
     proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:nonsense",
                       f"--workdir={tmp_path}")
     assert proc.returncode != 0 and "nonsense" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def trained_similarity(tmp_path_factory, shapes32_dir):
-    """The runlocal similarity model, trained once for this module's tests."""
-    workdir = tmp_path_factory.mktemp("similarity")
-    proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
 
 
 def test_train_similarity_runlocal_reaches_auc(trained_similarity):
@@ -276,195 +257,3 @@ def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
             for part in key.split("."):
                 assert part in node, f"sane stage {stage} overrides {key}, which its config does not have"
                 node = node[part]
-
-
-def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity):
-    """saliency_eval shards its queries (and RISE masks) over 8 devices with the same AUCs;
-    train_similarity runs data-parallel steps over 8 devices with fully sharded parameters (saved
-    by orbax), train_attributes with replicated ones."""
-    rows = "--config.rows=rise:fixed,sliding_window:fixed,lime:fixed"
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
-              f"--config.similarity_workdir={trained_similarity}", rows]
-    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}", "--config.mesh_devices=1")
-    eight = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'eight'}", "--config.mesh_masks=2",
-                       devices=8)  # 4 devices on the pairs axis, each query's RISE masks split over 2
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert eight.returncode == 0, eight.stderr[-3000:]
-    a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
-    b = json.loads((tmp_path / "eight" / "results.json").read_text())["rows"]
-    for x, y in zip(a, b):
-        for cached in sorted((tmp_path / "one" / "cache" / x["method"]).glob("q*.npz")):
-            one_maps = np.load(cached)["maps"]
-            eight_maps = np.load(tmp_path / "eight" / "cache" / x["method"] / cached.name)["maps"]
-            np.testing.assert_allclose(eight_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()),
-                                       err_msg=x["method"])
-        # RISE maps sit on an offset of about N * E[s] with small variations: float rounding can swap
-        # the ranks of near-tied pixels, which moves the AUCs (x100) by a few hundredths
-        assert y["insertion_auc"] == pytest.approx(x["insertion_auc"], abs=0.25)
-        assert y["deletion_auc"] == pytest.approx(x["deletion_auc"], abs=0.25)
-    train = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                       f"--workdir={tmp_path / 'train'}", f"--config.data_dir={shapes32_dir}",
-                       "--config.mesh_devices=8", "--config.num_steps=20", "--config.eval_every=10",
-                       "--config.checkpoint_every=10", "--config.param_sharding=fully_sharded", devices=8)
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert json.loads((tmp_path / "train" / "results.json").read_text())["steps"] == 20
-    attributes = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
-                            f"--workdir={tmp_path / 'attributes'}", f"--config.data_dir={shapes32_dir}",
-                            f"--config.similarity_workdir={trained_similarity}", "--config.mesh_devices=8",
-                            "--config.num_epochs=1", "--config.lambdas=0.1", devices=8)
-    assert attributes.returncode == 0, attributes.stderr[-3000:]
-    assert json.loads((tmp_path / "attributes" / "results.json").read_text())["runs"][0]["test_map"] > 0
-
-
-def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity):
-    """Two processes on localhost (gloo), 2 fake devices each, as the README's multi-host launch:
-    each reads and explains its share of the pairs, process 0 writes the same table as one process."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal",
-              f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed,random:fixed"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    workers = [subprocess.Popen(  # no dataset yet: process 0 builds it while process 1 waits
-        [sys.executable, "-m", "experiments.saliency_eval", *common, f"--workdir={tmp_path / 'two'}",
-         f"--config.distributed.coordinator_address=localhost:{port}", "--config.distributed.num_processes=2",
-         f"--config.distributed.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in (0, 1)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (_, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}",
-                     f"--config.data_dir={shapes32_dir}")
-    assert one.returncode == 0, one.stderr[-3000:]
-    a = json.loads((tmp_path / "one" / "results.json").read_text())
-    b = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert b["num_processes"] == 2 and b["devices_per_process"] == 2 and a["num_processes"] == 1
-    assert '"method": "rise"' in outputs[0][0] and '"method"' not in outputs[1][0]  # process 0 reports
-    for cached in sorted((tmp_path / "one" / "cache" / "rise").glob("q*.npz")):
-        one_maps = np.load(cached)["maps"]
-        two_maps = np.load(tmp_path / "two" / "cache" / "rise" / cached.name)["maps"]
-        np.testing.assert_allclose(two_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()))
-    for x, y in zip(a["rows"], b["rows"]):
-        # maps agree to float rounding; near-ties in a map can swap two pixels' ranks
-        for field in ("insertion_auc", "deletion_auc"):
-            assert y[field] == pytest.approx(x[field], abs=0.25), (x["method"], field)
-        for field in ("pointing_accuracy", "mass_on_key"):
-            assert y[field] == pytest.approx(x[field], abs=1e-4), (x["method"], field)
-    cached = {p.name for p in (tmp_path / "two" / "cache" / "rise").glob("q*.npz")}
-    assert cached == {p.name for p in (tmp_path / "one" / "cache" / "rise").glob("q*.npz")}  # by dataset index
-    assert (tmp_path / "two" / "gallery.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def run_until_killed(args, kill_when, timeout=300):
-    """Starts ``python -m experiments.saliency_eval ARGS`` and SIGKILLs it as soon as ``kill_when()``
-    holds (polled every 10 ms: kill points are chosen by what the run has written, not by time)."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.saliency_eval", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while not kill_when():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before its kill point: {proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the kill point was never reached")
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-
-
-def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, shapes32_dir, trained_similarity):
-    """SIGKILL during RISE, then after RISE finished and during the mask method; the resumed run
-    ends with the results.json of an uninterrupted run. Also: a second run on a workdir in use fails
-    at once; a rerun with fewer rows merges into results.json and computes nothing."""
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
-              f"--config.similarity_workdir={trained_similarity}", "--config.num_pairs=4", "--config.insertion_steps=11",
-              "--config.methods.rise.num_masks=100", "--config.methods.perturbation.num_steps=20",
-              "--config.query_batch=1"]  # one query a step: a step per query of the 4 pairs
-    rows = "--config.rows=rise:fixed,perturbation:fixed"
-    whole = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    from experiments.stages import WorkdirLock
-
-    with WorkdirLock(str(tmp_path / "busy")):  # a live run holds this workdir: a second one fails at once
-        second = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'busy'}")
-    assert second.returncode != 0 and f"is in use by process {os.getpid()}" in second.stderr
-    assert "one run per workdir" in second.stderr and not (tmp_path / "busy" / "cache").exists()
-    queries = len(list((tmp_path / "whole" / "cache" / "rise").glob("q*.npz")))
-    assert queries >= 3
-    work = tmp_path / "killed"
-    args = [*common, rows, f"--workdir={work}"]
-    rise, mask = work / "cache" / "rise", work / "cache" / "perturbation"
-    count = lambda folder: len(list(folder.glob("q*.npz"))) if folder.exists() else 0  # noqa: E731
-    # 1. killed during RISE, once its first step is cached
-    run_until_killed(args, lambda: count(rise) >= 1)
-    assert 1 <= count(rise) < queries and not (work / "results.json").exists()
-    # 2. killed after RISE finished (its row recorded), during the mask method
-    run_until_killed(args, lambda: (work / "rows" / "rise.npz").exists() and count(mask) >= 1)
-    assert count(rise) == queries and 1 <= count(mask) < queries, (count(rise), count(mask))
-    stamps = {p: p.stat().st_mtime_ns for p in [*rise.glob("q*.npz"), *mask.glob("q*.npz"), work / "rows" / "rise.npz"]}
-    # 3. resumed (the killed runs' locks are stale): only what was missing is computed
-    resumed = run_module("experiments.saliency_eval", *args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing finished was redone
-
-    def table(path):
-        results = json.loads(path.read_text())
-        for row in results["rows"]:
-            row.pop("seconds_per_pair")
-        return results
-
-    expected = table(tmp_path / "whole" / "results.json")
-    assert table(work / "results.json") == expected
-    for name in ("rise", "perturbation"):  # every map bit for bit
-        for cached in sorted((tmp_path / "whole" / "cache" / name).glob("q*.npz")):
-            np.testing.assert_array_equal(np.load(work / "cache" / name / cached.name)["maps"], np.load(cached)["maps"])
-    # 4. a rerun with fewer rows keeps the other rows and, everything being done, computes nothing
-    stamps = {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()}
-    fewer = run_module("experiments.saliency_eval", *common, "--config.rows=rise:fixed", f"--workdir={work}")
-    assert fewer.returncode == 0, fewer.stderr[-3000:]
-    assert table(work / "results.json") == expected
-    assert {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()} == stamps
-
-
-def test_bfloat16_saliency_agrees_with_float32_on_the_trained_model(trained_similarity, shapes32_dir):
-    """``compute_dtype="bfloat16"`` on the trained runlocal model (SmallCNN, shapes/32px, 12 positive
-    test pairs): each RISE map correlates >= 0.99 with its float32 map; the pointing hits are the
-    same, the mass on the key object moves by <= 0.02, the mean insertion and deletion AUCs (of 1, as
-    Table 1 averages them) by <= 0.02. A single pair's AUC can move more: min-max normalisation
-    amplifies small changes of a nearly flat curve (benchmarks/RESULTS.md)."""
-    import jax
-
-    import simexplain_jax as sx
-    from simexplain_jax import engine
-    from simexplain_jax.imageops import normalize_images, normalized_color
-    from simexplain_jax.models import embed_fn
-    from simexplain_jax.train.datasets import explanation_pairs
-    from simexplain_jax.train.similarity import load_trained
-
-    model, variables, _ = load_trained(str(trained_similarity / "checkpoints"))
-    data = explanation_pairs("shapes/32px", data_dir=shapes32_dir, num_pairs=24, seed=0)
-    images = normalize_images(data.images)
-    pairs = data.pairs[data.labels == 1]
-    full_fn = embed_fn(model, variables)
-    half_fn = engine.in_compute_dtype(full_fn, "bfloat16")
-    config = dict(num_masks=1000, grid_size=4, batch_size=250)
-    key = jax.random.key(0)
-    full = sx.saliency.explain_pairs("rise", full_fn, images, images, key=key, pairs=pairs, config=config)
-    half = sx.saliency.explain_pairs("rise", full_fn, images, images, key=key, pairs=pairs,
-                                     config={**config, "compute_dtype": "bfloat16"})
-    for a, b in zip(full, half):
-        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
-    for a, b, q in zip(full, half, pairs[:, 0]):
-        pa, pb = sx.metrics.pointing(a, data.key_masks[q]), sx.metrics.pointing(b, data.key_masks[q])
-        assert pa.hit == pb.hit and abs(pa.mass_on_key - pb.mass_on_key) <= 0.02
-    background = normalized_color(127)
-    scores = [sx.metrics.insertion_deletion_batch(f, images[pairs[:, 0]],
-                                                  engine.apply_in_chunks(f, images[pairs[:, 1]]), maps,
-                                                  background=background, num_steps=33, compute_dtype=dtype)
-              for f, maps, dtype in ((full_fn, full, "float32"), (half_fn, half, "bfloat16"))]
-    assert len(pairs) == 12
-    assert abs(np.mean(scores[0].insertion_auc) - np.mean(scores[1].insertion_auc)) <= 0.02
-    assert abs(np.mean(scores[0].deletion_auc) - np.mean(scores[1].deletion_auc)) <= 0.02
