@@ -59,7 +59,7 @@ def main(argv):
     for dtype, forward in forwards.items():
         variants[f"floor_{dtype}"] = (lambda forward=forward: _floor(forward, stacked), chunks * b)
         variants[f"rise_{dtype}"] = (lambda dtype=dtype: sx.saliency.rise(
-            embed, query, reference, key=key, num_masks=n, batch_size=b, compute_dtype=dtype), n)
+            embed, query, reference, key=key, num_masks=n, batch_size=b, compute_dtype=dtype).maps, n)
     for fn, _ in variants.values():
         jax.block_until_ready(fn())  # compile
     best = dict.fromkeys(variants, float("inf"))

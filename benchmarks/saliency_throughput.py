@@ -110,7 +110,7 @@ def memory_only():
     base = current_rss_mb()
     reset = reset_peak_rss()
     jax.block_until_ready(sx.saliency.rise(embed, query, ref, key=jax.random.key(0), num_masks=FLAGS.num_masks,
-                                           batch_size=FLAGS.batch_size))
+                                           batch_size=FLAGS.batch_size).maps)
     stats = jax.devices()[0].memory_stats() or {}
     emit({"measure": "memory", "num_masks": FLAGS.num_masks, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base, "peak_was_reset": reset,
           "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None})
@@ -193,7 +193,7 @@ def main(argv):
         maps = []
         for j in range(runs):  # the reference: embed the masked reference, then N masked queries again
             r = _embed_batch(embed, (reference * ref_masks[j][..., None])[None])[0]
-            maps.append(sx.saliency.rise(embed, query, r, key=key, num_masks=n, batch_size=b))
+            maps.append(sx.saliency.rise(embed, query, r, key=key, num_masks=n, batch_size=b).maps)
         return jnp.mean(jnp.stack(maps), 0)
 
     runs = FLAGS.reference_runs

@@ -175,9 +175,8 @@ def evaluate(config, workdir: str, rows: list) -> None:
         return condition_embed_fn(model, variables, int(condition)) if condition >= 0 else embed_fn(model, variables)
 
     for method, reference, name in rows:
-        options = validation.method_config(config, name)
-        identity = dict(evaluation, method=name, options=describe({**sx.saliency.METHOD_CORES[name].defaults,
-                                                                   **options}))
+        options = sx.saliency.options_for(name, **validation.method_config(config, name))
+        identity = dict(evaluation, method=name, options=options.to_dict())
         record = read_row_record(workdir, name) if reuse_rows else None
         if record is not None and record[0] == json.loads(json.dumps(identity, sort_keys=True)):
             if main_process:
@@ -189,8 +188,8 @@ def evaluate(config, workdir: str, rows: list) -> None:
         for condition in np.unique(conditions):
             chosen = np.flatnonzero(conditions == condition)
             cache_dir = os.path.join(workdir, "cache", name if condition < 0 else f"{name}_c{condition}")
-            maps[chosen] = sx.saliency.explain_pairs(name, embed_for(condition), shard.queries, shard.references,
-                                                     key=key, pairs=pairs[chosen], config=options, progress=bar.update,
+            maps[chosen] = sx.saliency.explain_pairs(options, embed_for(condition), shard.queries, shard.references,
+                                                     key=key, pairs=pairs[chosen], progress=bar.update,
                                                      cache_dir=cache_dir, mesh=mesh, query_ids=shard.query_ids,
                                                      reference_ids=shard.reference_ids,
                                                      cache_meta=dict(cache_meta, condition=int(condition)),

@@ -112,7 +112,7 @@ def check_saliency_config(config) -> list[tuple[str, str, str]]:
         raise ValueError(f"config.methods has unknown method(s) {unknown}; methods: {list(sx.saliency.METHODS)}")
     for _, _, name in rows:
         try:
-            sx.saliency.method_options(name, method_config(config, name))
+            sx.saliency.options_for(name, **method_config(config, name))
         except (TypeError, ValueError) as err:
             raise ValueError(f"config.methods.{name}: {err}") from None
     return rows
@@ -139,7 +139,7 @@ def check_attributes_config(config) -> list[float]:
     integer(config.stages, "stages", 1)
     parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
     try:
-        sx.saliency.method_options(config.saliency_method, config.saliency.to_dict())
+        sx.saliency.options_for(config.saliency_method, **config.saliency.to_dict())
     except (TypeError, ValueError) as err:
         raise ValueError(f"config.saliency ({config.saliency_method}): {err}") from None
     return lambdas
@@ -168,7 +168,7 @@ def check_explain_attributes_config(config) -> list[float]:
         raise ValueError(f"config.concept_ridge must be > 0 and config.presence_weight >= 0, got "
                          f"{config.concept_ridge}, {config.presence_weight}")
     try:
-        sx.saliency.method_options(config.saliency_method, config.saliency.to_dict())
+        sx.saliency.options_for(config.saliency_method, **config.saliency.to_dict())
     except (TypeError, ValueError) as err:
         raise ValueError(f"config.saliency ({config.saliency_method}): {err}") from None
     return weights

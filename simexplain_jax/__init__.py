@@ -1,7 +1,7 @@
 """simexplain_jax: explain why an image-similarity model thinks two images match.
 
 >>> import simexplain_jax as sx
->>> sal = sx.saliency.rise(embed_fn, query, reference_embedding, key=jax.random.key(0))  # doctest: +SKIP
+>>> sal = sx.saliency.rise(embed_fn, query, reference_embedding, key=jax.random.key(0)).maps  # doctest: +SKIP
 
 ``sx.data`` (TFDS builders, pairs, pipeline), ``sx.models`` and ``sx.viz`` are imported on first use.
 """

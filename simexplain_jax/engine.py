@@ -213,23 +213,3 @@ def apply_in_chunks(fn, images, batch_size: int = 256):
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         outputs.append(jax.tree.map(lambda x: np.asarray(x)[: batch_size - pad], _apply_chunk(fn, jnp.asarray(chunk))))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
-
-
-@dataclasses.dataclass(frozen=True)
-class BoundCore:
-    """A method's pure core with its static options bound, hashable and compared by value, so that
-    ``parallel.map_queries`` / ``replicated_call`` reuse one compiled program per (core, options).
-
-    ``bound(embed_fn, query, references, key_data, *extra) = core(embed_fn, query, references,
-    wrap_key_data(key_data), *extra, **options)``: keys travel as raw key data through ``shard_map``.
-    """
-
-    core: Callable
-    options: tuple  # sorted (name, value) pairs
-
-    @classmethod
-    def of(cls, core: Callable, **options) -> "BoundCore":
-        return cls(core, tuple(sorted(options.items())))
-
-    def __call__(self, embed_fn, query, references, key_data, *extra):
-        return self.core(embed_fn, query, references, jax.random.wrap_key_data(key_data), *extra, **dict(self.options))

@@ -214,10 +214,9 @@ def rise_grid_fn(image_shape: Sequence[int], *, key: jax.Array, grid_size: int =
         row = position(row_key, j)
         flips = jax.random.bernoulli(flip_key, 0.5, (cells,)).astype(jnp.int32)
         bits = (jax.lax.population_count(row & columns) + flips) % 2  # a strength-3 orthogonal array
-        if p == 0.5:
-            grid = bits == 0
-        else:
-            grid = (bits + jax.random.uniform(jax.random.fold_in(jitter_key, j), (cells,))) / 2 < p
+        # p may be traced: at p = 1/2 the grid is the array's bits themselves
+        jittered = (bits + jax.random.uniform(jax.random.fold_in(jitter_key, j), (cells,))) / 2 < p
+        grid = jnp.where(jnp.asarray(p) == 0.5, bits == 0, jittered)
         dy = jax.random.randint(shift_key, (), 0, cell_h)  # one shift for the whole block
         dx = jax.random.randint(jax.random.fold_in(shift_key, 1), (), 0, cell_w)
         return grid.reshape(grid_size, grid_size), dy, dx

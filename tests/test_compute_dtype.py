@@ -65,11 +65,11 @@ def test_bfloat16_rise_convolves_in_bfloat16_and_accumulates_in_float32(cnn):
     _, _, f, images = cnn
     query = jnp.asarray(images[0])
     refs = jnp.ones((2, 16)) / 4.0
-    static = _rise.options(num_masks=8, grid_size=4, batch_size=4, compute_dtype="bfloat16")
-    lowered = _rise._rise_jit.lower(f, query, refs, jax.random.key(0), **static)
+    options = _rise.Rise(num_masks=8, grid_size=4, batch_size=4, compute_dtype="bfloat16")
+    lowered = _rise._rise_jit.lower(f, query, refs, jax.random.key(0), options)
     convolutions = [line for line in lowered.as_text().splitlines() if "convolution" in line]
     assert convolutions and all(re.search(r"x[0-9]+xbf16>\)? ?->.*xbf16>", line) for line in convolutions)
-    assert lowered.out_info.dtype == jnp.float32 and lowered.out_info.shape == (2, SIZE, SIZE)
+    assert lowered.out_info.maps.dtype == jnp.float32 and lowered.out_info.maps.shape == (2, SIZE, SIZE)
 
 
 def _correlation(a, b):

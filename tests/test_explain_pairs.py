@@ -1,3 +1,4 @@
+import dataclasses
 import inspect
 
 import jax
@@ -5,7 +6,8 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
-from simexplain_jax.saliency import METHOD_CORES
+from simexplain_jax.saliency import OPTIONS
+from simexplain_jax.saliency.cache import describe
 
 CONFIGS = {
     "rise": dict(num_masks=40, grid_size=4),
@@ -31,12 +33,16 @@ def setup(linear_model):
     return embed, images, pairs
 
 
-def test_registry_covers_every_method_and_matches_the_public_defaults():
-    assert set(METHOD_CORES) == set(CONFIGS)
-    for name, spec in METHOD_CORES.items():
+def test_registry_covers_every_method_and_the_defaults_live_only_in_the_options_class():
+    assert set(OPTIONS) == set(CONFIGS)
+    for name, cls in OPTIONS.items():
+        assert cls.method == name and sx.saliency.options_for(name) == cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
         parameters = inspect.signature(getattr(sx.saliency, name)).parameters
-        public = {k: p.default for k, p in parameters.items() if k in spec.defaults}
-        assert public == spec.defaults, name  # the registry cannot drift from the functions users call
+        assert not fields & set(parameters), name  # the function keeps no second copy of the defaults
+        assert parameters["options"].default is None  # None: the class's defaults
+        options = cls(**CONFIGS[name])
+        assert hash(options) == hash(cls(**CONFIGS[name])) and options.replace() == options
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
@@ -49,13 +55,49 @@ def test_explain_pairs_equals_single_pair_calls(setup, method):
                                      progress=finished.append)
     assert maps.shape == (5, 16, 16) and sum(finished) == 5
     function = getattr(sx.saliency, method)
-    variable = METHOD_CORES[method].references == "images"
+    variable = OPTIONS[method].references == "images"
     for q in np.unique(pairs[:, 0]):
         rows = np.flatnonzero(pairs[:, 0] == q)
         refs = images[pairs[rows, 1]] if variable else np.asarray(embed(images[pairs[rows, 1]]))
-        single = np.asarray(function(embed, images[q], refs, key=jax.random.fold_in(key, int(q)), **config))
+        single = np.asarray(function(embed, images[q], refs, key=jax.random.fold_in(key, int(q)), **config).maps)
         np.testing.assert_allclose(maps[rows], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7,
                                    err_msg=method)
+
+
+def test_explain_pairs_takes_an_options_object(setup):
+    """``Rise(...)`` says which method it is; a method name with ``config`` builds the same object."""
+    embed, images, pairs = setup
+    key = jax.random.key(3)
+    by_name = sx.saliency.explain_pairs("rise", embed, images, images, key=key, pairs=pairs, config=CONFIGS["rise"])
+    options = sx.saliency.Rise(**CONFIGS["rise"])
+    by_object = sx.saliency.explain_pairs(options, embed, images, images, key=key, pairs=pairs)
+    np.testing.assert_array_equal(by_object, by_name)
+    with pytest.raises(TypeError, match="method"):
+        sx.saliency.explain_pairs(dict(CONFIGS["rise"]), embed, images, images, key=key, pairs=pairs)
+
+
+def test_options_are_described_the_same_in_every_process():
+    """A cache records options by value (functions by name, never an address), as a dict or as the object."""
+    options = sx.saliency.Rise(num_masks=40, p=0.25)
+    assert options.to_dict()["similarity"] == "simexplain_jax.similarity.cosine"
+    assert describe(options) == {"class": "simexplain_jax.saliency._rise.Rise", **options.to_dict()}
+    assert "0x" not in repr(describe({"options": options}))
+
+
+def test_a_sweep_over_traced_options_compiles_once(setup):
+    """p and tolerance are traced leaves of the options, not static: explain_pairs over several
+    values reuses one compiled program, and the values do change the maps."""
+    embed, images, pairs = setup
+    key = jax.random.key(3)
+    cache_size = sx.parallel._map_queries_jit._cache_size
+    base = sx.saliency.Rise(num_masks=24, grid_size=4, batch_size=8, tolerance=0.5)
+    first = sx.saliency.explain_pairs(base, embed, images, images, key=key, pairs=pairs)
+    compiled = cache_size()
+    for p, tolerance in ((0.3, 0.2), (0.7, 0.05), (0.9, 0.1)):
+        maps = sx.saliency.explain_pairs(base.replace(p=p, tolerance=tolerance), embed, images, images, key=key,
+                                         pairs=pairs)
+        assert not np.allclose(maps, first)
+    assert cache_size() == compiled
 
 
 def test_cache_is_reused_and_resumes(setup, tmp_path):
@@ -126,5 +168,5 @@ def test_lime_segmentation_threads_give_the_serial_maps(linear_model):
     serial = run(0)
     np.testing.assert_array_equal(run(3), serial)
     single = sx.saliency.lime(embed, images[0], np.asarray(embed(images[:4])), key=jax.random.fold_in(
-        jax.random.key(1), 0), num_samples=40, num_segments=8)  # query 0's references: 1 and 3
+        jax.random.key(1), 0), num_samples=40, num_segments=8).maps  # query 0's references: 1 and 3
     np.testing.assert_allclose(serial[[0, 5]], np.asarray(single)[[1, 3]], rtol=1e-4, atol=1e-6)

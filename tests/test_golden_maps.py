@@ -49,30 +49,30 @@ def compute() -> dict:
     window = dict(window=6, stride=2, padding=2)
     out = {}
     s = sx.saliency
-    out["rise"] = s.rise(embed, q, refs_e, key=key, num_masks=96, grid_size=4, batch_size=32)
+    out["rise"] = s.rise(embed, q, refs_e, key=key, num_masks=96, grid_size=4, batch_size=32).maps
     out["rise_expected"] = s.rise(embed, q, refs_e[0], key=key, num_masks=96, grid_size=4, batch_size=32,
-                                  normalize="expected", p=0.4)
+                                  normalize="expected", p=0.4).maps
     for sampler in ("antithetic", "stratified", "orthogonal"):
         out[f"rise_{sampler}"] = s.rise(embed, q, refs_e, key=key, num_masks=128, grid_size=4, batch_size=64,
-                                        sampler=sampler)
+                                        sampler=sampler).maps
     tol = s.rise(embed, q, refs_e, key=key, num_masks=512, grid_size=4, batch_size=32, tolerance=0.05)
     out["rise_tolerance"], out["rise_tolerance_passes"] = tol.maps, tol.passes
     out["rise_variable"] = s.rise_variable(embed, q, refs_i, key=key, num_masks=64, num_reference_masks=4,
-                                           grid_size=4, batch_size=32)
-    out["sliding_window"] = s.sliding_window(embed, q, refs_e, **window, batch_size=16)
+                                           grid_size=4, batch_size=32).maps
+    out["sliding_window"] = s.sliding_window(embed, q, refs_e, **window, batch_size=16).maps
     out["sliding_window_variable"] = s.sliding_window_variable(embed, q, refs_i, **window, reference_window=8,
-                                                               reference_stride=8, batch_size=16)
-    out["lime"] = s.lime(embed, q, refs_e, key=key, num_samples=64, num_segments=8, batch_size=32)
+                                                               reference_stride=8, batch_size=16).maps
+    out["lime"] = s.lime(embed, q, refs_e, key=key, num_samples=64, num_segments=8, batch_size=32).maps
     out["lime_variable"] = s.lime_variable(embed, q, refs_i, key=key, num_samples=64, num_segments=8,
-                                           num_reference_masks=3, grid_size=4, batch_size=32)
-    out["perturbation"] = s.perturbation(embed, q, refs_e, key=key, grid=4, num_steps=12, blur_size=5)
+                                           num_reference_masks=3, grid_size=4, batch_size=32).maps
+    out["perturbation"] = s.perturbation(embed, q, refs_e, key=key, grid=4, num_steps=12, blur_size=5).maps
     out["perturbation_variable"] = s.perturbation_variable(embed, q, refs_i[0], key=key, grid=4, num_steps=12,
-                                                           blur_size=5)
+                                                           blur_size=5).maps
     out["perturbation_batch"] = s.perturbation_batch(embed, queries[:2], ref_emb[:2], key=key, grid=4, num_steps=8,
                                                      blur_size=5)
-    out["gradient"] = s.gradient(embed, q, refs_e)
-    out["integrated_gradients"] = s.integrated_gradients(embed, q, refs_e, num_steps=16, batch_size=8)
-    out["random"] = s.random(embed, q, refs_e, key=key)
+    out["gradient"] = s.gradient(embed, q, refs_e).maps
+    out["integrated_gradients"] = s.integrated_gradients(embed, q, refs_e, num_steps=16, batch_size=8).maps
+    out["random"] = s.random(embed, q, refs_e, key=key).maps
     pairs = np.array([[0, 0], [0, 1], [1, 2], [2, 0]])
     small = {"rise": dict(num_masks=64, grid_size=4, batch_size=32),
              "rise_variable": dict(num_masks=64, num_reference_masks=3, grid_size=4, batch_size=32),

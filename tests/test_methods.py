@@ -1,5 +1,7 @@
 """LIME, the meaningful-perturbation mask, gradients, pointing."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +34,7 @@ def test_lime_recovers_linear_superpixel_weights():
     embed = superpixel_linear_model(segments, weights)
     query = jnp.ones((16, 16, 3))
     maps = sx.saliency.lime(embed, query, jnp.ones(1), key=jax.random.key(0), segments=segments, num_samples=300,
-                            ridge_alpha=1e-6, similarity=sx.similarity.dot)
+                            ridge_alpha=1e-6, similarity=sx.similarity.dot).maps
     np.testing.assert_allclose(np.asarray(maps), weights[segments], atol=1e-3)
 
 
@@ -41,9 +43,9 @@ def test_lime_k_references_equal_k_separate_solves(linear_model):
     query = jax.random.normal(jax.random.key(0), (16, 16, 3))
     refs = jax.random.normal(jax.random.key(1), (3, 8))
     segments = grid_segments()
-    together = sx.saliency.lime(embed, query, refs, key=jax.random.key(2), segments=segments, num_samples=200)
+    together = sx.saliency.lime(embed, query, refs, key=jax.random.key(2), segments=segments, num_samples=200).maps
     for k in range(3):
-        alone = sx.saliency.lime(embed, query, refs[k], key=jax.random.key(2), segments=segments, num_samples=200)
+        alone = sx.saliency.lime(embed, query, refs[k], key=jax.random.key(2), segments=segments, num_samples=200).maps
         np.testing.assert_allclose(together[k], alone, rtol=1e-4, atol=1e-6)
 
 
@@ -66,7 +68,7 @@ def test_lime_explicit_samples_recover_exact_weights():
     embed = superpixel_linear_model(segments, weights)
     samples = np.array([[(i >> b) & 1 for b in range(4)] for i in range(16)], np.float32)[::-1]  # every on/off state
     maps = sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples, segments=segments,
-                            ridge_alpha=1e-9, similarity=sx.similarity.dot)
+                            ridge_alpha=1e-9, similarity=sx.similarity.dot).maps
     np.testing.assert_allclose(np.asarray(maps), weights[segments], atol=1e-4)
     with pytest.raises(ValueError, match="exactly one of key"):
         sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples, segments=segments,
@@ -81,11 +83,11 @@ def test_lime_variable_is_the_mean_over_masked_references(linear_model):
     reference = jax.random.normal(jax.random.key(1), (16, 16, 3))
     segments, key = grid_segments(), jax.random.key(3)
     variable = sx.saliency.lime_variable(embed, query, reference, key=key, num_samples=64, segments=segments,
-                                         num_reference_masks=4, grid_size=2, p=0.5)
+                                         num_reference_masks=4, grid_size=2, p=0.5).maps
     ref_masks = sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=4, grid_size=2, p=0.5)
     masked = embed(reference[None] * ref_masks[..., None])  # the 4 masked references, embedded
     expected = sx.saliency.lime(embed, query, masked, key=jax.random.fold_in(key, 0), num_samples=64,
-                                segments=segments).mean(0)
+                                segments=segments).maps.mean(0)
     np.testing.assert_allclose(variable, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -94,7 +96,7 @@ def test_lime_default_superpixels_follow_the_image(linear_model):
     query = np.zeros((16, 16, 3), np.float32)
     query[:, 8:] = 2.0  # two flat halves: SLIC never mixes them
     maps = np.asarray(sx.saliency.lime(embed, query, embed(query[None])[0], key=jax.random.key(0), num_samples=64,
-                                       num_segments=4))
+                                       num_segments=4).maps)
     assert maps.shape == (16, 16) and np.all(np.isfinite(maps))
     segments = sx.saliency.superpixels(sx.saliency.denormalize(query), 4)
     assert not set(np.unique(segments[:, :8])) & set(np.unique(segments[:, 8:]))
@@ -129,7 +131,7 @@ class TextureModel:
 
 def test_perturbation_mask_finds_the_region():
     model = TextureModel()
-    maps = sx.saliency.perturbation(model, model.query, model.reference, key=jax.random.key(0), num_steps=150)
+    maps = sx.saliency.perturbation(model, model.query, model.reference, key=jax.random.key(0), num_steps=150).maps
     positive = np.maximum(np.asarray(maps), 0)
     assert positive[model.region].sum() >= 0.75 * positive.sum()
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
@@ -147,13 +149,13 @@ def test_perturbation_vmapped_pairs_equal_one_at_a_time(linear_model):
         np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
     folded = sx.saliency.perturbation_batch(embed, queries, refs, key=jax.random.key(5), num_steps=30)
     single = sx.saliency.perturbation(embed, queries[1], refs[1], key=jax.random.fold_in(jax.random.key(5), 1),
-                                      num_steps=30)
+                                      num_steps=30).maps
     np.testing.assert_allclose(folded[1], single, atol=1e-5)
     variable = sx.saliency.perturbation_variable_batch(embed, queries, queries[::-1], key=jax.random.key(5),
                                                        num_steps=10)
     for i in range(3):  # pair i with one key uses fold_in(key, i), as the single-pair call with that key
         alone = sx.saliency.perturbation_variable(embed, queries[i], queries[2 - i],
-                                                  key=jax.random.fold_in(jax.random.key(5), i), num_steps=10)
+                                                  key=jax.random.fold_in(jax.random.key(5), i), num_steps=10).maps
         np.testing.assert_allclose(variable[i], alone, atol=1e-5)
     assert float(variable.min()) >= 0.0 and float(variable.max()) <= 1.0
     with pytest.raises(ValueError, match="same shape"):
@@ -188,14 +190,14 @@ def test_integrated_gradients_completeness_and_gradient_x_input():
 
     query = jax.random.normal(jax.random.key(2), (size, size, 3))
     reference = embed(jax.random.normal(jax.random.key(3), (1, size, size, 3)))[0]
-    attributions = sx.saliency.integrated_gradients(embed, query, reference, num_steps=64)
+    attributions = sx.saliency.integrated_gradients(embed, query, reference, num_steps=64).maps
     difference = sx.similarity.cosine(embed(query[None])[0], reference) - sx.similarity.cosine(
         embed(jnp.zeros((1, size, size, 3)))[0], reference)
     assert abs(float(attributions.sum()) - float(difference)) <= 0.01 * abs(float(difference))
     # gradient x input of a linear score is exactly the per-pixel contribution
     w = jax.random.normal(jax.random.key(4), (size * size * 3,))
     linear = lambda images: (images.reshape(images.shape[0], -1) @ w)[:, None]  # noqa: E731
-    got = sx.saliency.gradient(linear, query, jnp.ones(1), similarity=sx.similarity.dot)
+    got = sx.saliency.gradient(linear, query, jnp.ones(1), similarity=sx.similarity.dot).maps
     np.testing.assert_allclose(got, (query * w.reshape(size, size, 3)).sum(-1), rtol=1e-5, atol=1e-5)
 
 
@@ -242,16 +244,16 @@ def test_every_method_has_one_reference_convention_and_takes_key(linear_model, n
     images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
     refs = images if name in VARIABLE else np.asarray(embed(images))
     key = jax.random.key(1)
-    stacked = np.asarray(method(embed, query, refs, key=key, **SMALL[name]))
+    stacked = np.asarray(method(embed, query, refs, key=key, **SMALL[name]).maps)
     assert stacked.shape == (2, 16, 16)
     for k in range(2):
-        single = np.asarray(method(embed, query, refs[k], key=key, **SMALL[name]))
+        single = np.asarray(method(embed, query, refs[k], key=key, **SMALL[name]).maps)
         assert single.shape == (16, 16)
         if name != "random":  # random draws map k from fold_in(key, k)
             np.testing.assert_allclose(stacked[k], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7)
     if name in DETERMINISTIC:
-        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SMALL[name]),
-                                      method(embed, query, refs[0], **SMALL[name]))
+        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SMALL[name]).maps,
+                                      method(embed, query, refs[0], **SMALL[name]).maps)
     elif name != "rise":  # rise takes masks= instead of a key, tested in test_rise.py
         with pytest.raises(ValueError, match="key"):
             method(embed, query, refs[0], key=None, **SMALL[name])
@@ -273,3 +275,27 @@ def test_saliency_modules_are_not_shadowed_by_functions():
             raise AssertionError(f"saliency.{name} is a function that hides the module {module.__name__}")
     for name in ("pairs", "cache", "distributed", "_rise", "_lime"):
         assert isinstance(importlib.import_module(f"simexplain_jax.saliency.{name}"), types.ModuleType)
+
+
+def test_float_options_of_lime_and_the_mask_are_traced(linear_model):
+    """LIME's kernel width and ridge penalty and the mask method's learning rate and weights are
+    traced leaves of their options: new values change the maps and compile nothing."""
+    embed = linear_model[0]
+    rng = np.random.default_rng(5)
+    query = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    ref = np.asarray(embed(rng.normal(size=(1, 16, 16, 3)).astype(np.float32)))[0]
+    key = jax.random.key(0)
+    cases = [("_lime", "_lime_jit", sx.saliency.lime, sx.saliency.Lime(num_samples=16, num_segments=4),
+              [dict(kernel_width=0.5, ridge_alpha=0.1), dict(kernel_width=1.0, ridge_alpha=3.0)],
+              dict(segments=grid_segments())),
+             ("_perturbation", "_perturbation_jit", sx.saliency.perturbation,
+              sx.saliency.Perturbation(grid=4, num_steps=3, blur_size=5),
+              [dict(learning_rate=0.3, l1_weight=0.5), dict(tv_weight=0.9, noise_std=0.05)], {})]
+    for module, jitted, method, base, changes, extra in cases:
+        cache_size = getattr(importlib.import_module(f"simexplain_jax.saliency.{module}"), jitted)._cache_size
+        first = method(embed, query, ref, key=key, options=base, **extra).maps
+        compiled = cache_size()
+        for change in changes:
+            maps = method(embed, query, ref, key=key, options=base.replace(**change), **extra).maps
+            assert not np.allclose(maps, first), (module, change)
+        assert cache_size() == compiled, module

@@ -56,7 +56,7 @@ def test_type_aware_embedding_equals_the_formula():
     f = condition_embed_fn(model, variables, 3)
     np.testing.assert_allclose(f(images), every[:, 3], rtol=1e-5, atol=1e-6)
     # a condition embed_fn drives the saliency engine like any other
-    maps = sx.saliency.rise(f, images[0], f(images[1:2])[0], key=jax.random.key(0), num_masks=16, grid_size=4)
+    maps = sx.saliency.rise(f, images[0], f(images[1:2])[0], key=jax.random.key(0), num_masks=16, grid_size=4).maps
     assert maps.shape == (32, 32) and np.all(np.isfinite(maps))
 
 

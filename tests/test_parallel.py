@@ -66,13 +66,13 @@ def test_make_mesh_checks_its_arguments():
 def test_one_pair_masks_split_over_devices(problem):
     embed, images, _ = problem
     ref = embed(images[1:2])[0]
-    single = sx.saliency.rise(embed, images[0], ref, key=jax.random.key(3), num_masks=101, grid_size=4, batch_size=16)
+    single = sx.saliency.rise(embed, images[0], ref, key=jax.random.key(3), num_masks=101, grid_size=4, batch_size=16).maps
     tolerance = dict(rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
     split = sx.saliency.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=parallel.make_mesh(8),
-                                         num_masks=101, grid_size=4, batch_size=16)  # N not a multiple of 8
+                                         num_masks=101, grid_size=4, batch_size=16).maps  # N not a multiple of 8
     np.testing.assert_allclose(split, single, **tolerance)
     split = sx.saliency.rise_split_masks(embed, images[0], ref, key=jax.random.key(3), mesh=parallel.make_mesh(8, masks=4),
-                                         num_masks=101, grid_size=4, batch_size=16, axis="masks")
+                                         num_masks=101, grid_size=4, batch_size=16, axis="masks").maps
     np.testing.assert_allclose(split, single, **tolerance)
 
 

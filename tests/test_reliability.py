@@ -119,12 +119,12 @@ def test_cosine_is_right_at_any_scale_and_never_hides_nan():
 def test_numpy_and_jax_scalars_are_accepted_as_numbers():
     """``p=jnp.float32(0.5)`` and ``num_reference_masks=np.int64(4)`` were refused as invalid; now they
     are the same options (so the same compiled program) as the Python numbers."""
-    plain = sx.saliency.method_options("rise_variable", dict(num_masks=16, num_reference_masks=4, p=0.5))[1]
-    typed = sx.saliency.method_options("rise_variable", dict(num_masks=np.int64(16), num_reference_masks=np.int64(4),
-                                                             p=jnp.float32(0.5)))[1]
-    assert typed == plain and type(typed["num_reference_masks"]) is int and type(typed["p"]) is float
+    plain = sx.saliency.options_for("rise_variable", num_masks=16, num_reference_masks=4, p=0.5)
+    typed = sx.saliency.options_for("rise_variable", num_masks=np.int64(16), num_reference_masks=np.int64(4),
+                                    p=jnp.float32(0.5))
+    assert typed == plain and type(typed.num_reference_masks) is int and type(typed.p) is float
     with pytest.raises(ValueError, match="num_reference_masks must be"):
-        sx.saliency.method_options("rise_variable", dict(num_reference_masks=np.float64(4.0)))
+        sx.saliency.options_for("rise_variable", num_reference_masks=np.float64(4.0))
 
 
 @pytest.mark.parametrize("call,error,message", [
@@ -134,9 +134,9 @@ def test_numpy_and_jax_scalars_are_accepted_as_numbers():
                                                          num_steps=1), ValueError, "num_steps must be an integer >= 2"),
     (lambda e, x, r: sx.metrics.insertion_deletion_batch(e, x[:1], r, np.ones((1, 16, 16)), background=0.0,
                                                          pair_group=0), ValueError, "pair_group must be"),
-    (lambda e, x, r: sx.saliency.perturbation(e, x[0], r[0], key=jax.random.key(0), blur_size=101), ValueError,
+    (lambda e, x, r: sx.saliency.perturbation(e, x[0], r[0], key=jax.random.key(0), blur_size=101).maps, ValueError,
      "blur_size"),
-    (lambda e, x, r: sx.saliency.lime(e, x[0], r[0], key=jax.random.key(0), num_samples=8, num_segments=0),
+    (lambda e, x, r: sx.saliency.lime(e, x[0], r[0], key=jax.random.key(0), num_samples=8, num_segments=0).maps,
      ValueError, "num_segments must be an integer >= 1"),
     (lambda e, x, r: sx.imageops.normalized_color(300), ValueError, r"in \[0, 255\], got 300"),
     (lambda e, x, r: sx.imageops.normalized_color([0, 255]), ValueError, "3 values"),
@@ -154,8 +154,8 @@ def test_lime_segment_labels_far_apart_are_made_consecutive(small):
     far[8:], near[8:] = 10**6, 1
     ref = np.asarray(embed(images[1:2]))[0]
     args = dict(key=jax.random.key(0), num_samples=8)
-    np.testing.assert_array_equal(sx.saliency.lime(embed, images[0], ref, segments=far, **args),
-                                  sx.saliency.lime(embed, images[0], ref, segments=near, **args))
+    np.testing.assert_array_equal(sx.saliency.lime(embed, images[0], ref, segments=far, **args).maps,
+                                  sx.saliency.lime(embed, images[0], ref, segments=near, **args).maps)
 
 
 def test_read_pairs_takes_a_bom_and_names_the_file_on_bad_bytes(tmp_path):

@@ -37,10 +37,10 @@ def test_rise_with_explicit_masks_equals_numpy_loop(linear_model, normalize):
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     refs = rng.normal(size=(3, 8)).astype(np.float32)
     masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(1), num_masks=50, grid_size=4, p=0.5))
-    got = sx.saliency.rise(embed, query, refs, masks=masks, batch_size=16, normalize=normalize)
+    got = sx.saliency.rise(embed, query, refs, masks=masks, batch_size=16, normalize=normalize).maps
     assert got.shape == (3, 16, 16)
     np.testing.assert_allclose(got, naive_rise(w, query, refs, masks, normalize), rtol=1e-5)
-    single = sx.saliency.rise(embed, query, refs[1], masks=masks, batch_size=16, normalize=normalize)
+    single = sx.saliency.rise(embed, query, refs[1], masks=masks, batch_size=16, normalize=normalize).maps
     assert single.shape == (16, 16)
     np.testing.assert_allclose(single, got[1], rtol=1e-6)
 
@@ -50,19 +50,19 @@ def test_key_equals_the_masks_it_generates(linear_model):
     query = jnp.ones((16, 16, 3))
     ref = embed(query[None])[0]
     key = jax.random.key(7)
-    from_key = sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4)
+    from_key = sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4).maps
     masks = sx.masks.rise_masks((16, 16), key=key, num_masks=40, grid_size=4, p=0.4)
-    np.testing.assert_allclose(from_key, sx.saliency.rise(embed, query, ref, masks=masks, p=0.4), rtol=1e-6)
-    np.testing.assert_array_equal(from_key, sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4))
+    np.testing.assert_allclose(from_key, sx.saliency.rise(embed, query, ref, masks=masks, p=0.4).maps, rtol=1e-6)
+    np.testing.assert_array_equal(from_key, sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4).maps)
 
 
 def test_region_model_puts_mass_in_its_region(region_model):
     maps = sx.saliency.rise(region_model, region_model.query, region_model.reference, key=jax.random.key(0),
-                            num_masks=16000, grid_size=32, batch_size=2000)
+                            num_masks=16000, grid_size=32, batch_size=2000).maps
     positive = np.maximum(np.asarray(maps), 0)
     assert positive[region_model.region].sum() >= 0.9 * positive.sum()
     # a random map has about the region's area fraction inside it: the test can fail
-    noise = np.asarray(sx.saliency.random(None, region_model.query, key=jax.random.key(0)))
+    noise = np.asarray(sx.saliency.random(None, region_model.query, key=jax.random.key(0)).maps)
     assert noise[region_model.region].sum() < 0.7 * noise.sum()
 
 
@@ -72,7 +72,7 @@ def test_batch_size_does_not_change_the_map(linear_model, num_masks):
     query = jax.random.normal(jax.random.key(2), (16, 16, 3))
     refs = jax.random.normal(jax.random.key(3), (2, 8))
     maps = [sx.saliency.rise(embed, query, refs, key=jax.random.key(0), num_masks=num_masks, grid_size=4,
-                             batch_size=b) for b in (1, 7, 256)]
+                             batch_size=b).maps for b in (1, 7, 256)]
     for other in maps[1:]:
         np.testing.assert_allclose(other, maps[0], rtol=1e-6, atol=1e-6 * float(jnp.abs(maps[0]).max()))
 
@@ -96,13 +96,54 @@ def test_second_call_does_not_trace_again():
     assert len(traces) == count
 
 
+def test_a_sweep_over_p_and_tolerance_compiles_once(linear_model):
+    """``p`` and ``tolerance`` are traced leaves of ``Rise``: new values reuse the compiled program
+    (and change the maps); a static option such as ``num_masks`` compiles anew."""
+    embed = linear_model[0]
+    query, ref = jnp.ones((16, 16, 3)), jnp.ones(8)
+    key = jax.random.key(0)
+    for base in (sx.saliency.Rise(num_masks=24, grid_size=4, batch_size=8),
+                 sx.saliency.Rise(num_masks=24, grid_size=4, batch_size=8, tolerance=0.5)):
+        first = sx.saliency.rise(embed, query, ref, key=key, options=base)
+        compiled = rise_module._rise_jit._cache_size()
+        for p, tolerance in ((0.3, 0.2), (0.7, 0.05), (0.9, 0.1)):
+            changes = dict(p=p) if base.tolerance is None else dict(p=p, tolerance=tolerance)
+            result = sx.saliency.rise(embed, query, ref, key=key, options=base, **changes)
+            assert not np.allclose(result.maps, first.maps)
+        assert rise_module._rise_jit._cache_size() == compiled
+    sx.saliency.rise(embed, query, ref, key=key, options=base, num_masks=16)
+    assert rise_module._rise_jit._cache_size() == compiled + 1
+
+
+def test_options_are_checked_hashable_and_replaced(linear_model):
+    options = sx.saliency.Rise(num_masks=np.int64(24), p=jnp.float32(0.25))
+    assert options == sx.saliency.Rise(num_masks=24, p=0.25) and type(options.num_masks) is int
+    assert hash(options) == hash(sx.saliency.Rise(num_masks=24, p=0.25))
+    assert options.replace(p=0.5) == sx.saliency.Rise(num_masks=24)
+    assert options.to_dict()["similarity"] == "simexplain_jax.similarity.cosine"
+    with pytest.raises(ValueError, match="grid_size"):
+        sx.saliency.Rise(grid_size=0)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_mask'\]"):
+        options.replace(num_mask=3)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['window'\]"):
+        sx.saliency.rise(linear_model[0], jnp.ones((16, 16, 3)), jnp.ones(8), key=jax.random.key(0), window=3)
+    with pytest.raises(TypeError, match="options must be sx.saliency.Rise"):
+        sx.saliency.rise(linear_model[0], jnp.ones((16, 16, 3)), jnp.ones(8), key=jax.random.key(0),
+                         options=sx.saliency.RiseVariable())
+    result = sx.saliency.rise(linear_model[0], jnp.ones((16, 16, 3)), jnp.ones(8), key=jax.random.key(0),
+                              num_masks=8, grid_size=2)
+    assert isinstance(result, sx.saliency.SaliencyResult) and int(result.passes) == 8
+    assert np.isnan(float(result.error))  # no tolerance: no error estimate
+
+
 def test_peak_memory_does_not_grow_with_num_masks(linear_model):
     embed = Partial(linear_model[0])
     args = (embed, jnp.ones((16, 16, 3)), jnp.ones((1, 8)), jax.random.key(0))
     temp = []
     for n in (2000, 8000):
-        compiled = rise_module._rise_jit.lower(*args, num_masks=n, grid_size=4, p=0.5, batch_size=64,
-                                               normalize="per_pixel", similarity=sx.similarity.cosine).compile()
+        options = sx.saliency.Rise(num_masks=n, grid_size=4, p=0.5, batch_size=64, normalize="per_pixel",
+                                   similarity=sx.similarity.cosine)
+        compiled = rise_module._rise_jit.lower(*args, options).compile()
         temp.append(compiled.memory_analysis().temp_size_in_bytes)
     assert temp[1] <= 1.01 * temp[0]
 
@@ -114,18 +155,18 @@ def test_rise_variable_equals_mean_of_naive_maps(linear_model):
     reference = rng.normal(size=(16, 16, 3)).astype(np.float32)
     masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(1), num_masks=40, grid_size=4, p=0.5))
     ref_masks = np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(2), num_masks=5, grid_size=4, p=0.5))
-    got = sx.saliency.rise_variable(embed, query, reference, masks=masks, reference_masks=ref_masks, batch_size=16)
+    got = sx.saliency.rise_variable(embed, query, reference, masks=masks, reference_masks=ref_masks, batch_size=16).maps
     naive = np.mean([
         naive_rise(w, query, ((reference * m[..., None]).reshape(1, -1).astype(np.float64) @ w), masks)[0]
         for m in ref_masks], axis=0)
     np.testing.assert_allclose(got, naive, rtol=1e-5, atol=1e-5 * np.abs(naive).max())
     key = jax.random.key(9)
     from_key = sx.saliency.rise_variable(embed, query, reference, key=key, num_masks=40, num_reference_masks=5,
-                                         grid_size=4)
+                                         grid_size=4).maps
     explicit = sx.saliency.rise_variable(
         embed, query, reference, masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 0), num_masks=40,
                                                            grid_size=4),
-        reference_masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=5, grid_size=4))
+        reference_masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=5, grid_size=4)).maps
     np.testing.assert_allclose(from_key, explicit, rtol=1e-6)
 
 
@@ -154,19 +195,19 @@ def test_rise_variable_of_several_references_equals_one_at_a_time(linear_model):
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     references = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
     options = dict(key=jax.random.key(4), num_masks=40, num_reference_masks=5, grid_size=4)
-    together = sx.saliency.rise_variable(embed, query, references, **options)
+    together = sx.saliency.rise_variable(embed, query, references, **options).maps
     assert together.shape == (3, 16, 16)
     for k in range(3):
-        alone = sx.saliency.rise_variable(embed, query, references[k], **options)
+        alone = sx.saliency.rise_variable(embed, query, references[k], **options).maps
         np.testing.assert_allclose(together[k], alone, rtol=1e-5, atol=1e-6 * float(np.abs(alone).max()))
 
 
 def test_zero_norm_embeddings_give_finite_maps():
     zero = lambda images: jnp.zeros((images.shape[0], 4))  # noqa: E731
-    maps = sx.saliency.rise(zero, jnp.ones((8, 8, 3)), jnp.zeros(4), key=jax.random.key(0), num_masks=16, grid_size=2)
+    maps = sx.saliency.rise(zero, jnp.ones((8, 8, 3)), jnp.zeros(4), key=jax.random.key(0), num_masks=16, grid_size=2).maps
     assert np.all(np.isfinite(maps)) and float(jnp.abs(maps).max()) == 0.0
     assert np.all(np.isfinite(sx.saliency.rise_variable(zero, jnp.ones((8, 8, 3)), jnp.ones((8, 8, 3)),
-                                                        key=jax.random.key(0), num_masks=16, grid_size=2)))
+                                                        key=jax.random.key(0), num_masks=16, grid_size=2).maps))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -207,8 +248,8 @@ def test_numpy_and_jax_scalars_are_accepted(linear_model):
     embed, _ = linear_model
     query = np.ones((16, 16, 3), np.float32)
     a = sx.saliency.rise(embed, query, np.ones(8), key=jax.random.key(0), num_masks=np.int64(8), grid_size=2,
-                         p=jnp.float32(0.5))
-    b = sx.saliency.rise(embed, query, np.ones(8), key=jax.random.key(0), num_masks=8, grid_size=2, p=0.5)
+                         p=jnp.float32(0.5)).maps
+    b = sx.saliency.rise(embed, query, np.ones(8), key=jax.random.key(0), num_masks=8, grid_size=2, p=0.5).maps
     np.testing.assert_array_equal(a, b)
 
 

@@ -162,7 +162,7 @@ def test_maps_do_not_depend_on_chunks_or_devices(linear_model):
     refs = embed(jnp.asarray(queries[[1, 2]]))
     split = sx.saliency.rise_split_masks(embed, queries[0], refs, key=jax.random.fold_in(key, 0),
                                          mesh=sx.parallel.make_mesh(8), **dict(config, batch_size=7))
-    np.testing.assert_allclose(split, one[[0, 3]], rtol=1e-5, atol=1e-5 * np.abs(one).max())
+    np.testing.assert_allclose(split.maps, one[[0, 3]], rtol=1e-5, atol=1e-5 * np.abs(one).max())
 
 
 # ---- tolerance
@@ -175,9 +175,9 @@ def test_tolerance_that_cannot_be_met_gives_the_full_map(linear_model):
     for sampler, normalize in (("orthogonal", "expected"),):
         kwargs = dict(key=jax.random.key(0), num_masks=130, grid_size=4, batch_size=64, sampler=sampler,
                       normalize=normalize)
-        full = sx.saliency.rise(embed, query, refs, **kwargs)
+        full = sx.saliency.rise(embed, query, refs, **kwargs).maps
         result = sx.saliency.rise(embed, query, refs, tolerance=1e-9, **kwargs)
-        assert isinstance(result, sx.saliency.RiseResult) and int(result.passes) == 130
+        assert isinstance(result, sx.saliency.SaliencyResult) and int(result.passes) == 130
         assert result.error.shape == (2,) and np.all(np.asarray(result.error) >= 1e-9)
         np.testing.assert_allclose(result.maps, full, rtol=1e-5, atol=1e-5 * float(jnp.abs(full).max()))
 
@@ -221,15 +221,15 @@ def test_tolerance_stops_earlier_on_an_easy_case_and_never_exceeds_the_maximum()
 
 @pytest.mark.parametrize("sampler,normalize", [("iid", "per_pixel"), ("orthogonal", "expected")])
 def test_standard_error_matches_the_spread_over_keys(sampler, normalize):
-    """The estimated standard error (RiseResult.error times the map's range: the root mean
+    """The estimated standard error (SaliencyResult.error times the map's range: the root mean
     square over the pixels of the standard errors of the map minus its mean) agrees with the root
     mean square of the per-pixel standard deviations over 64 keys of the maps minus their means
     to within 25%."""
     model = RegionModel(16, (4, 4, 12, 12))
     core = jax.jit(jax.vmap(lambda k: rise_module.rise_core(
-        Partial(model), model.query, model.reference[None], k, num_masks=256, grid_size=4, p=0.5, batch_size=64,
-        normalize=normalize, similarity=sx.similarity.cosine, sampler=sampler, tolerance=1e-9,
-        return_passes=True)))
+        Partial(model), model.query, model.reference[None], k,
+        sx.saliency.Rise(num_masks=256, grid_size=4, p=0.5, batch_size=64, normalize=normalize,
+                         similarity=sx.similarity.cosine, sampler=sampler, tolerance=1e-9))))
     maps, passes, error = core(jax.random.split(jax.random.key(5), 64))
     maps, error = np.asarray(maps)[:, 0], np.asarray(error)[:, 0]
     assert np.all(np.asarray(passes) == 256)
@@ -261,7 +261,7 @@ def test_rise_variable_with_tolerance(linear_model):
     rng = np.random.default_rng(2)
     query, reference = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
     kwargs = dict(key=jax.random.key(1), num_masks=192, num_reference_masks=3, grid_size=4, batch_size=64)
-    full = sx.saliency.rise_variable(embed, query, reference, **kwargs)
+    full = sx.saliency.rise_variable(embed, query, reference, **kwargs).maps
     capped = sx.saliency.rise_variable(embed, query, reference, tolerance=1e-9, **kwargs)
     assert int(capped.passes) == 192  # the loop's sums (scores averaged over the J masked references) are the map's
     np.testing.assert_allclose(capped.maps, full, rtol=1e-5, atol=1e-5 * float(jnp.abs(full).max()))

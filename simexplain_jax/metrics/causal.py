@@ -11,8 +11,7 @@ Each curve is min-max normalised per pair and integrated with the trapezoid rule
 AUC lies in [0, 1] (the paper reports it x 100). Insertion: higher is better; deletion: lower.
 
 A flat curve (range below ``FLAT_TOLERANCE``) carries no ranking information: its normalised
-form is defined as 0.5 everywhere, so its AUC is 0.5, neither good nor bad. (The reference code
-divides by zero there and produces NaN.)
+form is defined as 0.5 everywhere, so its AUC is 0.5, neither good nor bad.
 
 Substrates: ``protocol="sane"`` uses one constant ``background`` (a scalar, a ``[C]`` colour or an
 ``[H, W, C]`` image, in the query's input space: SANE uses white for Polyvore and grey 127 for
@@ -145,9 +144,7 @@ def insertion_deletion(
       compute_dtype: ``"float32"`` or ``"bfloat16"``, the dtype of the embedding forward pass of the
         perturbed queries (``engine.in_compute_dtype``); the similarities, curves and AUCs stay
         float32. Pass a ``reference_embedding`` computed in the same dtype for a consistent curve.
-        Scoring the same maps in bfloat16 moved the trained shapes model's mean AUCs by at most 0.1
-        (x100; a single pair's by up to 3.3) and a small random CNN's per-pair AUCs by under 0.03
-        of 1 (tested): far less than the differences between methods in the paper's Table 1.
+
     Returns:
       ``InsertionDeletion(insertion_auc, deletion_auc, insertion_curve [S], deletion_curve [S])``.
     """
@@ -225,17 +222,26 @@ def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_em
                              normalize: str = "minmax", batch_size: int = 256, similarity: SimilarityFn = cosine,
                              mesh: Optional[Mesh] = None, pair_group: int = 16,
                              compute_dtype: str = "float32") -> InsertionDeletion:
-    """``insertion_deletion`` (SANE protocol) for P pairs: ``queries [P, H, W, C]``,
-    ``reference_embeddings [P, D]`` (one per pair), ``saliencies [P, H, W]`` -> fields with a
-    leading P axis.
+    """``insertion_deletion`` (SANE protocol) for P pairs, equal to per-pair calls to float rounding.
 
-    Pairs are vmapped ``pair_group`` at a time per device; with a ``mesh`` (``sx.parallel.make_mesh``)
-    each step spreads ``pair_group`` pairs over every device (default: one local device). The
-    compiled program is cached: later calls with the same shapes compile nothing. Equal to
-    per-pair calls to float rounding. Non-finite inputs raise, naming the argument and rows; so does
-    a curve made of NaN (an ``embed_fn`` that fails on some perturbed query), naming the pairs.
-    ``compute_dtype`` as in :func:`insertion_deletion` (the parameters are cast once, before the
-    pairs are sent to the devices).
+    The compiled program is cached: later calls with the same shapes compile nothing. Non-finite
+    inputs raise, naming the argument and rows; so does a curve made of NaN (an ``embed_fn`` that
+    fails on some perturbed query), naming the pairs.
+
+    Args:
+      embed_fn: pure ``images [B, H, W, C] -> [B, D]``.
+      queries: ``[P, H, W, C]`` float32 in the model's input space.
+      reference_embeddings: ``[P, D]``, one per pair.
+      saliencies: ``[P, H, W]`` maps over the queries.
+      background, num_steps, normalize, batch_size, similarity: as in :func:`insertion_deletion`.
+      mesh: a ``jax.sharding.Mesh`` (``sx.parallel.make_mesh``): each step spreads ``pair_group``
+        pairs over every device (default: one local device).
+      pair_group: pairs vmapped together per device.
+      compute_dtype: as in :func:`insertion_deletion` (the parameters are cast once, before the
+        pairs are sent to the devices).
+
+    Returns:
+      ``InsertionDeletion`` whose fields have a leading P axis.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = checks.check_images(queries, "queries")

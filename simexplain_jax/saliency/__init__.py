@@ -1,6 +1,11 @@
 """Saliency maps for image pairs: which regions of the query make it similar to the reference.
 
-Every method takes ``(embed_fn, query, references, *, key=None, ...)``:
+Every method takes ``(embed_fn, query, references, *, key=None, options=None, **overrides)`` and
+returns a ``SaliencyResult(maps, passes, error)``. ``options`` is the method's frozen options
+dataclass (``Rise``, ``RiseVariable``, ``SlidingWindow``, ``SlidingWindowVariable``, ``Lime``,
+``LimeVariable``, ``Perturbation``, ``PerturbationVariable``, ``Gradient``,
+``IntegratedGradients``, ``Random``); keyword ``overrides`` replace some of its options
+(``rise(f, q, r, key=k, num_masks=500)`` is ``rise(f, q, r, key=k, options=Rise(num_masks=500))``).
 
 - fixed-reference methods (``rise``, ``sliding_window``, ``lime``, ``perturbation``, ``gradient``,
   ``integrated_gradients``, ``random``) take reference embeddings: ``[D]`` gives one ``[H, W]`` map,
@@ -9,7 +14,8 @@ Every method takes ``(embed_fn, query, references, *, key=None, ...)``:
   ``perturbation_variable``) take reference images: ``[H, W, C]`` gives ``[H, W]``,
   ``[K, H, W, C]`` gives ``[K, H, W]``;
 - the batch forms (``perturbation_batch``, ``perturbation_variable_batch``) take one reference per
-  pair: ``queries [P, H, W, C]`` with ``[P, D]`` embeddings (or ``[P, H, W, C]`` images).
+  pair (``queries [P, H, W, C]`` with ``[P, D]`` embeddings or ``[P, H, W, C]`` images) and return
+  the ``[P, H, W]`` maps, as ``explain_pairs`` does for a pair list.
 
 ``key`` is keyword-only everywhere: the stochastic methods need it (or explicit ``masks`` /
 ``samples``), the deterministic ones (sliding window, gradients) accept and ignore it. Images
@@ -23,19 +29,24 @@ through grain) is imported on first use, since it needs the data stack.
 
 import importlib
 
-from simexplain_jax.saliency._gradients import gradient, integrated_gradients
-from simexplain_jax.saliency._lime import denormalize, lime, lime_variable, superpixels
-from simexplain_jax.saliency._occlusion import sliding_window, sliding_window_variable
-from simexplain_jax.saliency._perturbation import (perturbation, perturbation_batch, perturbation_variable,
-                                                   perturbation_variable_batch)
-from simexplain_jax.saliency._random import random
-from simexplain_jax.saliency._rise import RiseResult, rise, rise_split_masks, rise_variable
-from simexplain_jax.saliency.pairs import METHOD_CORES, METHODS, explain_pairs, method_options
+from simexplain_jax.saliency._gradients import Gradient, IntegratedGradients, gradient, integrated_gradients
+from simexplain_jax.saliency._lime import Lime, LimeVariable, denormalize, lime, lime_variable, superpixels
+from simexplain_jax.saliency._occlusion import (SlidingWindow, SlidingWindowVariable, sliding_window,
+                                                sliding_window_variable)
+from simexplain_jax.saliency._options import MethodOptions, SaliencyResult
+from simexplain_jax.saliency._perturbation import (Perturbation, PerturbationVariable, perturbation, perturbation_batch,
+                                                   perturbation_variable, perturbation_variable_batch)
+from simexplain_jax.saliency._random import Random, random
+from simexplain_jax.saliency._rise import Rise, RiseVariable, rise, rise_split_masks, rise_variable
+from simexplain_jax.saliency.pairs import explain_pairs
+from simexplain_jax.saliency.registry import METHODS, OPTIONS, options_for
 
-__all__ = ["rise", "rise_variable", "rise_split_masks", "RiseResult", "sliding_window", "sliding_window_variable", "lime",
+__all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "sliding_window_variable", "lime",
            "lime_variable", "superpixels", "denormalize", "perturbation", "perturbation_variable",
            "perturbation_batch", "perturbation_variable_batch", "gradient", "integrated_gradients", "random",
-           "explain_pairs", "explain_pairs_distributed", "method_options", "METHODS", "METHOD_CORES"]
+           "Rise", "RiseVariable", "SlidingWindow", "SlidingWindowVariable", "Lime", "LimeVariable", "Perturbation",
+           "PerturbationVariable", "Gradient", "IntegratedGradients", "Random", "MethodOptions", "SaliencyResult",
+           "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS"]
 
 
 def __getattr__(name):

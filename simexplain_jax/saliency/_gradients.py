@@ -20,10 +20,58 @@ from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import (MethodOptions, SaliencyResult, options_class, resolve, result, set_field,
+                                              squeeze)
 from simexplain_jax.similarity import SimilarityFn, cosine
 
-DEFAULTS = dict(similarity=cosine, compute_dtype="float32")
-INTEGRATED_DEFAULTS = dict(num_steps=64, batch_size=64, similarity=cosine, compute_dtype="float32")
+
+
+@options_class("gradient", references="embeddings", queries_per_device=16)
+class Gradient(MethodOptions):
+    """Options of gradient x input (:func:`gradient`).
+
+    Attributes:
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      compute_dtype: the dtype of the model's forward and backward pass, as in :class:`Rise`;
+        the gradient is returned in float32.
+    """
+
+    similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        checks.check_similarity(self.similarity)
+        set_field(self, "compute_dtype", checks.check_compute_dtype(self.compute_dtype))
+
+    def core(self, embed_fn, query, references, key=None) -> SaliencyResult:
+        return gradient_core(embed_fn, query, references, key, self)
+
+
+@options_class("integrated_gradients", references="embeddings")
+class IntegratedGradients(MethodOptions):
+    """Options of integrated gradients (:func:`integrated_gradients`).
+
+    Attributes:
+      num_steps: trapezoid intervals along the path from the baseline to the query.
+      batch_size: path points differentiated per compiled chunk.
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      compute_dtype: as in :class:`Gradient` (completeness then holds to bfloat16's precision).
+    """
+
+    num_steps: int = 64
+    batch_size: int = 64
+    similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        checks.check_similarity(self.similarity)
+        for name, value in dict(num_steps=checks.check_positive_int(self.num_steps, "num_steps"),
+                                batch_size=checks.check_batch_size(self.batch_size),
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+    def core(self, embed_fn, query, references, key=None, *, baseline=None) -> SaliencyResult:
+        return integrated_gradients_core(embed_fn, query, references, key, self, baseline=baseline)
 
 
 def _score_grads(embed_fn, images, reference, similarity, batch_size):
@@ -35,33 +83,22 @@ def _score_grads(embed_fn, images, reference, similarity, batch_size):
     return engine.embed_in_chunks(jax.grad(total), images, batch_size)
 
 
-def options(similarity=cosine, compute_dtype="float32") -> dict:
-    checks.check_similarity(similarity)
-    return dict(similarity=similarity, compute_dtype=checks.check_compute_dtype(compute_dtype))
-
-
-def integrated_options(num_steps=64, batch_size=64, similarity=cosine, compute_dtype="float32") -> dict:
-    checks.check_similarity(similarity)
-    return dict(num_steps=checks.check_positive_int(num_steps, "num_steps"),
-                batch_size=checks.check_batch_size(batch_size), similarity=similarity,
-                compute_dtype=checks.check_compute_dtype(compute_dtype))
-
-
-def gradient_core(embed_fn, query, references, key=None, *, similarity, compute_dtype="float32"):
-    """``[K, H, W]`` gradient x input maps for ``references [K, D]``."""
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
+def gradient_core(embed_fn, query, references, key, options: Gradient) -> SaliencyResult:
+    """``[K, H, W]`` gradient x input maps for ``references [K, D]``; traceable."""
+    embed_fn = engine.in_compute_dtype(embed_fn, options.compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
 
     def one(reference):
-        return jnp.sum(_score_grads(embed_fn, query[None], reference, similarity, 1)[0] * query, axis=-1)
+        return jnp.sum(_score_grads(embed_fn, query[None], reference, options.similarity, 1)[0] * query, axis=-1)
 
-    return jax.vmap(one)(references)
+    return result(jax.vmap(one)(references), 1)
 
 
-def integrated_gradients_core(embed_fn, query, references, key=None, *, baseline=None, num_steps, batch_size,
-                              similarity, compute_dtype="float32"):
-    """``[K, H, W]`` integrated-gradients maps for ``references [K, D]`` (baseline default: zeros)."""
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
+def integrated_gradients_core(embed_fn, query, references, key, options: IntegratedGradients, *,
+                              baseline=None) -> SaliencyResult:
+    """``[K, H, W]`` integrated-gradients maps for ``references [K, D]`` (baseline default: zeros); traceable."""
+    num_steps = options.num_steps
+    embed_fn = engine.in_compute_dtype(embed_fn, options.compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
     baseline = jnp.zeros_like(query) if baseline is None else baseline
     alphas = jnp.linspace(0.0, 1.0, num_steps + 1)
@@ -69,42 +106,57 @@ def integrated_gradients_core(embed_fn, query, references, key=None, *, baseline
     weights = jnp.full((num_steps + 1,), 1.0 / num_steps).at[0].multiply(0.5).at[-1].multiply(0.5)
 
     def one(reference):
-        average = jnp.tensordot(weights, _score_grads(embed_fn, path, reference, similarity, batch_size), axes=1)
-        return jnp.sum(average * (query - baseline), axis=-1)
+        grads = _score_grads(embed_fn, path, reference, options.similarity, options.batch_size)
+        return jnp.sum(jnp.tensordot(weights, grads, axes=1) * (query - baseline), axis=-1)
 
-    return jax.lax.map(one, references)
+    return result(jax.lax.map(one, references), num_steps + 1)
 
 
-_gradient_jit = jax.jit(gradient_core, static_argnames=tuple(DEFAULTS))
-_integrated_jit = jax.jit(integrated_gradients_core, static_argnames=tuple(INTEGRATED_DEFAULTS))
+_gradient_jit = jax.jit(gradient_core)
+_integrated_jit = jax.jit(integrated_gradients_core)
 
 
 def gradient(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
-             similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
-    """Gradient x input, summed over channels: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``.
+             options: Optional[Gradient] = None, **overrides) -> SaliencyResult:
+    """Gradient x input of the similarity, summed over channels.
 
-    ``compute_dtype``: the dtype of the model's forward and backward pass (``"float32"`` or
-    ``"bfloat16"``, as in ``sx.saliency.rise``); the gradient is returned in float32.
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference_embeddings: ``[D]`` (gives ``[H, W]`` maps) or ``[K, D]`` (gives ``[K, H, W]``).
+      key: accepted, like every method's, and unused.
+      options: a :class:`Gradient` (default ``Gradient()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` 1, ``error`` NaN.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
-    maps = _gradient_jit(embed_fn, query, refs, **options(similarity, compute_dtype))
-    return maps[0] if single else maps
+    options = resolve(Gradient, options, overrides)
+    return squeeze(_gradient_jit(embed_fn, query, refs, None, options), single)
 
 
 def integrated_gradients(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *,
                          key: Optional[jax.Array] = None, baseline: Optional[ArrayLike] = None,
-                         num_steps: int = 64, batch_size: int = 64, similarity: SimilarityFn = cosine,
-                         compute_dtype: str = "float32") -> jax.Array:
-    """Integrated gradients from ``baseline`` (default zeros; a scalar, ``[C]`` or ``[H, W, C]``),
-    summed over channels: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``. ``compute_dtype``
-    as in :func:`gradient` (completeness then holds to bfloat16's precision, not float32's)."""
+                         options: Optional[IntegratedGradients] = None, **overrides) -> SaliencyResult:
+    """Integrated gradients of the similarity from a baseline, summed over channels.
+
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference_embeddings: ``[D]`` (gives ``[H, W]`` maps) or ``[K, D]`` (gives ``[K, H, W]``).
+      key: accepted, like every method's, and unused.
+      baseline: the path's start (default zeros; a scalar, ``[C]`` or ``[H, W, C]``).
+      options: an :class:`IntegratedGradients` (default ``IntegratedGradients()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_steps=32``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the path points differentiated, ``error`` NaN.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
-    static = integrated_options(num_steps, batch_size, similarity, compute_dtype)
+    options = resolve(IntegratedGradients, options, overrides)
     if baseline is not None:
         baseline = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), query.shape)
-    maps = _integrated_jit(embed_fn, query, refs, baseline=baseline, **static)
-    return maps[0] if single else maps
+    return squeeze(_integrated_jit(embed_fn, query, refs, None, options, baseline=baseline), single)

@@ -4,9 +4,9 @@ The query is cut into superpixels (scikit-image SLIC on the correctly de-normali
 per query, or the ``segments`` you pass). Sample i switches each superpixel on or off (off = 0,
 the mean colour in normalised space; sample 0 is all on, as the lime package does); the samples
 are made on device from the key (or given as ``samples [N, S]``) and embedded in compiled chunks
-by the saliency engine. A weighted ridge regression (exponential kernel of width 0.25 on the cosine distance of the on/off
-vector to all-on; an intercept; ``ridge_alpha`` 1 as the lime package) maps the on/off state to
-the similarity; each pixel gets its superpixel's coefficient.
+by the saliency engine. A weighted ridge regression (exponential kernel of width 0.25 on the
+cosine distance of the on/off vector to all-on; an intercept; ``ridge_alpha`` 1 as the lime
+package) maps the on/off state to the similarity; each pixel gets its superpixel's coefficient.
 
 The samples do not depend on the reference, so K references are solved at once: one weighted
 Gram matrix, one Cholesky factorisation, K right-hand sides.
@@ -31,11 +31,73 @@ from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
 from simexplain_jax.engine import EmbedFn
 from simexplain_jax.imageops import IMAGENET_MEAN, IMAGENET_STD
+from simexplain_jax.saliency._options import (MethodOptions, SaliencyResult, options_class, resolve, result, set_field,
+                                              squeeze)
 from simexplain_jax.similarity import SimilarityFn, cosine
 
-DEFAULTS = dict(num_samples=1000, num_segments=50, kernel_width=0.25, ridge_alpha=1.0, batch_size=256,
-                similarity=cosine, compute_dtype="float32")
-VARIABLE_DEFAULTS = dict(DEFAULTS, num_reference_masks=30, grid_size=8, p=0.5)
+
+
+@options_class("lime", references="embeddings", traced=("kernel_width", "ridge_alpha"), segments=True)
+class Lime(MethodOptions):
+    """Options of LIME with fixed references (:func:`lime`).
+
+    Attributes:
+      num_samples: N, the on/off samples of the superpixels (at least 2; sample 0 is all on).
+      num_segments: SLIC's target number of superpixels.
+      kernel_width: the width of the exponential kernel on the cosine distance to all-on (traced).
+      ridge_alpha: the ridge penalty of the weighted regression (traced).
+      batch_size: samples per compiled chunk.
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      compute_dtype: the dtype of the embedding forward pass, as in :class:`Rise` (the
+        regression stays float32).
+    """
+
+    num_samples: int = 1000
+    num_segments: int = 50
+    kernel_width: float = 0.25
+    ridge_alpha: float = 1.0
+    batch_size: int = 256
+    similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        num_samples = checks.check_positive_int(self.num_samples, "num_samples", 2)
+        num_segments = checks.check_positive_int(self.num_segments, "num_segments")
+        if not float(self.kernel_width) > 0 or not float(self.ridge_alpha) >= 0:
+            raise ValueError(f"kernel_width must be > 0 and ridge_alpha >= 0, got {self.kernel_width}, "
+                             f"{self.ridge_alpha}")
+        checks.check_similarity(self.similarity)
+        for name, value in dict(num_samples=num_samples, num_segments=num_segments,
+                                kernel_width=float(self.kernel_width), ridge_alpha=float(self.ridge_alpha),
+                                batch_size=checks.check_batch_size(self.batch_size),
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+    def core(self, embed_fn, query, references, key, segments, *, num_segments) -> SaliencyResult:
+        return lime_core(embed_fn, query, references, key, self, segments, num_segments=num_segments)
+
+
+@options_class("lime_variable", references="images", traced=("kernel_width", "ridge_alpha", "p"), segments=True)
+class LimeVariable(Lime):
+    """Options of LIME with a variable reference (:func:`lime_variable`): those of :class:`Lime` and
+
+    Attributes:
+      num_reference_masks: J, the RISE masks each reference is perturbed by.
+      grid_size, p: the RISE mask distribution of the reference masks (``p`` traced).
+    """
+
+    num_reference_masks: int = 30
+    grid_size: int = 8
+    p: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        num_reference_masks, grid_size, p = _masks.check_rise_options(self.num_reference_masks, self.grid_size, self.p)
+        for name, value in dict(num_reference_masks=num_reference_masks, grid_size=grid_size, p=p).items():
+            set_field(self, name, value)
+
+    def core(self, embed_fn, query, references, key, segments, *, num_segments) -> SaliencyResult:
+        return lime_variable_core(embed_fn, query, references, key, self, segments, num_segments=num_segments)
 
 
 def superpixels(image_uint8: np.ndarray, num_segments: int = 50, compactness: float = 10.0) -> np.ndarray:
@@ -48,24 +110,6 @@ def superpixels(image_uint8: np.ndarray, num_segments: int = 50, compactness: fl
 def denormalize(query: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """Normalised ``[H, W, 3]`` -> uint8 RGB (x * std + mean, then x 255): the image as seen."""
     return np.clip(np.round((np.asarray(query) * std + mean) * 255.0), 0, 255).astype(np.uint8)
-
-
-def options(num_samples=1000, num_segments=50, kernel_width=0.25, ridge_alpha=1.0, batch_size=256,
-            similarity=cosine, compute_dtype="float32") -> dict:
-    """The fixed-reference options, checked (``num_segments`` is SLIC's target, not a static option)."""
-    num_samples = checks.check_positive_int(num_samples, "num_samples", 2)
-    checks.check_positive_int(num_segments, "num_segments")
-    if not float(kernel_width) > 0 or not float(ridge_alpha) >= 0:
-        raise ValueError(f"kernel_width must be > 0 and ridge_alpha >= 0, got {kernel_width}, {ridge_alpha}")
-    checks.check_similarity(similarity)
-    return dict(num_samples=num_samples, kernel_width=float(kernel_width), ridge_alpha=float(ridge_alpha),
-                batch_size=checks.check_batch_size(batch_size), similarity=similarity,
-                compute_dtype=checks.check_compute_dtype(compute_dtype))
-
-
-def variable_options(num_reference_masks=30, grid_size=8, p=0.5, **fixed) -> dict:
-    num_reference_masks, grid_size, p = _masks.check_rise_options(num_reference_masks, grid_size, p)
-    return dict(options(**fixed), num_reference_masks=num_reference_masks, grid_size=grid_size, p=p)
 
 
 def query_segments(query: np.ndarray, num_segments: int = 50, segmentation_image=None) -> np.ndarray:
@@ -132,34 +176,36 @@ def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, n
         return weighted_ridge(z, result.scores, _kernel_weights(z, kernel_width), ridge_alpha)
 
 
-def lime_core(embed_fn, query, references, key, segments, *, samples=None, num_segments, num_samples, kernel_width,
-              ridge_alpha, batch_size, similarity, compute_dtype="float32"):
-    """``[K, H, W]`` maps for ``references [K, D]``; ``segments [H, W]`` labels 0..num_segments-1."""
+def lime_core(embed_fn, query, references, key, options: Lime, segments, *, num_segments,
+              samples=None) -> SaliencyResult:
+    """``[K, H, W]`` maps for ``references [K, D]``; ``segments [H, W]`` labels 0..num_segments-1; traceable."""
+    o = options
+    num_samples = o.num_samples if samples is None else samples.shape[0]
     coefficients = _coefficients(embed_fn, query, references, key, segments, samples, num_segments, num_samples,
-                                 kernel_width, ridge_alpha, batch_size, similarity, compute_dtype)
-    return coefficients[:, segments]
+                                 o.kernel_width, o.ridge_alpha, o.batch_size, o.similarity, o.compute_dtype)
+    return result(coefficients[:, segments], num_samples)
 
 
-def lime_variable_core(embed_fn, query, references, key, segments, *, num_reference_masks, grid_size, p,
-                       num_segments, num_samples, kernel_width, ridge_alpha, batch_size, similarity,
-                       compute_dtype="float32"):
+def lime_variable_core(embed_fn, query, references, key, options: LimeVariable, segments, *,
+                       num_segments) -> SaliencyResult:
     """``[K, H, W]`` for ``references [K, H, W, C]``: the mean over J RISE-masked copies of each
-    reference (masks from ``fold_in(key, 1)``, samples from ``fold_in(key, 0)``)."""
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
+    reference (masks from ``fold_in(key, 1)``, samples from ``fold_in(key, 0)``); traceable."""
+    o = options
+    embed_fn = engine.in_compute_dtype(embed_fn, o.compute_dtype)
     checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
-    ref_masks = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1), grid_size=grid_size,
-                                    p=p)(jnp.arange(num_reference_masks))
+    ref_masks = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1), grid_size=o.grid_size,
+                                    p=o.p)(jnp.arange(o.num_reference_masks))
     count = references.shape[0]
     masked = (references[:, None] * ref_masks[None, ..., None]).reshape(-1, *references.shape[1:])
-    embeddings = engine.embed_in_chunks(embed_fn, masked, batch_size)
+    embeddings = engine.embed_in_chunks(embed_fn, masked, o.batch_size)
     coefficients = _coefficients(embed_fn, query, embeddings, jax.random.fold_in(key, 0), segments, None, num_segments,
-                                 num_samples, kernel_width, ridge_alpha, batch_size, similarity, compute_dtype)
-    return coefficients.reshape(count, num_reference_masks, -1).mean(axis=1)[:, segments]
+                                 o.num_samples, o.kernel_width, o.ridge_alpha, o.batch_size, o.similarity,
+                                 o.compute_dtype)
+    return result(coefficients.reshape(count, o.num_reference_masks, -1).mean(axis=1)[:, segments], o.num_samples)
 
 
-_STATIC = ("num_segments", "num_samples", "kernel_width", "ridge_alpha", "batch_size", "similarity", "compute_dtype")
-_lime_jit = jax.jit(lime_core, static_argnames=_STATIC)
-_lime_variable_jit = jax.jit(lime_variable_core, static_argnames=_STATIC + ("num_reference_masks", "grid_size", "p"))
+_lime_jit = jax.jit(lime_core, static_argnames=("num_segments",))
+_lime_variable_jit = jax.jit(lime_variable_core, static_argnames=("num_segments",))
 
 
 def _check_segments(segments, query, num_segments, segmentation_image):
@@ -174,45 +220,59 @@ def _check_segments(segments, query, num_segments, segmentation_image):
 
 
 def lime(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
-         samples: Optional[jax.Array] = None, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
-         num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0, batch_size: int = 256,
-         similarity: SimilarityFn = cosine, segmentation_image: Optional[np.ndarray] = None,
-         compute_dtype: str = "float32") -> jax.Array:
-    """LIME saliency: ``[D]`` reference gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]`` (see the
-    module docstring).
+         samples: Optional[jax.Array] = None, segments: Optional[np.ndarray] = None,
+         segmentation_image: Optional[np.ndarray] = None, options: Optional[Lime] = None,
+         **overrides) -> SaliencyResult:
+    """LIME saliency of ``query`` for fixed references (see the module docstring).
 
-    Exactly one of ``key`` (samples drawn on device; ``num_samples`` of them) and ``samples``
-    (explicit on/off states ``[N, S]``, one column per superpixel of ``segments``). ``segments
-    [H, W]`` overrides the SLIC superpixels (labels are made consecutive; S is the number of labels
-    present); ``segmentation_image`` (uint8 RGB) is what SLIC sees (default: the query
-    de-normalised with ImageNet mean/std). ``compute_dtype``: the embedding forward's dtype, as in
-    ``sx.saliency.rise`` (the ridge regression stays float32).
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference_embeddings: ``[D]`` (gives ``[H, W]`` maps) or ``[K, D]`` (gives ``[K, H, W]``).
+      key: PRNG key for the samples (drawn on device). Exactly one of ``key`` and ``samples``.
+      samples: explicit on/off states ``[N, S]``, one column per superpixel of ``segments``.
+      segments: ``[H, W]`` labels overriding the SLIC superpixels (made consecutive; S is the
+        number of labels present).
+      segmentation_image: the uint8 RGB image SLIC sees (default: the query de-normalised with
+        ImageNet mean and std).
+      options: a :class:`Lime` (default ``Lime()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_samples=500``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the samples embedded, ``error`` NaN.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     checks.check_key_or_masks(key, samples, what="samples")
-    static = options(num_samples if samples is None else 2, num_segments, kernel_width, ridge_alpha, batch_size,
-                     similarity, compute_dtype)
-    segments, count = _check_segments(segments, query, num_segments, segmentation_image)
+    if samples is not None:
+        overrides = dict(overrides, num_samples=2)  # the samples give N
+    options = resolve(Lime, options, overrides)
+    segments, count = _check_segments(segments, query, options.num_segments, segmentation_image)
     if samples is not None:
         samples = jnp.asarray(samples, jnp.float32)
         if samples.ndim != 2 or samples.shape[1] != count or samples.shape[0] < 2:
             raise ValueError(f"samples must be on/off states [N, S] with N >= 2 and S = {count} superpixels, got "
                              f"shape {tuple(samples.shape)}")
-        static["num_samples"] = samples.shape[0]
-    maps = _lime_jit(embed_fn, query, refs, key, segments, samples=samples, num_segments=count, **static)
-    return maps[0] if single else maps
+    return squeeze(_lime_jit(embed_fn, query, refs, key, options, segments, samples=samples, num_segments=count),
+                   single)
 
 
 def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
-                  num_reference_masks: int = 30, grid_size: int = 8,
-                  p: float = 0.5, segments: Optional[np.ndarray] = None, num_samples: int = 1000,
-                  num_segments: int = 50, kernel_width: float = 0.25, ridge_alpha: float = 1.0,
-                  batch_size: int = 256, similarity: SimilarityFn = cosine,
-                  segmentation_image: Optional[np.ndarray] = None, compute_dtype: str = "float32") -> jax.Array:
-    """LIME with a variable reference (mean over J RISE-masked copies of each reference):
-    ``reference [H, W, C]`` gives ``[H, W]``, ``[K, H, W, C]`` gives ``[K, H, W]``."""
+                  segments: Optional[np.ndarray] = None, segmentation_image: Optional[np.ndarray] = None,
+                  options: Optional[LimeVariable] = None, **overrides) -> SaliencyResult:
+    """LIME with a variable reference: the mean over J RISE-masked copies of each reference.
+
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives ``[K, H, W]``).
+      key: PRNG key (samples from ``fold_in(key, 0)``, reference masks from ``fold_in(key, 1)``).
+      segments, segmentation_image: as in :func:`lime`.
+      options: a :class:`LimeVariable` (default ``LimeVariable()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the query samples embedded, ``error`` NaN.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_image_or_batch(reference, "reference")
@@ -220,9 +280,6 @@ def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         raise ValueError("lime_variable needs key= (samples and reference masks are drawn from it)")
     if refs.shape[-1] != query.shape[-1]:
         raise ValueError(f"reference has {refs.shape[-1]} channels but query has {query.shape[-1]}")
-    static = variable_options(num_reference_masks, grid_size, p, num_samples=num_samples, num_segments=num_segments,
-                              kernel_width=kernel_width, ridge_alpha=ridge_alpha, batch_size=batch_size,
-                              similarity=similarity, compute_dtype=compute_dtype)
-    segments, count = _check_segments(segments, query, num_segments, segmentation_image)
-    maps = _lime_variable_jit(embed_fn, query, refs, key, segments, num_segments=count, **static)
-    return maps[0] if single else maps
+    options = resolve(LimeVariable, options, overrides)
+    segments, count = _check_segments(segments, query, options.num_segments, segmentation_image)
+    return squeeze(_lime_variable_jit(embed_fn, query, refs, key, options, segments, num_segments=count), single)

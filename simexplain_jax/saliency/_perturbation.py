@@ -15,18 +15,76 @@ perturbed, objective ``sim(f(q~), f(r~))``; the query's half gives its map.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import (MethodOptions, SaliencyResult, options_class, resolve, result, set_field,
+                                              squeeze)
 from simexplain_jax.similarity import SimilarityFn, cosine
 
-DEFAULTS = dict(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=0.2, noise_std=0.2, blur_size=11,
-                similarity=cosine, compute_dtype="float32")
+_TRACED = ("learning_rate", "l1_weight", "tv_weight", "noise_std")
+
+
+@options_class("perturbation", references="embeddings", traced=_TRACED, queries_per_device=16)
+class Perturbation(MethodOptions):
+    """Options of the meaningful-perturbation mask with fixed references (:func:`perturbation`).
+
+    Attributes:
+      grid: g, the mask's side before upsampling (``g x g``; ``g x 2g`` for a variable reference).
+      num_steps: Adam steps.
+      learning_rate: Adam's learning rate (traced: a sweep over it compiles once).
+      l1_weight: the weight of ``mean |1 - m|`` (traced).
+      tv_weight: the weight of the total-variation term (traced).
+      noise_std: the standard deviation of the noise added each step (traced).
+      blur_size: the odd side of the median filter giving the blurred image.
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      compute_dtype: the dtype of the model's forward and backward pass, as in :class:`Rise`;
+        the mask, its gradient and Adam's state stay float32.
+    """
+
+    grid: int = 8
+    num_steps: int = 500
+    learning_rate: float = 0.1
+    l1_weight: float = 0.01
+    tv_weight: float = 0.2
+    noise_std: float = 0.2
+    blur_size: int = 11
+    similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        grid, num_steps = checks.check_positive_int(self.grid, "grid"), checks.check_positive_int(self.num_steps,
+                                                                                               "num_steps")
+        blur_size = checks.check_positive_int(self.blur_size, "blur_size")
+        if blur_size % 2 == 0:
+            raise ValueError(f"blur_size must be odd, got {blur_size}")
+        if not float(self.learning_rate) > 0 or float(self.l1_weight) < 0 or float(self.tv_weight) < 0 or \
+                float(self.noise_std) < 0:
+            raise ValueError("learning_rate must be > 0 and l1_weight, tv_weight, noise_std >= 0")
+        checks.check_similarity(self.similarity)
+        for name, value in dict(grid=grid, num_steps=num_steps, learning_rate=float(self.learning_rate),
+                                l1_weight=float(self.l1_weight), tv_weight=float(self.tv_weight),
+                                noise_std=float(self.noise_std), blur_size=blur_size,
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+    def core(self, embed_fn, query, references, key) -> SaliencyResult:
+        return perturbation_core(embed_fn, query, references, key, self)
+
+
+@options_class("perturbation_variable", references="images", traced=_TRACED, queries_per_device=16)
+class PerturbationVariable(Perturbation):
+    """Options of the mask with a variable reference (:func:`perturbation_variable`): those of
+    :class:`Perturbation`."""
+
+    def core(self, embed_fn, query, references, key) -> SaliencyResult:
+        return perturbation_variable_core(embed_fn, query, references, key, self)
 
 
 def median_blur(image: jax.Array, size: int = 11) -> jax.Array:
@@ -49,10 +107,12 @@ def _upsample(mask, height, width):
     return jax.image.resize(mask, (height, width), "bilinear")
 
 
-def _optimise(embed_fn, images, reference, key, *, grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std,
-              blur_size, similarity, compute_dtype):
+def _optimise(embed_fn, images, reference, key, options: Perturbation):
     """images: [n, H, W, C] side by side in one mask (n = 1: fixed; n = 2: variable). Returns M [H, n*W].
     The forward (and backward) pass of ``embed_fn`` runs in ``compute_dtype``; the mask and Adam in float32."""
+    grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity, compute_dtype = (
+        options.grid, options.num_steps, options.learning_rate, options.l1_weight, options.tv_weight,
+        options.noise_std, options.blur_size, options.similarity, options.compute_dtype)
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     n, height, width = images.shape[:3]
     blurred = jax.vmap(lambda x: median_blur(x, blur_size))(images)
@@ -81,51 +141,38 @@ def _optimise(embed_fn, images, reference, key, *, grid, num_steps, learning_rat
     return _upsample(mask, height, n * width)
 
 
-def options(grid=8, num_steps=500, learning_rate=0.1, l1_weight=0.01, tv_weight=0.2, noise_std=0.2, blur_size=11,
-            similarity=cosine, compute_dtype="float32") -> dict:
-    grid, num_steps = checks.check_positive_int(grid, "grid"), checks.check_positive_int(num_steps, "num_steps")
-    blur_size = checks.check_positive_int(blur_size, "blur_size")
-    if blur_size % 2 == 0:
-        raise ValueError(f"blur_size must be odd, got {blur_size}")
-    if not float(learning_rate) > 0 or float(l1_weight) < 0 or float(tv_weight) < 0 or float(noise_std) < 0:
-        raise ValueError("learning_rate must be > 0 and l1_weight, tv_weight, noise_std >= 0")
-    checks.check_similarity(similarity)
-    return dict(grid=grid, num_steps=num_steps, learning_rate=float(learning_rate), l1_weight=float(l1_weight),
-                tv_weight=float(tv_weight), noise_std=float(noise_std), blur_size=blur_size, similarity=similarity,
-                compute_dtype=checks.check_compute_dtype(compute_dtype))
-
-
 def _check_blur(blur_size, shape):
     if blur_size > 2 * min(shape[:2]) - 1:
         raise ValueError(f"blur_size={blur_size} is larger than the image ({shape[0]} x {shape[1]}) allows "
                          f"(at most {2 * min(shape[:2]) - 1})")
 
 
-def perturbation_core(embed_fn, query, references, key, **static):
-    """``[K, H, W]`` fixed-reference mask saliency for ``references [K, D]`` (one key for all K)."""
+def perturbation_core(embed_fn, query, references, key, options: Perturbation) -> SaliencyResult:
+    """``[K, H, W]`` fixed-reference mask saliency for ``references [K, D]`` (one key for all K); traceable."""
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
-    return jax.vmap(lambda ref: 1.0 - _optimise(embed_fn, query[None], ref, key, **static))(references)
+    maps = jax.vmap(lambda ref: 1.0 - _optimise(embed_fn, query[None], ref, key, options))(references)
+    return result(maps, options.num_steps)
 
 
-def perturbation_variable_core(embed_fn, query, references, key, **static):
-    """``[K, H, W]`` variable-reference mask saliency for ``references [K, H, W, C]`` (one key for all K)."""
+def perturbation_variable_core(embed_fn, query, references, key, options: Perturbation) -> SaliencyResult:
+    """``[K, H, W]`` variable-reference mask saliency for ``references [K, H, W, C]`` (one key for all K); traceable."""
     checks.embedding_dim(embed_fn, query.shape)
 
     def one(reference):
-        mask = _optimise(embed_fn, jnp.stack([query, reference]), None, key, **static)
+        mask = _optimise(embed_fn, jnp.stack([query, reference]), None, key, options)
         return 1.0 - mask[:, : query.shape[1]]
 
-    return jax.vmap(one)(references)
+    return result(jax.vmap(one)(references), options.num_steps)
 
 
-_perturbation_jit = jax.jit(perturbation_core, static_argnames=tuple(DEFAULTS))
-_perturbation_variable_jit = jax.jit(perturbation_variable_core, static_argnames=tuple(DEFAULTS))
+_perturbation_jit = jax.jit(perturbation_core)
+_perturbation_variable_jit = jax.jit(perturbation_variable_core)
 
 
-@jax.jit(static_argnames=tuple(DEFAULTS) + ("variable",))
-def _batch_jit(embed_fn, queries, references, keys, *, variable, **static):
-    core = perturbation_variable_core if variable else perturbation_core
-    return jax.vmap(lambda q, r, k: core(embed_fn, q, r[None], k, **static)[0])(queries, references, keys)
+@jax.jit
+def _batch_jit(embed_fn, queries, references, keys, options):
+    core = perturbation_variable_core if isinstance(options, PerturbationVariable) else perturbation_core
+    return jax.vmap(lambda q, r, k: core(embed_fn, q, r[None], k, options).maps[0])(queries, references, keys)
 
 
 def _pair_keys(key, num_pairs):
@@ -142,69 +189,95 @@ def _pair_keys(key, num_pairs):
 
 
 def perturbation_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
-                       grid: int = 8,
-                       num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
-                       tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
-                       similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
-    """Fixed-reference masks for P pairs at once: ``queries [P, H, W, C]`` with their per-pair
-    ``reference_embeddings [P, D]`` -> ``[P, H, W]``. ``key`` is one key (pair i uses
-    ``fold_in(key, i)``) or P keys; a pair's map does not depend on the other pairs of the batch."""
+                       options: Optional[Perturbation] = None, **overrides) -> jax.Array:
+    """Fixed-reference masks for P pairs at once.
+
+    Args:
+      embed_fn: as in ``sx.saliency.rise``.
+      queries: ``[P, H, W, C]``.
+      reference_embeddings: ``[P, D]``, one per pair.
+      key: one key (pair i uses ``fold_in(key, i)``) or P keys; a pair's map does not depend on
+        the other pairs of the batch.
+      options: a :class:`Perturbation` (default ``Perturbation()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``[P, H, W]`` maps.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = jnp.asarray(checks.check_images(queries, "queries"))
     refs = jnp.asarray(reference_embeddings, jnp.float32)
     if refs.ndim != 2 or refs.shape[0] != queries.shape[0]:
         raise ValueError(f"reference_embeddings must be [P, D] with P = {queries.shape[0]}, got {refs.shape}")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
-                     compute_dtype)
-    _check_blur(static["blur_size"], queries.shape[1:])
-    return _batch_jit(embed_fn, queries, refs, _pair_keys(key, queries.shape[0]), variable=False, **static)
+    options = resolve(Perturbation, options, overrides)
+    _check_blur(options.blur_size, queries.shape[1:])
+    return _batch_jit(embed_fn, queries, refs, _pair_keys(key, queries.shape[0]), options)
 
 
 def perturbation_variable_batch(embed_fn: EmbedFn, queries: ArrayLike, references: ArrayLike, *, key: jax.Array,
-                                grid: int = 8,
-                                num_steps: int = 500, learning_rate: float = 0.1, l1_weight: float = 0.01,
-                                tv_weight: float = 0.2, noise_std: float = 0.2, blur_size: int = 11,
-                                similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
-    """Variable-reference masks for P pairs: ``queries, references [P, H, W, C]`` -> ``[P, H, W]``."""
+                                options: Optional[PerturbationVariable] = None, **overrides) -> jax.Array:
+    """Variable-reference masks for P pairs at once.
+
+    Args:
+      embed_fn: as in ``sx.saliency.rise``.
+      queries, references: ``[P, H, W, C]`` each, pair i being ``(queries[i], references[i])``.
+      key: one key (pair i uses ``fold_in(key, i)``) or P keys.
+      options: a :class:`PerturbationVariable` (default ``PerturbationVariable()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``[P, H, W]`` maps.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     queries = jnp.asarray(checks.check_images(queries, "queries"))
     references = jnp.asarray(checks.check_images(references, "references"))
     if queries.shape != references.shape:
         raise ValueError(f"queries {queries.shape} and references {references.shape} must have the same shape "
                          "(they share one mask side by side)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
-                     compute_dtype)
-    _check_blur(static["blur_size"], queries.shape[1:])
-    return _batch_jit(embed_fn, queries, references, _pair_keys(key, queries.shape[0]), variable=True, **static)
+    options = resolve(PerturbationVariable, options, overrides)
+    _check_blur(options.blur_size, queries.shape[1:])
+    return _batch_jit(embed_fn, queries, references, _pair_keys(key, queries.shape[0]), options)
 
 
 def perturbation(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
-                 grid: int = 8, num_steps: int = 500,
-                 learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2, noise_std: float = 0.2,
-                 blur_size: int = 11, similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> jax.Array:
-    """Fixed-reference mask saliency: ``[D]`` gives ``[H, W]``, ``[K, D]`` gives ``[K, H, W]``
-    (every reference's mask optimised with the noise drawn from ``key``). ``compute_dtype``: the
-    dtype of the model's forward and backward pass, as in ``sx.saliency.rise``; the mask, its
-    gradient and Adam's state stay float32."""
+                 options: Optional[Perturbation] = None, **overrides) -> SaliencyResult:
+    """Fixed-reference mask saliency (every reference's mask optimised with the noise drawn from ``key``).
+
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference_embeddings: ``[D]`` (gives ``[H, W]`` maps) or ``[K, D]`` (gives ``[K, H, W]``).
+      key: PRNG key for the noise of every step.
+      options: a :class:`Perturbation` (default ``Perturbation()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_steps=100``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the optimisation steps, ``error`` NaN.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
-                     compute_dtype)
-    _check_blur(static["blur_size"], query.shape)
-    maps = _perturbation_jit(embed_fn, query, refs, key, **static)
-    return maps[0] if single else maps
+    options = resolve(Perturbation, options, overrides)
+    _check_blur(options.blur_size, query.shape)
+    return squeeze(_perturbation_jit(embed_fn, query, refs, key, options), single)
 
 
 def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
-                          grid: int = 8, num_steps: int = 500,
-                          learning_rate: float = 0.1, l1_weight: float = 0.01, tv_weight: float = 0.2,
-                          noise_std: float = 0.2, blur_size: int = 11, similarity: SimilarityFn = cosine,
-                          compute_dtype: str = "float32") -> jax.Array:
-    """Variable-reference mask saliency: ``reference [H, W, C]`` gives ``[H, W]``, ``[K, H, W, C]``
-    gives ``[K, H, W]`` (each of the same shape as the query)."""
+                          options: Optional[PerturbationVariable] = None, **overrides) -> SaliencyResult:
+    """Variable-reference mask saliency: one mask over the query and the reference side by side.
+
+    Args:
+      embed_fn, query: as in ``sx.saliency.rise``.
+      reference: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives
+        ``[K, H, W]``), each of the query's shape.
+      key: PRNG key for the noise of every step.
+      options: a :class:`PerturbationVariable` (default ``PerturbationVariable()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the optimisation steps, ``error`` NaN.
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_image_or_batch(reference, "reference")
@@ -213,8 +286,6 @@ def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayL
                          "(they share one mask side by side)")
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
-    static = options(grid, num_steps, learning_rate, l1_weight, tv_weight, noise_std, blur_size, similarity,
-                     compute_dtype)
-    _check_blur(static["blur_size"], query.shape)
-    maps = _perturbation_variable_jit(embed_fn, query, refs, key, **static)
-    return maps[0] if single else maps
+    options = resolve(PerturbationVariable, options, overrides)
+    _check_blur(options.blur_size, query.shape)
+    return squeeze(_perturbation_variable_jit(embed_fn, query, refs, key, options), single)

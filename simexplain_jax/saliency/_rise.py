@@ -9,59 +9,20 @@ Variable reference: reference k is perturbed by J masks ``M'_j`` (from ``fold_in
 query masks come from ``fold_in(key, 0)``) and its map is the mean over j of the fixed-reference
 map for ``f(r_k * M'_j)``: N + K J forward passes, not N K J.
 
+``sampler`` chooses how the masks are drawn (``sx.masks.SAMPLERS``); every sampler draws each
+mask from the i.i.d. distribution, so the estimators above are unchanged. With ``tolerance`` one
+compiled ``lax.while_loop`` runs chunks of masks until each map's standard error is below the
+tolerance times its range; the estimate and the stopping rule are derived in docs/method.md
+("The stopping rule of tolerance").
+
 ``rise_core`` / ``rise_variable_core`` are the pure cores that the single-pair functions,
 ``explain_pairs`` and the mesh path all run; with ``mask_axis`` (inside ``shard_map``) each
 device takes a share of the N masks and the partial sums are added with ``psum``.
-
-``sampler`` chooses how the masks are drawn (``sx.masks.SAMPLERS``; ``"iid"``, the original RISE
-masks, by default; the formulas are in ``simexplain_jax/masks.py``). Every sampler draws each
-mask from the i.i.d. distribution, so the estimators and their normalisation above are unchanged;
-only the coupling of the masks inside a block of ``B`` consecutive masks differs.
-
-**Stopping at a precision** (``tolerance=t``): ``num_masks`` becomes the maximum N. One compiled
-``lax.while_loop`` runs chunks of masks and keeps, besides ``Y = sum_i s_i M_i`` and
-``Msum = sum_i M_i``, the sums over *replicate groups* g of ``B`` consecutive masks (the sampler's
-block: one mask for ``"iid"``, two for ``"antithetic"``, ``B`` for the block designs; blocks are
-independent, so group totals ``y_g = sum_{i in g} s_i M_i``, ``m_g = sum_{i in g} M_i`` are i.i.d.
-replicates whatever the sampler): ``sum_g y_g^2``, ``sum_g y_g m_g``, ``sum_g m_g^2`` (each
-``[K, H, W]`` or ``[H, W]``). With n groups and n_used masks so far, the standard error of each
-pixel of the map ``S`` is, by the delta method for the ratio ``R = Y / Msum``
-(``normalize="per_pixel"``, ``S = n_used R``),
-
-    SE(S) = n_used * sqrt(n / (n - 1) * sum_g (y_g - R m_g)^2) / Msum,
-
-and for ``normalize="expected"`` (``S = Y / (n_used p)``)
-``SE(S) = sqrt(n / (n - 1) * (sum_g y_g^2 - Y^2 / n)) / (n_used p)``. After each chunk the loop
-stops when, for every reference k, the map's standard error up to its level,
-``SE(S_k) = sqrt(mean_x Var(S_k(x) - mean_x' S_k(x')))`` (the root mean square over the pixels
-of the per-pixel variances above, minus the variance of the map's mean over the pixels), is
-below ``t (max S_k - min S_k)`` (a map with zero standard error counts as converged; the range is
-taken as at least ``FLAT = 1e-4`` times ``max |S_k|``, so a map flat to float precision does not
-run on), with at least ``MIN_GROUPS = 4`` groups, or when N masks are used. Every use of a RISE
-map (its display, pointing, insertion/deletion, correlation) ignores its level, and the level
-carries much of the noise (all pixels share each mask's score), most of all for the block
-samplers, whose blocks have one shift each. The level's variance comes from each group's
-influence on ``mean_x R``: ``a_g - (mean_x R) w_g`` with ``a_g = mean_x y_g / mbar``,
-``w_g = mean_x m_g / mbar`` and ``mbar = Msum / n`` taken as each chunk is added, so the sums of
-``a_g^2``, ``a_g w_g`` and ``w_g^2`` are kept (for ``"expected"``: the sum of ``(mean_x y_g)^2``).
-The mean over pixels keeps the estimate steady with few groups (the block samplers' groups are
-128 masks); a per-pixel maximum of an estimate with 3 degrees of freedom would mostly measure its
-own noise. (The second moments are accumulated with the scores minus
-their first-chunk mean ``c``, which leaves the residuals ``y_g - R m_g`` unchanged and avoids
-float cancellation.) The map is then normalised with n_used. Results are
-``RiseResult(maps, passes, error)``, with ``passes`` the masked-query forward passes used (a
-multiple of the chunk, or N) and ``error`` each map's estimated ``SE / range`` at the stop. With
-tolerance the chunk is ``batch_size`` rounded up to whole groups, and with ``mask_axis`` each of
-the D devices takes ``ceil(batch_size / (D B)) B`` masks of every chunk (so one device and D
-devices stop at the same pass count when ``D B`` divides ``batch_size``); the memory per chunk
-grows by ``chunk / B`` group totals ``[K, H, W]`` for ``B > 1``, never with N. ``explain_pairs``
-(and the training-saliency cache through it) accepts ``tolerance`` and returns the maps only;
-call ``rise`` for the pass counts.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,24 +34,14 @@ from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
 from simexplain_jax import parallel
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import (CoreCall, MethodOptions, SaliencyResult, options_class, resolve,
+                                              result, set_field, squeeze)
 from simexplain_jax.similarity import SimilarityFn, cosine, pairwise
 
 NORMALIZATIONS = ("per_pixel", "expected")
-DEFAULTS = dict(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
-                sampler="iid", tolerance=None, compute_dtype="float32")
-VARIABLE_DEFAULTS = dict(DEFAULTS, num_reference_masks=30)
-_STATIC = tuple(DEFAULTS) + ("mask_axis", "mask_axis_size", "return_passes")
 MIN_GROUPS = 4  # replicate groups needed before a tolerance run may stop (their variance has n - 1 dof)
 FLAT = 1e-4  # the range a tolerance is relative to is at least FLAT times the map's largest magnitude
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-class RiseResult(NamedTuple):
-    """What ``rise(..., tolerance=t)`` returns: the maps and the masks (query forward passes) used."""
-
-    maps: jax.Array  # [H, W] or [K, H, W]
-    passes: jax.Array  # int32 scalar, <= num_masks
-    error: jax.Array  # [] or [K]: each map's estimated standard error (RMS over pixels) over its range at the stop
 
 
 def check_tolerance(tolerance) -> Optional[float]:
@@ -105,21 +56,68 @@ def check_tolerance(tolerance) -> Optional[float]:
     return float(tolerance)
 
 
-def options(num_masks=2000, grid_size=8, p=0.5, batch_size=256, normalize="per_pixel", similarity=cosine,
-            sampler="iid", tolerance=None, compute_dtype="float32") -> dict:
-    """The fixed-reference options, checked and as Python values (the cores' static arguments)."""
-    num_masks, grid_size, p = _masks.check_rise_options(num_masks, grid_size, p)
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    checks.check_similarity(similarity)
-    return dict(num_masks=num_masks, grid_size=grid_size, p=p, batch_size=checks.check_batch_size(batch_size),
-                normalize=normalize, similarity=similarity, sampler=_masks.check_sampler(sampler),
-                tolerance=check_tolerance(tolerance), compute_dtype=checks.check_compute_dtype(compute_dtype))
+@options_class("rise", references="embeddings", traced=("p", "tolerance"), split_masks=True)
+class Rise(MethodOptions):
+    """Options of RISE with fixed references (:func:`rise`).
+
+    Attributes:
+      num_masks: N, the number of masks (with ``tolerance``, the most masks used).
+      grid_size: s, the side of the binary grid each mask is upsampled from.
+      p: the probability that a grid cell is kept (traced: a sweep over it compiles once).
+      batch_size: masks per compiled chunk; the maps do not depend on it (to float rounding),
+        except that with ``tolerance`` the stopping test runs after each chunk.
+      normalize: ``"per_pixel"`` (divide by each pixel's mean mask) or ``"expected"`` (by N p).
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      sampler: ``"iid"`` (the original RISE masks), ``"antithetic"``, ``"stratified"`` or
+        ``"orthogonal"`` (``simexplain_jax/masks.py``); each mask has the i.i.d. distribution.
+      tolerance: None (use N masks) or t > 0: stop once every map's standard error is below t
+        times its range (traced).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``, the dtype of the embedding forward pass
+        (``engine.in_compute_dtype``); scores and the map sums stay float32.
+    """
+
+    num_masks: int = 2000
+    grid_size: int = 8
+    p: float = 0.5
+    batch_size: int = 256
+    normalize: str = "per_pixel"
+    similarity: SimilarityFn = cosine
+    sampler: str = "iid"
+    tolerance: Optional[float] = None
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        num_masks, grid_size, p = _masks.check_rise_options(self.num_masks, self.grid_size, self.p)
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        checks.check_similarity(self.similarity)
+        for name, value in dict(num_masks=num_masks, grid_size=grid_size, p=p,
+                                batch_size=checks.check_batch_size(self.batch_size),
+                                sampler=_masks.check_sampler(self.sampler), tolerance=check_tolerance(self.tolerance),
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+    def core(self, embed_fn, query, references, key, **context) -> SaliencyResult:
+        return rise_core(embed_fn, query, references, key, self, **context)
 
 
-def variable_options(num_reference_masks=30, **fixed) -> dict:
-    return dict(options(**fixed), num_reference_masks=checks.check_positive_int(num_reference_masks,
-                                                                                  "num_reference_masks"))
+@options_class("rise_variable", references="images", traced=("p", "tolerance"), split_masks=True)
+class RiseVariable(Rise):
+    """Options of RISE with a variable reference (:func:`rise_variable`): those of :class:`Rise` and
+
+    Attributes:
+      num_reference_masks: J, the RISE masks each reference is perturbed by.
+    """
+
+    num_reference_masks: int = 30
+
+    def __post_init__(self):
+        super().__post_init__()
+        set_field(self, "num_reference_masks", checks.check_positive_int(self.num_reference_masks,
+                                                                         "num_reference_masks"))
+
+    def core(self, embed_fn, query, references, key, **context) -> SaliencyResult:
+        return rise_variable_core(embed_fn, query, references, key, self, **context)
 
 
 def _normalize_maps(weighted, mask_sum, num_masks, p, normalize):
@@ -132,7 +130,8 @@ def _normalize_maps(weighted, mask_sum, num_masks, p, normalize):
 
 def _accumulate_until(embed_fn, references, perturb, *, num_masks, batch_size, similarity, group, tolerance,
                       normalize, p, reference_groups, mask_axis, mask_axis_size):
-    """The tolerance loop (module docstring): one ``lax.while_loop`` over chunks. Returns
+    """The tolerance loop (docs/method.md, "The stopping rule of tolerance"): one ``lax.while_loop``
+    over chunks. Returns
     ``(weighted [K', P], mask_sum [P], used, relative error [K'])`` with K' = K / reference_groups
     (scores averaged over each group of references, which is the mean of their per-pixel maps:
     they share ``mask_sum``)."""
@@ -204,7 +203,8 @@ def _accumulate_until(embed_fn, references, perturb, *, num_masks, batch_size, s
 
 
 def _relative_error(weighted, mask_sum, yy, ym, mm, level, groups, used, center, normalize, p):
-    """``[K]``: each map's standard error up to its level (module docstring) over its range.
+    """``[K]``: each map's standard error up to its level over its range (docs/method.md, "The
+    stopping rule of tolerance").
     ``yy, ym`` are the group sums of products with the scores minus ``center [K]``, ``level [3, K]``
     the sums for the groups' influences on the map's mean; the range is at least ``FLAT``
     times the map's largest magnitude (a map flat to float precision)."""
@@ -239,145 +239,128 @@ def _relative_error(weighted, mask_sum, yy, ym, mm, level, groups, used, center,
     return jnp.where((typical > 0) & (spread <= 0), jnp.inf, relative)
 
 
-def rise_core(embed_fn, query, references, key, *, masks=None, num_masks, grid_size, p, batch_size, normalize,
-              similarity, sampler="iid", tolerance=None, mask_axis: Optional[str] = None, mask_axis_size: int = 1,
-              reference_groups: int = 1, return_passes: bool = False, compute_dtype="float32"):
-    """``[K, H, W]`` maps of ``query [H, W, C]`` for ``references [K, D]`` (traceable; static options).
+def rise_core(embed_fn, query, references, key, options: Rise, *, masks=None, mask_axis: Optional[str] = None,
+              mask_axis_size: int = 1, reference_groups: int = 1) -> SaliencyResult:
+    """``[K, H, W]`` maps of ``query [H, W, C]`` for ``references [K, D]``; traceable.
 
-    Masks from ``key`` (mask i of ``sampler`` from its index, ``sx.masks.rise_mask_fn``) or the
+    Masks from ``key`` (mask i of the sampler from its index, ``sx.masks.rise_mask_fn``) or the
     explicit ``masks [N, H, W]`` (treated as i.i.d. for ``tolerance``). ``reference_groups`` = J:
     the references are K / J groups of J and each group's maps are averaged (``[K / J, H, W]``).
-    With ``tolerance`` the loop stops early (module docstring); ``return_passes`` returns
-    ``(maps, passes, relative error [K])`` (the error is NaN without ``tolerance``).
     """
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
+    o = options
+    num_masks, grid_size, p, batch_size = o.num_masks, o.grid_size, o.p, o.batch_size
+    embed_fn = engine.in_compute_dtype(embed_fn, o.compute_dtype)
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), references)
     offset, local = 0, None
-    group = _masks.sampler_block(sampler, grid_size)
+    group = _masks.sampler_block(o.sampler, grid_size)
     if masks is not None:
         num_masks, group = masks.shape[0], 1
 
         def masks_for(indices):
             return jnp.take(masks, jnp.minimum(indices, num_masks - 1), axis=0)
     else:
-        masks_for = _masks.rise_mask_fn(query.shape, key=key, grid_size=grid_size, p=p, sampler=sampler)
-        if mask_axis is not None and tolerance is None:  # this device's share of the N masks
+        masks_for = _masks.rise_mask_fn(query.shape, key=key, grid_size=grid_size, p=p, sampler=o.sampler)
+        if mask_axis is not None and o.tolerance is None:  # this device's share of the N masks
             local = -(-num_masks // mask_axis_size)
             offset = jax.lax.axis_index(mask_axis) * local
     perturb = engine.masked_perturbation(query, masks_for)
-    if tolerance is not None:
+    if o.tolerance is not None:
         weighted, mask_sum, used, relative = _accumulate_until(
-            embed_fn, references, perturb, num_masks=num_masks, batch_size=batch_size, similarity=similarity,
-            group=group, tolerance=tolerance, normalize=normalize, p=p, reference_groups=reference_groups,
+            embed_fn, references, perturb, num_masks=num_masks, batch_size=batch_size, similarity=o.similarity,
+            group=group, tolerance=o.tolerance, normalize=o.normalize, p=p, reference_groups=reference_groups,
             mask_axis=mask_axis if masks is None else None, mask_axis_size=mask_axis_size)
         weighted = weighted.reshape(-1, *query.shape[:2])
-        maps = _normalize_maps(weighted, mask_sum.reshape(query.shape[:2]), used, p, normalize)
-        return (maps, used.astype(jnp.int32), relative) if return_passes else maps
-    result = engine.run(embed_fn, references, perturb, num_masks, batch_size, similarity, index_offset=offset,
-                        num_local=local)
-    weighted, mask_sum = result.weighted, result.mask_sum
+        maps = _normalize_maps(weighted, mask_sum.reshape(query.shape[:2]), used, p, o.normalize)
+        return result(maps, used.astype(jnp.int32), relative)
+    out = engine.run(embed_fn, references, perturb, num_masks, batch_size, o.similarity, index_offset=offset,
+                     num_local=local)
+    weighted, mask_sum = out.weighted, out.mask_sum
     if local is not None:
         weighted, mask_sum = jax.lax.psum(weighted, mask_axis), jax.lax.psum(mask_sum, mask_axis)
-    maps = _normalize_maps(weighted, mask_sum, num_masks, p, normalize)
+    maps = _normalize_maps(weighted, mask_sum, num_masks, p, o.normalize)
     maps = maps.reshape(-1, reference_groups, *maps.shape[1:]).mean(axis=1)
-    return (maps, jnp.asarray(num_masks, jnp.int32), jnp.full(maps.shape[:1], jnp.nan)) if return_passes else maps
+    return result(maps, num_masks)
 
 
-def rise_variable_core(embed_fn, query, references, key, *, masks=None, reference_masks=None, num_masks,
-                       num_reference_masks, grid_size, p, batch_size, normalize, similarity, sampler="iid",
-                       tolerance=None, mask_axis: Optional[str] = None, mask_axis_size: int = 1,
-                       return_passes: bool = False, compute_dtype="float32"):
+def rise_variable_core(embed_fn, query, references, key, options: RiseVariable, *, masks=None,
+                       reference_masks=None, mask_axis: Optional[str] = None,
+                       mask_axis_size: int = 1) -> SaliencyResult:
     """``[K, H, W]``: the variable-reference map of ``query`` for each of ``references [K, H, W, C]``.
 
-    The reference masks are the first J masks of ``sampler`` from ``fold_in(key, 1)``."""
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
-    checks.embedding_dim(embed_fn, references.shape[1:], name="reference")
+    The reference masks are the first J masks of the sampler from ``fold_in(key, 1)`` (or the
+    explicit ``reference_masks [J, H, W]``)."""
+    o = options
+    forward = engine.in_compute_dtype(embed_fn, o.compute_dtype)
+    checks.embedding_dim(forward, references.shape[1:], name="reference")
     query_key = None
     if key is not None:
         query_key = jax.random.fold_in(key, 0)
-        masks_for = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1), grid_size=grid_size,
-                                        p=p, sampler=sampler)
-        reference_masks = masks_for(jnp.arange(num_reference_masks))
+        masks_for = _masks.rise_mask_fn(references.shape[1:], key=jax.random.fold_in(key, 1),
+                                        grid_size=o.grid_size, p=o.p, sampler=o.sampler)
+        reference_masks = masks_for(jnp.arange(o.num_reference_masks))
     per_reference = reference_masks.shape[0]
     masked = (references[:, None] * reference_masks[None, ..., None]).reshape(-1, *references.shape[1:])
-    embeddings = engine.embed_in_chunks(embed_fn, masked, batch_size)  # K J forward passes
+    embeddings = engine.embed_in_chunks(forward, masked, o.batch_size)  # K J forward passes
     # N forward passes; the K J maps averaged over each reference's J masks
-    return rise_core(embed_fn, query, embeddings, query_key, masks=masks, num_masks=num_masks, grid_size=grid_size,
-                     p=p, batch_size=batch_size, normalize=normalize, similarity=similarity, sampler=sampler,
-                     tolerance=tolerance, mask_axis=mask_axis, mask_axis_size=mask_axis_size,
-                     reference_groups=per_reference, return_passes=return_passes, compute_dtype=compute_dtype)
+    return rise_core(embed_fn, query, embeddings, query_key, o, masks=masks, mask_axis=mask_axis,
+                     mask_axis_size=mask_axis_size, reference_groups=per_reference)
 
 
-_rise_jit = jax.jit(rise_core, static_argnames=_STATIC)
-_rise_variable_jit = jax.jit(rise_variable_core, static_argnames=_STATIC + ("num_reference_masks",))
-
-
-def _result(out, single, tolerance):
-    maps, passes, error = out
-    if single:
-        maps, error = maps[0], error[0]
-    return maps if tolerance is None else RiseResult(maps, passes, error)
+_CONTEXT = ("mask_axis", "mask_axis_size", "reference_groups")
+_rise_jit = jax.jit(rise_core, static_argnames=_CONTEXT)
+_rise_variable_jit = jax.jit(rise_variable_core, static_argnames=_CONTEXT[:2])
 
 
 def rise(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: Optional[jax.Array] = None,
-         masks: Optional[jax.Array] = None, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
-         batch_size: int = 256, normalize: str = "per_pixel", similarity: SimilarityFn = cosine,
-         sampler: str = "iid", tolerance: Optional[float] = None,
-         compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
-    """RISE saliency of ``query`` for fixed (unperturbed) references (see the module docstring).
+         masks: Optional[jax.Array] = None, options: Optional[Rise] = None, **overrides) -> SaliencyResult:
+    """RISE saliency of ``query`` for fixed (unperturbed) references.
 
     Args:
       embed_fn: pure ``images [B, H, W, C] float32 -> [B, D]``; a ``jax.tree_util.Partial``
         (e.g. ``Partial(model.apply, variables)``) passes the parameters as arguments.
       query: ``[H, W, C]`` float, in the model's input space (masked pixels become 0 there).
-      reference_embeddings: ``[D]`` (gives ``[H, W]``) or ``[K, D]`` (gives ``[K, H, W]``).
+      reference_embeddings: ``[D]`` (gives ``[H, W]`` maps) or ``[K, D]`` (gives ``[K, H, W]``).
       key: PRNG key for the masks (mask i from its index, as ``sx.masks.rise_masks``).
         Exactly one of ``key`` and ``masks``.
       masks: explicit ``[N, H, W]`` masks (then ``num_masks``, ``grid_size`` and ``sampler`` are unused).
-      num_masks, grid_size, p: the RISE mask distribution (N, s, keep probability); with
-        ``tolerance``, N is the most masks used.
-      batch_size: masks per compiled chunk; results do not depend on it (to float rounding), except
-        that with ``tolerance`` the stopping test runs after each chunk.
-      normalize: ``"per_pixel"`` or ``"expected"``.
-      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
-      sampler: ``"iid"`` (the original RISE masks), ``"antithetic"``, ``"stratified"`` or
-        ``"orthogonal"`` (``simexplain_jax/masks.py``); each mask has the i.i.d. distribution.
-      tolerance: None (use N masks, return the maps) or t > 0: stop once every map's standard
-        error (root mean square of the per-pixel ones) is below t times its range (module
-        docstring) and return ``RiseResult(maps, passes, error)``.
-      compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the embedding forward pass
-        (``engine.in_compute_dtype``: parameters cast once, activations in bfloat16); scores and the
-        map sums stay float32. bfloat16 keeps about 3 significant digits per activation: on the
-        trained shapes model the maps correlate >= 0.99 with float32's (tested; measured >= 0.999)
-        and mean AUCs move by under 1 point of 100. Use it on GPU/TPU, where it is the fast path;
-        XLA's CPU backend runs it slower than float32.
+      options: a :class:`Rise` (default ``Rise()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_masks=500``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)``: ``passes`` the masks used (N, or fewer with
+      ``tolerance``), ``error`` each map's estimated standard error over its range (NaN without
+      ``tolerance``).
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     checks.check_key_or_masks(key, masks)
-    static = options(num_masks if masks is None else 1, grid_size, p, batch_size, normalize, similarity, sampler,
-                     tolerance, compute_dtype)
+    if masks is not None:
+        overrides = dict(overrides, num_masks=1)  # the masks give N
+    options = resolve(Rise, options, overrides)
     if masks is not None:
         masks = checks.check_masks(masks, query)
-    out = _rise_jit(embed_fn, query, refs, key, masks=masks, **static, return_passes=True)
-    return _result(out, single, static["tolerance"])
+    return squeeze(_rise_jit(embed_fn, query, refs, key, options, masks=masks), single)
 
 
 def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: Optional[jax.Array] = None,
-                  masks: Optional[jax.Array] = None,
-                  reference_masks: Optional[jax.Array] = None, num_masks: int = 2000, num_reference_masks: int = 30,
-                  grid_size: int = 8, p: float = 0.5, batch_size: int = 256, normalize: str = "per_pixel",
-                  similarity: SimilarityFn = cosine, sampler: str = "iid", tolerance: Optional[float] = None,
-                  compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
+                  masks: Optional[jax.Array] = None, reference_masks: Optional[jax.Array] = None,
+                  options: Optional[RiseVariable] = None, **overrides) -> SaliencyResult:
     """RISE saliency of ``query`` with a variable (perturbed) reference.
 
-    ``reference``: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives
-    ``[K, H, W]``, sharing the N masked-query embeddings). Either ``key`` (query masks from
-    ``fold_in(key, 0)``, reference masks from ``fold_in(key, 1)``, both drawn by ``sampler``) or
-    both ``masks [N, H, W]`` and ``reference_masks [J, H, W]``. Other arguments as in :func:`rise`;
-    with ``tolerance`` the stopping test is on each reference's map (the mean over its J masked
-    versions) and ``passes`` counts the query masks (the forward passes are ``passes + K J``).
+    Args:
+      embed_fn, query: as in :func:`rise`.
+      reference: an image ``[H, W, C]`` (gives ``[H, W]``) or images ``[K, H, W, C]`` (gives
+        ``[K, H, W]``, sharing the N masked-query embeddings).
+      key: query masks from ``fold_in(key, 0)``, reference masks from ``fold_in(key, 1)``. Either
+        ``key`` or both ``masks`` and ``reference_masks``.
+      masks, reference_masks: explicit ``[N, H, W]`` and ``[J, H, W]`` masks.
+      options: a :class:`RiseVariable` (default ``RiseVariable()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``SaliencyResult(maps, passes, error)`` as in :func:`rise`; ``passes`` counts the query
+      masks (the forward passes are ``passes + K J``).
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
@@ -392,32 +375,35 @@ def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
     if key is None:
         masks = checks.check_masks(masks, query)
         reference_masks = checks.check_masks(reference_masks, refs[0], name="reference_masks")
-        num_masks, num_reference_masks = 1, reference_masks.shape[0]
-    static = variable_options(num_reference_masks, num_masks=num_masks, grid_size=grid_size, p=p,
-                              batch_size=batch_size, normalize=normalize, similarity=similarity, sampler=sampler,
-                              tolerance=tolerance, compute_dtype=compute_dtype)
-    out = _rise_variable_jit(embed_fn, query, refs, key, masks=masks, reference_masks=reference_masks, **static,
-                             return_passes=True)
-    return _result(out, single, static["tolerance"])
+        overrides = dict(overrides, num_masks=1, num_reference_masks=reference_masks.shape[0])
+    options = resolve(RiseVariable, options, overrides)
+    out = _rise_variable_jit(embed_fn, query, refs, key, options, masks=masks, reference_masks=reference_masks)
+    return squeeze(out, single)
 
 
 def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *, key: jax.Array,
-                     mesh: Mesh,
-                     axis: str = parallel.AXIS, num_masks: int = 2000, grid_size: int = 8, p: float = 0.5,
-                     batch_size: int = 256, normalize: str = "per_pixel",
-                     similarity: SimilarityFn = cosine, sampler: str = "iid", tolerance: Optional[float] = None,
-                     compute_dtype: str = "float32") -> Union[jax.Array, RiseResult]:
-    """RISE for one pair with its N masks split over the devices along mesh ``axis`` (partial maps
-    summed with ``psum``): equals ``rise(..., key=key)`` to float rounding. ``[H, W]`` or ``[K, H, W]``
-    (``RiseResult`` with ``tolerance``: the same maps and passes as ``rise`` when the devices times
-    the sampler's block divide ``batch_size``)."""
+                     mesh: Mesh, axis: str = parallel.AXIS, options: Optional[Rise] = None,
+                     **overrides) -> SaliencyResult:
+    """RISE for one pair with its N masks split over the devices along a mesh axis.
+
+    Args:
+      embed_fn, query, reference_embeddings: as in :func:`rise`.
+      key: PRNG key (each device generates its share of the masks).
+      mesh: a ``jax.sharding.Mesh``.
+      axis: the mesh axis the masks are divided over (partial maps summed with ``psum``).
+      options: a :class:`Rise` (default ``Rise()``).
+      **overrides: options replacing those of ``options``.
+
+    Returns:
+      ``SaliencyResult`` equal to ``rise(..., key=key)`` to float rounding (with ``tolerance``:
+      the same passes when the devices times the sampler's block divide ``batch_size``).
+    """
     embed_fn = checks.as_pytree_fn(embed_fn)
     query = checks.check_image(query, "query")
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("rise_split_masks needs key= (each device generates its share of the masks)")
-    static = options(num_masks, grid_size, p, batch_size, normalize, similarity, sampler, tolerance, compute_dtype)
-    call = engine.BoundCore.of(rise_core, **static, mask_axis=axis, mask_axis_size=mesh.shape[axis],
-                               return_passes=True)
-    out = parallel.replicated_call(call, mesh, embed_fn, query, refs, jax.random.key_data(key))
-    return _result(out, single, static["tolerance"])
+    options = resolve(Rise, options, overrides)
+    call = CoreCall.of(mask_axis=axis, mask_axis_size=mesh.shape[axis])
+    out = parallel.replicated_call(call, mesh, (embed_fn, options), query, refs, jax.random.key_data(key))
+    return squeeze(SaliencyResult(*out), single)

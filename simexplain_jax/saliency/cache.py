@@ -22,6 +22,7 @@ file already holds the references asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,7 +41,12 @@ _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 def describe(value: Any) -> Any:
     """``value`` as JSON-able data that is the same in every process: functions by their module and
-    qualified name (never their address), arrays as nested lists, containers recursively."""
+    qualified name (never their address), arrays as nested lists, containers and dataclasses (an
+    options object: its class and fields) recursively."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and not callable(value):
+        kind = type(value)
+        return {"class": f"{kind.__module__}.{kind.__qualname__}",
+                **{f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, dict):
         return {str(k): describe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import numpy as np
@@ -11,10 +11,12 @@ from jax.typing import ArrayLike
 from simexplain_jax import parallel
 from simexplain_jax.data.shards import read_pair_shard
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import MethodOptions
 from simexplain_jax.saliency.pairs import explain_pairs
 
 
-def explain_pairs_distributed(method: str, embed_fn: EmbedFn, queries: ArrayLike, references: ArrayLike, *,
+def explain_pairs_distributed(method: Union[str, MethodOptions], embed_fn: EmbedFn, queries: ArrayLike,
+                              references: ArrayLike, *,
                               key: Optional[jax.Array], pairs: ArrayLike, config: Optional[dict] = None,
                               preprocess=None, batch_size: int = 64, **options) -> np.ndarray:
     """``explain_pairs`` over every process of a multi-process run (after
