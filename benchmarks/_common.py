@@ -15,8 +15,8 @@ import numpy as np
 from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
 
 
-def make_embed_fn(model: str, image_size: int, dim: int = 64, seed: int = 0):
-    """A randomly initialised embedding model as a pure embed_fn (a jax.tree_util.Partial)."""
+def make_model(model: str, image_size: int, dim: int = 64, seed: int = 0):
+    """A randomly initialised EmbeddingNet and its variables (random batch-norm statistics)."""
     if model == "resnet18":
         net = EmbeddingNet(ResNet18(stages=3), dim)  # the paper's backbone: ResNet-18 cut after layer3
     elif model == "resnet18_full":
@@ -26,9 +26,27 @@ def make_embed_fn(model: str, image_size: int, dim: int = 64, seed: int = 0):
     else:
         raise ValueError(f"unknown model {model!r} (resnet18, resnet18_full, small_cnn)")
     variables = net.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
-    # random BN statistics so that inference-mode batch norm is not the identity
-    variables = jax.tree.map(lambda x: x, variables)
-    return embed_fn(net, variables)
+    variables = dict(variables, batch_stats=random_batch_stats(variables.get("batch_stats", {}), seed))
+    return net, variables
+
+
+def make_embed_fn(model: str, image_size: int, dim: int = 64, seed: int = 0):
+    """A randomly initialised embedding model as a pure embed_fn (a jax.tree_util.Partial)."""
+    return embed_fn(*make_model(model, image_size, dim, seed))
+
+
+def random_batch_stats(batch_stats, seed: int = 0):
+    """Batch-norm statistics drawn at random (means ~ N(0, 0.1^2), variances ~ U(0.5, 1.5)), so that
+    inference-mode batch norm is not the identity it is at initialisation (means 0, variances 1)."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(batch_stats)
+    keys = jax.random.split(jax.random.key(seed + 1), max(len(leaves), 1))
+    drawn = []
+    for key, (path, leaf) in zip(keys, leaves):
+        if str(getattr(path[-1], "key", path[-1])) == "var":
+            drawn.append(jax.random.uniform(key, leaf.shape, leaf.dtype, 0.5, 1.5))
+        else:
+            drawn.append(0.1 * jax.random.normal(key, leaf.shape, leaf.dtype))
+    return jax.tree_util.tree_unflatten(tree, drawn)
 
 
 def smooth_images(count: int, size: int, seed: int = 0, cell: int = 8):

@@ -95,3 +95,18 @@ def test_imports_flow_down_the_layers_and_form_no_cycle():
     for node in graph:
         if node not in state:
             visit(node, [node])
+
+
+def test_import_is_light():
+    """``import simexplain_jax`` loads no subpackage and no heavy dependency; ``sx.saliency`` loads on use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, simexplain_jax as sx\n"
+            "heavy = ('jax', 'flax', 'skimage', 'tensorflow_datasets', 'simexplain_jax.saliency',\n"
+            "         'simexplain_jax.models', 'simexplain_jax.parallel', 'simexplain_jax.data')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "sx.metrics\n"
+            "print('simexplain_jax.metrics' in sys.modules, 'flax' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
+    assert out.stdout.splitlines() == ["[]", "True False"], out.stdout + out.stderr

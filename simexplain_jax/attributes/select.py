@@ -25,7 +25,7 @@ of 44% of the 64 px test pairs, which caps the hard restriction (docs/attributes
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -133,7 +133,3 @@ def _select_by_concept(query_scores, query_aams, query_saliency, thresholds, w, 
             ranking[candidates] = (1.0 - w) * ranking[candidates] + w * match[candidates]
     order = candidates[np.argsort(-ranking[candidates], kind="stable")][:top_k]
     return Explanation(order.tolist(), ranking[order].tolist())
-
-
-def top_names(explanation: Explanation, names: Sequence[str]) -> list[str]:
-    return [names[a] for a in explanation.attributes]
