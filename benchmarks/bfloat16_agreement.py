@@ -27,8 +27,8 @@ from benchmarks._common import emit, machine
 from simexplain_jax import engine
 from simexplain_jax.imageops import normalize_images, normalized_color
 from simexplain_jax.models import embed_fn
-from simexplain_jax.train.datasets import explanation_pairs
-from simexplain_jax.train.similarity import load_trained
+from simexplain_jax.data.datasets import explanation_pairs
+from simexplain_jax.models.loading import load_trained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("similarity_workdir", None, "an experiments.train_similarity workdir")

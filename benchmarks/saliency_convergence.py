@@ -98,7 +98,7 @@ def load_pairs(dataset: str, data_dir: str, count: int):
     if FLAGS.inputs:
         with np.load(FLAGS.inputs) as data:
             return data["queries"][:count], data["references"][:count], data["key_masks"][:count]
-    from simexplain_jax.train.datasets import explanation_pairs  # the data stack only when reading TFDS
+    from simexplain_jax.data.datasets import explanation_pairs  # the data stack only when reading TFDS
 
     listed = explanation_pairs(dataset, data_dir=data_dir, split="test", num_pairs=4 * count, seed=FLAGS.seed)
     positive = np.flatnonzero(listed.labels == 1)[:count]
@@ -122,7 +122,7 @@ def model_and_inputs(name: str):
     """``(embed_fn, description, queries, references, key_masks)`` with normalised float images."""
     data_dir = FLAGS.data_dir or (os.path.join(FLAGS.similarity_workdir, "tfds") if FLAGS.similarity_workdir else "")
     if name == "shapes":
-        from simexplain_jax.train.similarity import load_trained
+        from simexplain_jax.models.loading import load_trained
 
         if not FLAGS.similarity_workdir:
             raise ValueError("--models=shapes needs --similarity_workdir (a trained shapes similarity model)")

@@ -168,7 +168,7 @@ def load_data(p: int, size: int):
     if FLAGS.data == "random":
         return smooth_images(p, size, seed=1), smooth_images(p, size, seed=2), np.stack([np.arange(p)] * 2, 1), \
             f"smooth random images, {p} distinct queries"
-    from simexplain_jax.train.datasets import explanation_pairs  # noqa: PLC0415 (needs the data stack)
+    from simexplain_jax.data.datasets import explanation_pairs  # noqa: PLC0415 (needs the data stack)
 
     data = explanation_pairs(f"shapes/{size}px", data_dir=FLAGS.data_dir, num_pairs=p, seed=0)
     images = normalize_images(data.images)

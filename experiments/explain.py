@@ -35,8 +35,8 @@ from simexplain_jax.data.pipeline import resize_and_center_crop
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import path_inside
 from simexplain_jax.models import embed_fn
-from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
-from simexplain_jax.train.similarity import load_trained
+from simexplain_jax.models.loading import load_attribute_predictor, load_trained
+from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)")

@@ -41,9 +41,9 @@ from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import write_atomic, write_json_atomic
 from simexplain_jax.models import embed_fn
-from simexplain_jax.train.attributes import THRESHOLDS_FILE, load_attribute_predictor, predict
-from simexplain_jax.train.datasets import attribute_splits, explanation_pairs
-from simexplain_jax.train.similarity import load_trained
+from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
+from simexplain_jax.data.datasets import attribute_splits, explanation_pairs
+from simexplain_jax.models.loading import load_attribute_predictor, load_trained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/explain_attributes_*.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")

@@ -37,8 +37,8 @@ from simexplain_jax.saliency.cache import describe, differences, fingerprint
 from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models import condition_embed_fn, embed_fn
-from simexplain_jax.train.datasets import explanation_pair_list, read_images
-from simexplain_jax.train.similarity import load_trained
+from simexplain_jax.data.datasets import explanation_pair_list, read_images
+from simexplain_jax.models.loading import load_trained
 from experiments import validation
 from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, run
 

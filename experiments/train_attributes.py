@@ -35,11 +35,12 @@ from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import embed_fn
 from simexplain_jax.models.attributes import AttributePredictor
 from simexplain_jax.models.factory import backbone
+from simexplain_jax.models.loading import load_trained
 from simexplain_jax.train import similarity as sim
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, evaluate_map, make_attribute_step, predict
 from simexplain_jax.attributes import Thresholds
 import tensorflow_datasets as tfds
-from simexplain_jax.train.datasets import attribute_splits
+from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/attributes_*.py")
@@ -155,7 +156,7 @@ def train(config, workdir: str, lambdas: list) -> None:
 
 
 def load_trained_similarity(sim_dir):
-    return sim.load_trained(os.path.join(sim_dir, "checkpoints"))
+    return load_trained(os.path.join(sim_dir, "checkpoints"))
 
 
 if __name__ == "__main__":

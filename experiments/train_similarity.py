@@ -32,7 +32,7 @@ from simexplain_jax.io import write_json_atomic
 from simexplain_jax.models import load_torchvision_resnet
 from simexplain_jax.models.factory import similarity_model
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.datasets import similarity_data
+from simexplain_jax.data.datasets import similarity_data
 from simexplain_jax.train.loop import fit
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/similarity_*.py")

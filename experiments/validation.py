@@ -15,7 +15,7 @@ from simexplain_jax import parallel
 from simexplain_jax.data import reference_files
 from simexplain_jax.imageops import normalized_color
 from simexplain_jax.models.factory import BACKBONES
-from simexplain_jax.train.datasets import check_dataset
+from simexplain_jax.data.datasets import check_dataset
 from simexplain_jax.train.triplet import MININGS
 
 SPLITS = ("train", "validation", "test")

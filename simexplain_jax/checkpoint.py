@@ -1,28 +1,22 @@
 """Checkpoints with orbax: one ``CheckpointManager`` that keeps the latest step and the best one by a
-metric, resumable, with the config beside.
+metric.
 
-Layout under ``directory``: one folder per kept step (``<step>/``) holding three items,
+Layout under a checkpoint folder: one folder per kept step (``<step>/``) holding three items,
 ``variables`` (``{"params", "batch_stats"}``: all that inference needs), ``train``
 (``{"step", "opt_state"}``: what resuming needs besides) and ``meta`` (JSON: the step, the data
-iterator's state); beside them ``config.json`` (the training config) and ``checkpointer.json`` (the
-metric and its mode). After each save, orbax's preservation policy deletes every step but the
-latest and the best by the metric (among the steps saved with metrics). Orbax writes each step to
-a temporary folder and renames it, so a run killed at any moment leaves the previous steps intact.
+iterator's state, the training config); beside them ``config.json`` (the training config,
+``trained_config``), ``checkpointer.json`` (the metric and its mode) and ``digests/<step>.json``
+(the SHA-256 of every file of the step, ``integrity``). After each save, orbax's preservation
+policy deletes every step but the latest and the best by the metric (among the steps saved with
+metrics); orbax writes each step to a temporary folder and renames it.
 
-``restore_variables`` reads the ``variables`` item alone: a trained model is loaded for inference
-without building its optimizer.
-
-Verification: after each save, the SHA-256 of every file of the step is written to
-``digests/<step>.json``; a restore first checks the files it reads against it and raises a
-``CorruptCheckpointError`` naming the step folder and the first file that differs (a flipped byte
-would otherwise load as silently wrong weights). Each step's ``meta`` also holds the training
-config: a ``config.json`` edited afterwards (another ``image_size``, say) raises on restore,
-naming the fields that differ, instead of building a model the weights were not trained for.
+A restore checks the files it reads against the step's digests and the folder's ``config.json``
+against the config saved with the step, and raises naming the file or the fields that differ.
+``Checkpointer.open`` opens a folder for reading only: it creates and writes nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Optional
@@ -32,31 +26,21 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from simexplain_jax import integrity
 from simexplain_jax.io import write_json_atomic
+from simexplain_jax.trained_config import as_json, check_config_drift, read_config, write_config
+
+__all__ = ["Checkpointer", "CorruptCheckpointError", "read_config"]
 
 MODES = ("max", "min")
 WHICH = ("last", "best")
 DIGESTS = "digests"
+SETTINGS = "checkpointer.json"
+ITEMS = ("variables", "train", "meta")
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(integrity.CorruptFileError):
     """A checkpoint's files differ from the digests written when it was saved."""
-
-
-def _file_digests(folder: str) -> dict:
-    """``{relative path: sha256}`` of every file under ``folder``."""
-    return {os.path.relpath(os.path.join(root, name), folder): _file_digests_of(os.path.join(root, name))
-            for root, _, files in os.walk(folder) for name in files}
-
-
-def _json_like(data):
-    return json.loads(json.dumps(data, sort_keys=True, default=str))
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k, '(absent)')!r} when trained, {current.get(k, '(absent)')!r} in config.json"
-            for k in keys if saved.get(k) != current.get(k)]
 
 
 def _abstract(tree):
@@ -75,73 +59,97 @@ def _abstract(tree):
     return jax.tree.map(one, tree)
 
 
-def _file_digests_of(path: str) -> Optional[str]:
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_config(directory: str) -> dict:
-    """The ``config.json`` a ``Checkpointer`` wrote in ``directory``."""
-    path = os.path.join(directory, "config.json")
+def _read_settings(directory: str) -> tuple[str, str]:
+    path = os.path.join(directory, SETTINGS)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {directory} a checkpoint folder of a training run?")
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable JSON config ({type(err).__name__}: {err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object (the training config), got {type(config).__name__}")
-    return config
+            stored = json.load(f)
+        metric, mode = stored["metric"], stored["mode"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} does not name the checkpoints' metric and mode "
+                         f"({type(err).__name__}: {err})") from None
+    return metric, mode
 
 
 class Checkpointer:
-    """Keeps the latest checkpoint and the best one by ``metric`` (``mode="max"``: higher is better).
+    """Keeps the latest checkpoint and the best one by a metric.
 
-    A saved ``state`` is a train state with ``params``, ``batch_stats``, ``opt_state`` and ``step``
-    (``simexplain_jax.train.similarity.TrainState``); ``meta`` is a JSON dict (e.g. the data
+    A saved ``state`` has ``params``, ``batch_stats``, ``opt_state`` and ``step`` (a flax train
+    state, e.g. ``train.similarity.TrainState``); ``meta`` is a JSON dict (e.g. the data
     iterator's state).
+
+    Args:
+      directory: the checkpoint folder, created if needed.
+      metric: the name of the metric the best checkpoint is chosen by.
+      mode: ``"max"`` (higher is better) or ``"min"``.
+      config: the training config, written to ``config.json`` and saved with every step.
     """
 
-    def __init__(self, directory: str, *, metric: Optional[str] = None, mode: str = "max",
-                 config: Optional[dict] = None):
-        """``metric=None`` reopens an existing folder with the metric it was written with."""
+    def __init__(self, directory: str, *, metric: str, mode: str = "max", config: Optional[dict] = None):
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric must name the metric the best checkpoint is chosen by, got {metric!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.directory = os.path.abspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        settings = os.path.join(self.directory, "checkpointer.json")
-        if metric is None:
-            if os.path.exists(settings):
-                with open(settings) as f:
-                    stored = json.load(f)
-                metric, mode = stored["metric"], stored["mode"]
-            else:
-                metric = "val_auc"
-        else:
-            write_json_atomic(settings, {"metric": metric, "mode": mode})
-        self.metric, self.mode = metric, mode
+        directory = os.path.abspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        write_json_atomic(os.path.join(directory, SETTINGS), {"metric": metric, "mode": mode})
+        if config is not None:
+            write_config(directory, config)
+        self._start(directory, metric, mode, None if config is None else as_json(config), read_only=False)
+
+    @classmethod
+    def open(cls, directory: str) -> "Checkpointer":
+        """Opens a checkpoint folder for reading, with the metric and mode it was written with.
+
+        Nothing is created or written; ``save`` raises.
+
+        Args:
+          directory: a folder a ``Checkpointer`` wrote.
+
+        Returns:
+          A read-only ``Checkpointer``.
+        """
+        directory = os.path.abspath(directory)
+        metric, mode = _read_settings(directory)
+        if mode not in MODES:
+            raise ValueError(f"{os.path.join(directory, SETTINGS)}: mode must be one of {MODES}, got {mode!r}")
+        reader = cls.__new__(cls)
+        reader._start(directory, metric, mode, None, read_only=True)
+        return reader
+
+    def _start(self, directory: str, metric: str, mode: str, config: Optional[dict], read_only: bool) -> None:
+        self.directory, self.metric, self.mode = directory, metric, mode
+        self.read_only = read_only
+        self._config = config
         best = lambda metrics: metrics[metric]  # noqa: E731
         policy = preservation_policy.AnyPreservationPolicy([
             preservation_policy.LatestN(n=1),
             preservation_policy.BestN(get_metric_fn=best, reverse=mode == "min", n=1,
                                       keep_checkpoints_without_metrics=False)])
         self._manager = ocp.CheckpointManager(
-            self.directory,
+            directory,
             options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best, best_mode=mode,
-                                                 create=True, enable_async_checkpointing=False))
-        self._config = None if config is None else _json_like(config)
-        if config is not None:
-            write_json_atomic(os.path.join(self.directory, "config.json"), config)
+                                                 create=not read_only, read_only=read_only,
+                                                 save_interval_steps=0 if read_only else 1,
+                                                 enable_async_checkpointing=False))
 
     def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> None:
-        """Saves ``state`` and ``meta`` at ``step``; with ``metrics`` (which must hold the metric)
-        the step competes for the best checkpoint."""
+        """Saves ``state`` and ``meta`` at ``step``.
+
+        Args:
+          step: the training step.
+          state: the train state.
+          meta: JSON data saved with the step.
+          metrics: the step's metrics, holding the checkpointer's metric; with them the step
+            competes for the best checkpoint.
+        """
+        if self.read_only:
+            raise ValueError(f"checkpoint folder {self.directory} is open for reading (Checkpointer.open); "
+                             "save through Checkpointer(directory, metric=...)")
         if metrics is not None and self.metric not in metrics:
             raise ValueError(f"metrics must hold the checkpointer's metric {self.metric!r}, got {sorted(metrics)}")
         if self._config is not None:
@@ -161,34 +169,35 @@ class Checkpointer:
 
     def _write_digests(self, step: int) -> None:
         """Digests of the step just saved; those of steps orbax has deleted are removed."""
-        write_json_atomic(self._digest_path(step), _file_digests(os.path.join(self.directory, str(step))))
+        integrity.write_digests(self._digest_path(step), os.path.join(self.directory, str(step)))
         kept = {str(s) for s in self._manager.all_steps()}
         for name in os.listdir(os.path.join(self.directory, DIGESTS)):
             if name.endswith(".json") and name[:-5] not in kept:
                 os.remove(os.path.join(self.directory, DIGESTS, name))
 
-    def verify(self, step: int, items=("variables", "train", "meta")) -> None:
-        """Checks the files of ``items`` of ``step`` against the digests saved with it (a checkpoint
-        saved before digests were kept is not checked); raises ``CorruptCheckpointError`` naming
-        the step folder and the first file that differs or is missing."""
-        path = self._digest_path(step)
-        if not os.path.exists(path):
-            return
+    def verify(self, step: int, items=ITEMS) -> None:
+        """Checks the files of ``items`` of ``step`` against the digests saved with it.
+
+        A step without a digest file is not checked.
+
+        Args:
+          step: the step.
+          items: the step's items to check.
+
+        Raises:
+          CorruptCheckpointError: naming the step folder and the first file that differs or is missing.
+        """
         folder = os.path.join(self.directory, str(int(step)))
         try:
-            with open(path) as f:
-                expected = json.load(f)
-        except (OSError, ValueError) as err:
-            raise CorruptCheckpointError(f"checkpoint {folder}: its digest file {path} is unreadable ({err})") from None
-        for relative, digest in sorted(expected.items()):
-            if relative.split(os.sep)[0] not in items:
-                continue
-            actual = _file_digests_of(os.path.join(folder, relative))
-            if actual != digest:
-                state = "is missing" if actual is None else "differs from the digest saved with it"
-                raise CorruptCheckpointError(
-                    f"checkpoint {folder} is corrupt: {relative} {state}. Restore it from a copy, or resume "
-                    f"from another step (delete this step's folder)")
+            expected = integrity.read_digests(self._digest_path(step))
+        except integrity.CorruptFileError as err:
+            raise CorruptCheckpointError(f"checkpoint {folder}: its {err}") from None
+        difference = None if expected is None else integrity.first_difference(folder, expected, items)
+        if difference is not None:
+            relative, state = difference
+            raise CorruptCheckpointError(
+                f"checkpoint {folder} is corrupt: {relative} {state}. Restore it from a copy, or resume "
+                f"from another step (delete this step's folder)")
 
     def _restore(self, step: int, items: tuple, **args):
         """The manager's restore of ``args`` at ``step``, verified first; orbax's errors name the folder."""
@@ -202,19 +211,10 @@ class Checkpointer:
             raise CorruptCheckpointError(f"cannot restore checkpoint {folder}: {type(err).__name__}: {err}") from err
 
     def _check_config(self, meta: dict, step: int) -> None:
-        """A ``config.json`` edited after training raises, naming the fields that differ."""
-        path = os.path.join(self.directory, "config.json")
-        saved = meta.get("config") if isinstance(meta, dict) else None
-        if saved is None or not os.path.exists(path):
-            return
-        current = _json_like(read_config(self.directory))
-        changed = _config_differences(saved, current)
-        if changed:
-            raise ValueError(f"{path} differs from the config checkpoint {step} was trained with: "
-                             + "; ".join(changed[:8]) + ". Restore the training config (the weights do not fit "
-                             "another one), or train again")
+        check_config_drift(self.directory, meta.get("config") if isinstance(meta, dict) else None, step)
 
     def latest_step(self) -> Optional[int]:
+        """The latest step (None if there is none)."""
         return self._manager.latest_step()
 
     def best_step(self) -> Optional[int]:
@@ -231,11 +231,19 @@ class Checkpointer:
         return step
 
     def restore(self, target_state, which: str = "last", step: Optional[int] = None):
-        """``(state, meta)``: ``target_state`` with every saved field restored, in its structure,
-        dtypes and shardings."""
+        """Restores a whole train state.
+
+        Args:
+          target_state: a train state whose structure, dtypes and shardings the restored one takes.
+          which: ``"last"`` or ``"best"``.
+          step: a step to restore instead.
+
+        Returns:
+          ``(state, meta)``: ``target_state`` with every saved field restored, and the step's meta.
+        """
         step = self._step(which, step)
         restored = self._restore(
-            step, ("variables", "train", "meta"),
+            step, ITEMS,
             variables=ocp.args.StandardRestore(_abstract({"params": target_state.params,
                                                           "batch_stats": target_state.batch_stats})),
             train=ocp.args.StandardRestore(_abstract({"step": target_state.step,
@@ -248,9 +256,17 @@ class Checkpointer:
         return state, restored["meta"]
 
     def restore_variables(self, target: Any, which: str = "best", step: Optional[int] = None) -> dict:
-        """``{"params", "batch_stats"}`` alone (no optimizer state is read), into the structure of
-        ``target`` (arrays, or ``jax.ShapeDtypeStruct`` as ``jax.eval_shape(model.init, ...)``
-        gives)."""
+        """Restores the variables alone (no optimizer state is read).
+
+        Args:
+          target: ``{"params", "batch_stats"}`` as arrays, or as ``jax.ShapeDtypeStruct`` (what
+            ``jax.eval_shape(model.init, ...)`` gives).
+          which: ``"best"`` or ``"last"``.
+          step: a step to restore instead.
+
+        Returns:
+          ``{"params", "batch_stats"}`` in the structure of ``target``.
+        """
         step = self._step(which, step)
         self._check_config(self._restore(step, ("meta",), meta=ocp.args.JsonRestore())["meta"], step)
         restored = self._restore(step, ("variables",), variables=ocp.args.StandardRestore(_abstract(
@@ -258,4 +274,5 @@ class Checkpointer:
         return dict(restored["variables"])
 
     def close(self) -> None:
+        """Releases the manager."""
         self._manager.close()

@@ -9,7 +9,8 @@ from simexplain_jax.attributes.losses import classification_loss
 from simexplain_jax.models import SmallCNN
 from simexplain_jax.models.attributes import AttributePredictor, spatial_softmax
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.attributes import load_attribute_predictor, make_attribute_step
+from simexplain_jax.models.loading import load_attribute_predictor
+from simexplain_jax.train.attributes import make_attribute_step
 
 
 def test_eq2_equals_naive_loop():

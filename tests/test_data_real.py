@@ -149,6 +149,8 @@ def test_polyvore_type_conditions_of_compatible_pairs():
     assert condition_index(conditions, "tops", "shoes") == condition_index(conditions, "shoes", "tops")
     with pytest.raises(ValueError, match="no type condition"):
         condition_index(conditions, "tops", "tops")
+    assert condition_index(conditions, "tops", "tops", default=-1) == -1  # the general space, for evaluation pairs
+    assert condition_index(conditions, "tops", "bottoms", default=-1) == conditions.index(("bottoms", "tops"))
 
 
 def test_polyvore_missing_file_names_it(polyvore_folder, tmp_path):
@@ -204,7 +206,7 @@ def test_training_data_from_the_real_layouts(awa2_folder, polyvore_folder, tmp_p
     from simexplain_jax.data.pipeline import make_loader
     from simexplain_jax.models import EmbeddingNet, SmallCNN, TypeAwareEmbedding
     from simexplain_jax.train import similarity as sim
-    from simexplain_jax.train.datasets import similarity_data
+    from simexplain_jax.data.datasets import similarity_data
 
     for dataset, manual in (("awa2", awa2_folder[0]), ("polyvore_outfits/nondisjoint", polyvore_folder[0])):
         data = similarity_data(dataset, data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), num_eval_pairs=4)

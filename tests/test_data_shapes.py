@@ -133,3 +133,33 @@ def test_resize_and_center_crop():
     out = pipeline.resize_and_center_crop(image, 50)
     assert out.shape == (50, 50, 3)
     assert out[:, 25].mean() > 200 and out[:, 2].mean() < 10
+
+
+def test_a_dataset_is_one_adapter_registered_by_name(shapes32, monkeypatch):
+    from simexplain_jax.data import datasets, registry
+    from simexplain_jax.data.adapters.shapes import ShapesAdapter
+
+    assert simexplain_jax.data.registered() == ("awa2", "polyvore_outfits", "shapes")
+    assert "shapes/32px" in simexplain_jax.data.names() and "polyvore_outfits/disjoint" in simexplain_jax.data.names()
+    assert isinstance(simexplain_jax.data.get("shapes/32px"), ShapesAdapter)
+    with pytest.raises(ValueError, match=r"dataset must be one of \('awa2', .*'shapes/32px'.*got 'imagenet'"):
+        simexplain_jax.data.get("imagenet")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        datasets.check_dataset("shapes/7px")
+
+    monkeypatch.setattr(registry, "_ADAPTERS", dict(registry._ADAPTERS))  # registrations end with the test
+
+    @simexplain_jax.data.register("my_shapes")
+    class MyShapes(ShapesAdapter):  # a new dataset: the shapes benchmark under another name
+        def prepare(self, data_dir, manual_dir=""):
+            return tfds.builder(self.dataset.replace("my_shapes", "shapes"), data_dir=data_dir)
+
+    _, data_dir = shapes32
+    assert "my_shapes/32px" in simexplain_jax.data.names()
+    mine = datasets.explanation_pair_list("my_shapes/32px", data_dir=data_dir, num_pairs=6, seed=1)
+    theirs = datasets.explanation_pair_list("shapes/32px", data_dir=data_dir, num_pairs=6, seed=1)
+    np.testing.assert_array_equal(mine.pairs, theirs.pairs)
+    with pytest.raises(ValueError, match="already registered as 'shapes'"):
+        simexplain_jax.data.register("shapes")(MyShapes)
+    with pytest.raises(ValueError, match="name must be a non-empty dataset name"):
+        simexplain_jax.data.register("a/b")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from simexplain_jax.data import pairs, reference_files
-from simexplain_jax.train.datasets import explanation_pair_list, similarity_data
+from simexplain_jax.data.datasets import explanation_pair_list, similarity_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_CONFIGS = ("similarity_awa2", "similarity_polyvore", "saliency_awa2", "saliency_polyvore")

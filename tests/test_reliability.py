@@ -23,6 +23,7 @@ from simexplain_jax.checkpoint import Checkpointer, CorruptCheckpointError
 from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.models import EmbeddingNet, SmallCNN
 from simexplain_jax.saliency.cache import SaliencyCache
+from simexplain_jax.models import loading
 from simexplain_jax.train import similarity as sim
 from simexplain_jax.train.loop import fit
 
@@ -298,7 +299,7 @@ def saved_tiny_checkpoint(directory):
 
 def test_a_corrupt_checkpoint_is_reported_by_path(tmp_path):
     model, state = saved_tiny_checkpoint(tmp_path)
-    restored = sim.restore_variables(str(tmp_path), model, 8)
+    restored = loading.restore_variables(str(tmp_path), model, 8)
     jax.tree.map(np.testing.assert_array_equal, restored, state.variables())
     data_file = max((p for p in (tmp_path / "1" / "variables").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     raw = bytearray(data_file.read_bytes())
@@ -306,7 +307,38 @@ def test_a_corrupt_checkpoint_is_reported_by_path(tmp_path):
     data_file.write_bytes(bytes(raw))
     relative = os.path.relpath(data_file, tmp_path / "1")
     with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '1'} is corrupt: {relative} differs"):
-        sim.restore_variables(str(tmp_path), model, 8)
+        loading.restore_variables(str(tmp_path), model, 8)
+
+
+def test_the_integrity_helper_names_the_first_file_that_differs(tmp_path):
+    from simexplain_jax import integrity
+
+    folder = tmp_path / "files"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "x.bin").write_bytes(b"\x00" * 10)
+    (folder / "y.txt").write_text("y")
+    written = integrity.write_digests(tmp_path / "digests.json", folder)
+    assert integrity.read_digests(tmp_path / "digests.json") == written and len(written) == 2
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
+    assert integrity.first_difference(folder, written) is None
+    (folder / "a" / "x.bin").write_bytes(b"\x00" * 9 + b"\x01")  # one flipped bit
+    assert integrity.first_difference(folder, written) == (os.path.join("a", "x.bin"),
+                                                           "differs from the digest saved with it")
+    assert integrity.first_difference(folder, written, within=("y.txt",)) is None
+    (folder / "y.txt").unlink()
+    assert integrity.first_difference(folder, written, within=("y.txt",)) == ("y.txt", "is missing")
+    assert integrity.read_digests(tmp_path / "absent.json") is None
+    (tmp_path / "digests.json").write_text("{not json")
+    with pytest.raises(integrity.CorruptFileError, match="digests.json is unreadable"):
+        integrity.read_digests(tmp_path / "digests.json")
+
+
+def test_an_unreadable_digest_file_is_reported_by_path(tmp_path):
+    model, _ = saved_tiny_checkpoint(tmp_path)
+    (tmp_path / "digests" / "1.json").write_text("{not json")
+    with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '1'}: its digest file "
+                                                     f"{tmp_path / 'digests' / '1.json'} is unreadable"):
+        loading.restore_variables(str(tmp_path), model, 8)
 
 
 def test_an_edited_config_json_is_detected_on_load(tmp_path):
@@ -315,10 +347,10 @@ def test_an_edited_config_json_is_detected_on_load(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(config, image_size=48)))
     with pytest.raises(ValueError, match="config.json differs from the config checkpoint 1 was trained with: "
                                          "image_size: 8 when trained, 48 in config.json"):
-        sim.restore_variables(str(tmp_path), model, 48)
+        loading.restore_variables(str(tmp_path), model, 48)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not a readable JSON config"):
-        sim.load_trained(str(tmp_path))
+        loading.load_trained(str(tmp_path))
 
 
 # ---- experiment configs, checked at start --------------------------------------------------------

@@ -7,12 +7,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "simexplain_jax"
 
 # a module may import only modules of its own layer or below (0 = leaves)
 LAYERS = {
-    "similarity": 0, "masks": 0, "imageops": 0, "parallel": 0, "io": 0,
-    "checks": 1, "engine": 1,
+    "similarity": 0, "masks": 0, "imageops": 0, "parallel": 0, "io": 0, "integrity": 0, "trained_config": 0,
+    "checks": 1, "engine": 1, "checkpoint": 1,
     "data": 2, "models": 2,
     "saliency": 3,
     "metrics": 4, "attributes": 4,
-    "checkpoint": 5, "train": 5, "viz": 5,
+    "train": 5, "viz": 5,
 }
 
 

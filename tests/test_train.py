@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from simexplain_jax.checkpoint import Checkpointer
+from simexplain_jax.models import loading
 from simexplain_jax.data.pipeline import Preprocess, make_loader
 from simexplain_jax.data.sources import InMemorySource
 from simexplain_jax.metrics.verification import roc_auc
@@ -129,7 +130,7 @@ def run_fit(directory, num_steps):
                              "label": np.repeat(np.arange(4), 16)})
     iterator = iter(make_loader(source, batch_size=16, preprocess=Preprocess(keys=("label",)), seed=0,
                                 num_epochs=None, drop_remainder=True, shard_index=0, shard_count=1))
-    checkpointer = Checkpointer(str(directory), config={"test": True})
+    checkpointer = Checkpointer(str(directory), metric="val_auc", config={"test": True})
     evaluate = lambda s: {"val_auc": float(-sim.jnp.abs(jax.tree.leaves(s.params)[0]).mean())}  # noqa: E731
     state, history = fit(state, sim.make_train_step(model), iterator, num_steps=num_steps,
                          checkpointer=checkpointer, evaluate=evaluate, eval_every=2, checkpoint_every=3)
@@ -146,7 +147,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
                  (uninterrupted.step, uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state),
                  (resumed.step, resumed.params, resumed.batch_stats, resumed.opt_state))
     assert (tmp_path / "b" / "config.json").exists()
-    reader = Checkpointer(str(tmp_path / "b"))
+    reader = Checkpointer.open(str(tmp_path / "b"))
     kept = sorted(int(p.name) for p in (tmp_path / "b").iterdir() if p.name.isdigit())
     assert kept == sorted({7, reader.best_step()}) and reader.latest_step() == 7  # the latest and the best only
     reader.close()
@@ -167,7 +168,7 @@ def test_one_manager_keeps_the_latest_and_the_best(tmp_path, mode, best):
     assert checkpointer.latest_step() == 6 and checkpointer.best_step() == best
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == sorted({best, 6})
     checkpointer.close()
-    reopened = Checkpointer(str(tmp_path))  # reopened without naming the metric: the stored one and its mode
+    reopened = Checkpointer.open(str(tmp_path))  # reopened for reading: the stored metric and its mode
     assert (reopened.metric, reopened.mode, reopened.best_step()) == ("m", mode, best)
     reopened.close()
 
@@ -187,7 +188,47 @@ def test_checkpointer_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         Checkpointer(str(tmp_path / "x"), metric="m", mode="highest")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'x'}/config.json not found"):
-        sim.load_trained(str(tmp_path / "x"))
+        loading.load_trained(str(tmp_path / "x"))
+
+
+def test_the_metric_is_required_and_reading_creates_nothing(tmp_path):
+    _, _, state = small_setup()
+    with pytest.raises(TypeError, match="metric"):
+        Checkpointer(str(tmp_path / "w"))  # no default metric
+    with pytest.raises(ValueError, match="metric must name the metric"):
+        Checkpointer(str(tmp_path / "w"), metric="")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(FileNotFoundError, match=f"checkpoint folder {tmp_path / 'missing'} does not exist"):
+        Checkpointer.open(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        loading.load_trained(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="checkpointer.json not found"):
+        Checkpointer.open(str(tmp_path / "empty"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any((tmp_path / "empty").iterdir())
+    (tmp_path / "empty" / "checkpointer.json").write_text("{}")
+    with pytest.raises(ValueError, match="checkpointer.json does not name the checkpoints' metric and mode"):
+        Checkpointer.open(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "checkpointer.json").unlink()
+
+    writer = Checkpointer(str(tmp_path / "run"), metric="val_auc", config={"image_size": 16})
+    writer.save(1, state, {"step": 1}, {"val_auc": 0.5})
+    writer.close()
+
+    def listing():
+        return sorted((str(p.relative_to(tmp_path)), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+    before = listing()
+    reader = Checkpointer.open(str(tmp_path / "run"))
+    assert reader.read_only and reader.best_step() == 1 and reader.latest_step() == 1
+    variables = reader.restore_variables(state.variables())
+    restored, meta = reader.restore(state, which="best")
+    with pytest.raises(ValueError, match="open for reading"):
+        reader.save(2, state, {"step": 2})
+    reader.close()
+    assert listing() == before  # nothing created, written or touched
+    jax.tree.map(np.testing.assert_array_equal, variables, state.variables())
+    assert meta["step"] == 1 and int(restored.step) == int(state.step)
 
 
 def test_variables_restore_without_any_optimizer(tmp_path, monkeypatch):
@@ -205,7 +246,7 @@ def test_variables_restore_without_any_optimizer(tmp_path, monkeypatch):
     train_item.rmdir()
     monkeypatch.setattr(sim, "make_optimizer", lambda *a, **k: pytest.fail("built an optimizer"))
     monkeypatch.setattr(sim.optax, "adam", lambda *a, **k: pytest.fail("built an optimizer"))
-    restored = sim.restore_variables(str(tmp_path), model, 16)
+    restored = loading.restore_variables(str(tmp_path), model, 16)
     assert set(restored) == {"params", "batch_stats"}
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.variables(), restored)
     assert all(isinstance(x, jax.Array) and x.dtype == jnp.float32 for x in jax.tree.leaves(restored))

@@ -13,8 +13,22 @@ class ManualDataError(FileNotFoundError):
 
 
 def manual_root(dl_manager, dataset: str, subfolder: str, required: Sequence[str], instructions: str) -> str:
-    """The dataset root inside ``manual_dir`` (the folder itself or its ``subfolder``), checked for
-    every ``required`` relative path; raises ManualDataError naming the first missing one."""
+    """The dataset root inside the manual folder, checked for every required path.
+
+    Args:
+      dl_manager: the TFDS download manager (its ``manual_dir``).
+      dataset: the dataset's name, for messages.
+      subfolder: the folder the archive extracts to; the root is ``manual_dir/subfolder`` or
+        ``manual_dir`` itself.
+      required: paths relative to the root that must exist; the first one locates the root.
+      instructions: the download instructions, added to every error.
+
+    Returns:
+      The root folder.
+
+    Raises:
+      ManualDataError: naming the first missing path.
+    """
     try:
         manual_dir = os.fspath(dl_manager.manual_dir)
     except AssertionError as err:  # tfds: "Manual directory ... does not exist or is empty"
@@ -29,8 +43,17 @@ def manual_root(dl_manager, dataset: str, subfolder: str, required: Sequence[str
 
 
 def rgb_image_feature(path: str):
-    """What to give a tfds Image feature for an image file: the path when it is an RGB JPEG/PNG,
-    else the PIL image converted to RGB. Raises ValueError naming an unreadable file."""
+    """What to give a tfds Image feature for an image file.
+
+    Args:
+      path: the image file.
+
+    Returns:
+      The path when the file is an RGB JPEG or PNG, else the PIL image converted to RGB.
+
+    Raises:
+      ValueError: naming an unreadable file.
+    """
     try:
         with Image.open(path) as image:
             if image.mode == "RGB" and image.format in ("JPEG", "PNG"):

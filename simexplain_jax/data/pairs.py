@@ -19,7 +19,15 @@ class Pair(NamedTuple):
 
 
 def parse_pairs(lines: Iterable[str], source: str = "<pairs>") -> list[Pair]:
-    """Parses ``img1 img2 label`` lines (whitespace separated; blank lines and ``#`` comments skipped)."""
+    """Parses ``img1 img2 label`` lines (whitespace separated; blank lines and ``#`` comments skipped).
+
+    Args:
+      lines: the lines.
+      source: what the lines come from, for error messages.
+
+    Returns:
+      The ``Pair``s, in order.
+    """
     pairs = []
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -70,10 +78,16 @@ def groups_from_labels(labels: Sequence[Hashable]) -> dict[Hashable, list[int]]:
 
 
 def sample_pairs(labels: Sequence[int], num_pairs: int, seed: int, ids: Sequence[str] | None = None) -> list[Pair]:
-    """``num_pairs`` pairs, half positive (same label, distinct images) and half negative.
+    """Balanced pairs: half positive (same label, distinct images) and half negative.
 
-    Deterministic given ``seed``. Returns ``Pair``s of ``ids`` (default: the indices as strings),
-    positives first, then negatives.
+    Args:
+      labels: each image's label (any hashable value).
+      num_pairs: how many pairs (``num_pairs // 2`` positive).
+      seed: the sampling seed; the pairs are a deterministic function of it.
+      ids: each image's id; None: the indices as strings.
+
+    Returns:
+      ``Pair``s of ``ids``, positives first, then negatives.
     """
     labels = np.asarray(labels)
     if num_pairs < 2 or labels.size < 2:
@@ -109,10 +123,16 @@ def sample_pairs(labels: Sequence[int], num_pairs: int, seed: int, ids: Sequence
 
 def positive_references(groups: dict[Hashable, Sequence[int]], num_items: int, max_references: int = 20,
                         seed: int = 0) -> list[list[int]]:
-    """For each item, up to ``max_references`` other items sharing a group with it (same class,
-    or same outfit for Polyvore), sampled without replacement, deterministic given ``seed``.
+    """For each item, other items sharing a group with it (same class, or same outfit for Polyvore).
 
-    ``groups`` maps a group to its member indices; an item may belong to several groups.
+    Args:
+      groups: ``{group: member indices}``; an item may belong to several groups.
+      num_items: the number of items.
+      max_references: the most references per item, sampled without replacement where there are more.
+      seed: the sampling seed; the references are a deterministic function of it.
+
+    Returns:
+      For each item, its references' indices, ascending.
     """
     if max_references < 1:
         raise ValueError(f"max_references must be >= 1, got {max_references}")

@@ -26,7 +26,15 @@ PAPER_IMAGE_SIZE = 112
 
 
 def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[H, W, 3]``: shorter side to ``size`` (bilinear), then the central ``size x size``."""
+    """Resizes the shorter side to ``size`` (bilinear), then takes the central ``size x size``.
+
+    Args:
+      image: uint8 ``[H, W, 3]``.
+      size: the side of the output.
+
+    Returns:
+      uint8 ``[size, size, 3]``.
+    """
     height, width = image.shape[:2]
     if (height, width) != (size, size):
         scale = size / min(height, width)
@@ -87,12 +95,26 @@ def make_loader(
     drop_remainder: bool = False,
     worker_count: int = 0,
 ) -> grain.DataLoader:
-    """A grain ``DataLoader`` over a random-access ``source`` (e.g. ``tfds.data_source(...)``).
+    """A grain ``DataLoader`` over a random-access source.
 
-    Yields dicts of numpy arrays with a leading batch axis. ``num_epochs=None`` repeats forever.
-    ``preprocess=None`` batches the records as they are. Shards are equal contiguous pieces and a
-    remainder of ``len(source) % shard_count`` records is dropped (pad the source to a multiple of
-    ``shard_count`` to read every record, as ``data.shards.read_pair_shard`` does).
+    Shards are equal contiguous pieces and a remainder of ``len(source) % shard_count`` records is
+    dropped (pad the source to a multiple of ``shard_count`` to read every record, as
+    ``data.shards.read_pair_shard`` does).
+
+    Args:
+      source: a random-access source (e.g. ``tfds.data_source(...)``).
+      batch_size: records per batch.
+      preprocess: the transform of each record; None batches the records as they are.
+      seed: the shuffling seed.
+      shuffle: whether to shuffle.
+      num_epochs: passes over the source; None repeats forever.
+      shard_index: this process's shard; None: ``jax.process_index()``.
+      shard_count: the number of shards; None: ``jax.process_count()``.
+      drop_remainder: drop a last, smaller batch.
+      worker_count: grain worker processes (0: read in this process).
+
+    Returns:
+      A loader yielding dicts of numpy arrays with a leading batch axis.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -61,8 +61,16 @@ def polyvore_attribute_names() -> list[str]:
 
 
 def check_pair_file(spec: str, argument: str = "test_pairs") -> None:
-    """Raises, naming ``argument``, unless ``spec`` is ``"reference:NAME"`` with a known NAME or
-    the path of an existing file."""
+    """Checks a pair-list argument without reading it.
+
+    Args:
+      spec: ``"reference:NAME"`` with a NAME of ``PAIR_LISTS``, or the path of an existing file.
+      argument: the argument's name, for the error message.
+
+    Raises:
+      ValueError: an unknown packaged pair list.
+      FileNotFoundError: a path that is not a file.
+    """
     if spec.startswith(PREFIX):
         name = spec[len(PREFIX):]
         if name not in PAIR_LISTS:
@@ -77,7 +85,15 @@ def check_pair_file(spec: str, argument: str = "test_pairs") -> None:
 
 
 def read_pair_file(spec: str, argument: str = "test_pairs") -> list[Pair]:
-    """The pairs of ``spec``: ``"reference:NAME"`` (packaged) or a file path (see ``check_pair_file``)."""
+    """Reads a pair list.
+
+    Args:
+      spec: ``"reference:NAME"`` (packaged) or a file path (see ``check_pair_file``).
+      argument: the argument's name, for error messages.
+
+    Returns:
+      The ``Pair``s, in file order.
+    """
     check_pair_file(spec, argument)
     if spec.startswith(PREFIX):
         return read_reference_pairs(spec[len(PREFIX):])

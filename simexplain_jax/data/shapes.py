@@ -144,7 +144,17 @@ def _check_value(attribute_type: str, value: str) -> None:
 
 
 def with_attribute(scene: Scene, object_index: int, attribute_type: str, value: str) -> Scene:
-    """The counterfactual scene with one object's attribute changed (everything else identical)."""
+    """The counterfactual scene with one object's attribute changed (everything else identical).
+
+    Args:
+      scene: the scene.
+      object_index: the object to change.
+      attribute_type: one of ``ATTRIBUTE_TYPES``.
+      value: one of ``VALUES[attribute_type]``.
+
+    Returns:
+      The new scene.
+    """
     _check_value(attribute_type, value)
     if not 0 <= object_index < len(scene.objects):
         raise ValueError(f"object_index must be in [0, {len(scene.objects)}), got {object_index}")
@@ -175,7 +185,16 @@ def _place(rng: np.random.Generator, sizes: list[str], margin: float) -> list[tu
 
 
 def sample_scene(rng: np.random.Generator, class_id: int, config: ShapesConfig = ShapesConfig()) -> Scene:
-    """A random scene of class ``class_id`` (index into ``CLASS_NAMES``)."""
+    """A random scene of one class.
+
+    Args:
+      rng: the random generator.
+      class_id: an index into ``CLASS_NAMES``.
+      config: how scenes are sampled.
+
+    Returns:
+      The scene.
+    """
     if not 0 <= class_id < NUM_CLASSES:
         raise ValueError(f"class_id must be in [0, {NUM_CLASSES}), got {class_id}")
     class_type, class_value = CLASS_NAMES[class_id].split(":")
@@ -282,15 +301,31 @@ def _downsample(array: np.ndarray) -> np.ndarray:
 
 
 def render(scene: Scene, image_size: int) -> np.ndarray:
-    """``uint8 [image_size, image_size, 3]``: a pure, deterministic function of the scene."""
+    """Renders a scene: a pure, deterministic function of it.
+
+    Args:
+      scene: the scene.
+      image_size: the side of the image in pixels.
+
+    Returns:
+      uint8 ``[image_size, image_size, 3]``.
+    """
     canvas, _ = _coverage(scene, image_size)
     return np.clip(np.round(_downsample(canvas)), 0, 255).astype(np.uint8)
 
 
 def render_with_ground_truth(scene: Scene, image_size: int) -> dict:
-    """The image and its ground truth: ``image``, ``label``, ``attributes``, ``key_index``,
-    ``key_mask`` (bool [H, W]: pixels at least half covered by the key object) and ``key_box``
-    (ymin, xmin, ymax, xmax in pixels, max exclusive: the key mask's bounding box)."""
+    """Renders a scene with its ground truth.
+
+    Args:
+      scene: a scene with a class.
+      image_size: the side of the image in pixels.
+
+    Returns:
+      ``{"image", "label", "attributes", "key_index", "key_mask", "key_box"}``: ``key_mask`` (bool
+      ``[H, W]``) marks the pixels at least half covered by the key object, ``key_box`` (ymin,
+      xmin, ymax, xmax in pixels, max exclusive) is the key mask's bounding box.
+    """
     canvas, masks = _coverage(scene, image_size)
     key = key_index(scene)
     if key is None:

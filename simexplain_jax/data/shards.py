@@ -42,18 +42,28 @@ def _as_source(images_or_source):
 def read_pair_shard(queries, references, pairs, *, preprocess=None, query_keys: Sequence[str] = (),
                     shard_index: Optional[int] = None, shard_count: Optional[int] = None,
                     batch_size: int = 64) -> PairShard:
-    """Reads this process's share of ``pairs [P, 2]`` through grain, and nothing else.
+    """Reads this process's share of a pair list through grain, and nothing else.
 
-    ``queries`` / ``references``: random-access sources whose records hold ``"image"`` (e.g.
-    ``tfds.data_source``, ``InMemorySource``), or image arrays ``[N, H, W, C]``. The distinct
-    queries of ``pairs`` (sorted) are split into ``shard_count`` contiguous pieces by grain's
-    ``ShardOptions`` (the list is padded to a multiple of ``shard_count`` so that no query is
-    dropped); this process reads its queries, then the references its queries' pairs name.
+    The distinct queries of ``pairs`` (sorted) are split into ``shard_count`` contiguous pieces by
+    grain's ``ShardOptions`` (the list is padded to a multiple of ``shard_count`` so that no query
+    is dropped; padding records are read and dropped); this process reads its queries, then the
+    references its queries' pairs name.
 
-    ``preprocess``: a ``data.pipeline.Preprocess`` making a record's ``image`` model-ready (e.g.
-    ``Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the images
-    are used as they are. Padding records (at most ``shard_count - 1`` over the whole run) are read
-    and dropped. ``shard_index`` / ``shard_count`` default to this process and the process count.
+    Args:
+      queries: a random-access source whose records hold ``"image"`` (e.g. ``tfds.data_source``,
+        ``InMemorySource``), or an image array ``[N, H, W, C]``.
+      references: the same, for the references.
+      pairs: ``[P, 2]`` integer (query index, reference index).
+      preprocess: a ``data.pipeline.Preprocess`` making a record's ``image`` model-ready (e.g.
+        ``Preprocess(image_size=112)``; its ``keys`` are replaced by what is needed); None: the
+        images are used as they are.
+      query_keys: fields of the query records to read besides the image (e.g. ``"key_mask"``).
+      shard_index: this process's shard; None: ``jax.process_index()``.
+      shard_count: the number of shards; None: ``jax.process_count()``.
+      batch_size: records per grain batch.
+
+    Returns:
+      A ``PairShard``.
     """
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or not np.issubdtype(pairs.dtype, np.integer):

@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from simexplain_jax.data.tfds_polyvore import condition_index
+
 
 class InMemorySource:
     """A random-access source over arrays with a shared leading axis: ``source[i] -> {key: array[i]}``.
@@ -64,7 +66,16 @@ class SubsetSource:
 
 
 def load_arrays(source, keys: Sequence[str], progress: bool = False) -> dict:
-    """Every record of ``source`` (decoded), stacked per key: ``{key: [N, ...]}``."""
+    """Every record of a source, decoded and stacked per key.
+
+    Args:
+      source: a random-access source.
+      keys: the fields to keep.
+      progress: show a progress bar.
+
+    Returns:
+      ``{key: [N, ...]}``.
+    """
     items = range(len(source))
     if progress:
         items = tqdm(items, desc="loading", unit="example", leave=False)
@@ -95,10 +106,9 @@ class OutfitPairSource:
         pairs = []
         for outfit, indices in sorted(members.items()):
             for a, b in itertools.permutations(indices, 2):
-                key = tuple(sorted((categories[a], categories[b])))
-                if categories[a] != categories[b] and key in self.conditions:
-                    pairs.append((a, b, self.conditions.index(key), self.categories.index(categories[b]),
-                                  outfit_ids[outfit]))
+                condition = condition_index(self.conditions, categories[a], categories[b], default=-1)
+                if categories[a] != categories[b] and condition >= 0:
+                    pairs.append((a, b, condition, self.categories.index(categories[b]), outfit_ids[outfit]))
         if not pairs:
             raise ValueError("no compatible pairs (items of different categories in one outfit) in this split")
         self.pairs = np.asarray(pairs, np.int64)

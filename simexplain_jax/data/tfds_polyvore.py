@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import os
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -61,18 +62,41 @@ def type_conditions(outfits: dict[str, list[str]], categories: dict[str, str]) -
     return sorted(pairs)
 
 
-def condition_index(conditions: list[tuple[str, str]], category_a: str, category_b: str) -> int:
-    """Index of the type condition of a pair of items (order does not matter)."""
+def condition_index(conditions: Sequence[tuple[str, str]], category_a: str, category_b: str,
+                    default: Optional[int] = None) -> int:
+    """The type condition of a pair of items of two categories.
+
+    Args:
+      conditions: the type conditions, sorted category pairs (``type_conditions``, or a builder's
+        ``metadata["type_conditions"]`` as tuples).
+      category_a: the first item's category.
+      category_b: the second item's category (the order does not matter).
+      default: what a pair without a condition gives (the same category twice, or categories never
+        seen together in a training outfit); None raises a ValueError instead.
+
+    Returns:
+      The condition's index in ``conditions``, or ``default``.
+    """
     key = tuple(sorted((category_a, category_b)))
-    try:
+    if key in conditions:
         return conditions.index(key)
-    except ValueError:
-        raise ValueError(f"no type condition for categories {key}; known: {len(conditions)} pairs") from None
+    if default is None:
+        raise ValueError(f"no type condition for categories {key}; known: {len(conditions)} pairs")
+    return default
 
 
 def compatible_pairs(outfits: dict[str, list[str]], categories: dict[str, str],
                      conditions: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
-    """``(item_a, item_b, condition)`` for every pair of different-type items in one outfit."""
+    """Every pair of different-type items in one outfit.
+
+    Args:
+      outfits: ``{set_id: [item_id, ...]}``.
+      categories: ``{item_id: semantic category}``.
+      conditions: the type conditions (``type_conditions``).
+
+    Returns:
+      ``(item_a, item_b, condition)`` for each pair.
+    """
     out = []
     for items in outfits.values():
         for a, b in itertools.combinations(items, 2):
@@ -82,7 +106,16 @@ def compatible_pairs(outfits: dict[str, list[str]], categories: dict[str, str],
 
 
 def image_path(root: str, item: str, what: str = "item id") -> str:
-    """``<root>/images/<item>.jpg``; an id that would leave ``images/`` raises a ValueError."""
+    """The image file of an item, ``<root>/images/<item>.jpg``.
+
+    Args:
+      root: the dataset root.
+      item: the item id.
+      what: what the id is, for the error message.
+
+    Raises:
+      ValueError: an id that would leave ``images/``.
+    """
     return path_inside(os.path.join(root, "images"), f"{item}.jpg", what=what)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
+from simexplain_jax.integrity import move_aside
 from simexplain_jax.io import write_atomic
 
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -113,16 +114,6 @@ def differences(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def move_aside(path: str, suffix: str) -> str:
-    """Renames ``path`` to ``<path>.<suffix>`` (``-1``, ``-2``, ... added until the name is free)."""
-    target, n = f"{path}.{suffix}", 0
-    while os.path.exists(target):
-        n += 1
-        target = f"{path}.{suffix}-{n}"
-    os.replace(path, target)
-    return target
 
 
 class SaliencyCache:

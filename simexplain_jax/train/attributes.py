@@ -15,13 +15,11 @@ import numpy as np
 
 from simexplain_jax.attributes.losses import (CLASSIFICATION_LOSSES, SALIENCY_NORMALIZATIONS, classification_loss,
                                               saliency_matching_loss, saliency_targets)
-from simexplain_jax.checkpoint import read_config
 from simexplain_jax.metrics.attributes import mean_average_precision
-from simexplain_jax.models.attributes import AttributePredictor, spatial_softmax
+from simexplain_jax.models.attributes import spatial_softmax
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models.embedding import inference_fn
-from simexplain_jax.models.factory import backbone
-from simexplain_jax.train.similarity import TrainState, restore_variables
+from simexplain_jax.train.similarity import TrainState
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -63,12 +61,3 @@ def predict(model, variables, images: np.ndarray, batch_size: int = 256) -> tupl
 
 def evaluate_map(model, variables, images: np.ndarray, labels: np.ndarray) -> float:
     return mean_average_precision(predict(model, variables, images)[0], labels)
-
-
-def load_attribute_predictor(checkpoint_dir: str, which: str = "best"):
-    """``(model, variables, config)`` of a predictor trained by ``experiments.train_attributes``
-    (its variables alone are read: no optimizer is built)."""
-    config = read_config(checkpoint_dir)
-    model = AttributePredictor(backbone(config["model"], width=config["width"], stages=config["stages"]),
-                               config["num_attributes"])
-    return model, restore_variables(checkpoint_dir, model, config["image_size"], which), config

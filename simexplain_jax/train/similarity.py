@@ -22,12 +22,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from simexplain_jax.checkpoint import Checkpointer, read_config
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.metrics.verification import roc_auc
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models.embedding import TypeAwareEmbedding, embed_fn
-from simexplain_jax.models.factory import similarity_model
 from simexplain_jax.similarity import l2_normalize
 from simexplain_jax.train.triplet import euclidean_distances, label_masks, triplet_loss
 
@@ -141,26 +139,3 @@ def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256)
     a, b = a * weight, b * weight
     scores = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return roc_auc(scores, pair_set.labels)
-
-
-def load_trained(checkpoint_dir: str, which: str = "best"):
-    """``(model, variables, config)`` of a model trained by ``experiments.train_similarity``.
-
-    Rebuilds the model from ``<checkpoint_dir>/config.json`` and restores the variables of the
-    ``best`` (or ``last``) checkpoint.
-    """
-    config = read_config(checkpoint_dir)
-    model = similarity_model(config, config.get("num_conditions", 0))
-    return model, restore_variables(checkpoint_dir, model, config["image_size"], which), config
-
-
-def restore_variables(checkpoint_dir: str, model: nn.Module, image_size: int, which: str = "best") -> dict:
-    """The variables (``params``, ``batch_stats``) of ``model``, whose input is ``image_size``
-    square RGB images, from a ``Checkpointer`` folder. Only their shapes are computed from the
-    model (no initialisation, no optimizer) and only they are read."""
-    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
-    checkpointer = Checkpointer(checkpoint_dir)
-    try:
-        return checkpointer.restore_variables(target, which=which)
-    finally:
-        checkpointer.close()
