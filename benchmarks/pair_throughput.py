@@ -18,9 +18,7 @@ from absl import app, flags
 import simexplain_jax as sx
 from benchmarks._common import emit, machine, make_model, smooth_images, timed
 from simexplain_jax.models import embed_fn
-from simexplain_jax.saliency._cross_jacobian import integrated_cross_jacobian
-from simexplain_jax.saliency._pooled import pooled_pair
-from simexplain_jax.saliency._rise_pair import rise_pair
+from simexplain_jax.saliency import integrated_cross_jacobian, pooled_pair, rise_pair
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "small_cnn", "resnet18 (cut after layer3), resnet18_full or small_cnn")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simexplain_jax.saliency._cross_jacobian import integrated_cross_jacobian
+from simexplain_jax.saliency import integrated_cross_jacobian
 from simexplain_jax.similarity import cosine, dot, l2_normalize
 
 SIZE, GRID = 8, 4

@@ -7,7 +7,7 @@ import pytest
 from jax.tree_util import Partial
 
 from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, TypeAwareEmbedding, condition_embed_fn, embed_fn
-from simexplain_jax.saliency._pooled import PooledModel, pooled_pair
+from simexplain_jax.saliency import PooledModel, pooled_pair
 from simexplain_jax.similarity import cosine, dot
 
 SIZE = 32

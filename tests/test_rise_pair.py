@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
-from simexplain_jax.saliency._rise_pair import rise_pair
+from simexplain_jax.saliency import rise_pair
 from simexplain_jax.similarity import dot
 
 SIZE, GRID = 16, 4
@@ -104,3 +104,19 @@ def test_bad_arguments_are_refused():
         rise_pair(embed, q, r, key=jax.random.key(0), centering="median")
     with pytest.raises(ValueError, match="grid_size"):
         rise_pair(embed, q, r, key=jax.random.key(0), grid_size=32)
+
+
+def test_options_object_and_a_sweep_over_p_compiles_once():
+    from simexplain_jax.saliency._rise_pair import RisePair, _rise_pair_jit
+
+    embed, q, r, key = _model(), _images(0), _images(1), jax.random.key(2)
+    options = RisePair(num_masks=16, grid_size=GRID, batch_size=16)
+    by_object = rise_pair(embed, q, r, key=key, options=options)
+    by_keywords = rise_pair(embed, q, r, key=key, num_masks=16, grid_size=GRID, batch_size=16)
+    np.testing.assert_array_equal(by_object.correspondence, by_keywords.correspondence)
+    before = _rise_pair_jit._cache_size()
+    for p in (0.3, 0.4, 0.6):
+        rise_pair(embed, q, r, key=key, options=options, p=p)
+    assert _rise_pair_jit._cache_size() == before
+    with pytest.raises(ValueError, match="unknown option"):
+        rise_pair(embed, q, r, key=key, num_mask=16)

@@ -1,11 +1,14 @@
-"""Metrics for explanations: causal insertion/deletion, pointing, pair verification."""
+"""Metrics for explanations: causal insertion/deletion, pointing, correspondences, pair verification."""
 
 from simexplain_jax.metrics.attributes import average_precision, mean_average_precision
 from simexplain_jax.metrics.causal import (InsertionDeletion, insertion_deletion, insertion_deletion_batch,
                                            minmax_normalize, trapezoid_auc)
+from simexplain_jax.metrics.correspondence import (CorrespondencePointing, SecondOrderInsertionDeletion,
+                                                   correspondence_pointing, second_order_insertion_deletion)
 from simexplain_jax.metrics.pointing import Pointing, pointing
 from simexplain_jax.metrics.verification import roc_auc
 
 __all__ = ["InsertionDeletion", "insertion_deletion", "insertion_deletion_batch", "minmax_normalize", "trapezoid_auc",
-           "Pointing", "pointing",
+           "Pointing", "pointing", "CorrespondencePointing", "correspondence_pointing",
+           "SecondOrderInsertionDeletion", "second_order_insertion_deletion",
            "roc_auc", "average_precision", "mean_average_precision"]

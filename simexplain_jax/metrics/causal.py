@@ -167,7 +167,7 @@ def insertion_deletion(
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "sane":
-        background = jnp.asarray(_check_background(background, query.shape))
+        background = jnp.asarray(check_background(background, query.shape))
     elif background is not None:
         raise ValueError("protocol='rise' uses its own substrates (blurred query, zeros): pass background=None")
     compute_dtype = _check_options(num_steps, normalize, batch_size, similarity, compute_dtype)
@@ -186,7 +186,8 @@ def _check_options(num_steps, normalize, batch_size, similarity, compute_dtype) 
     return checks.check_compute_dtype(compute_dtype)
 
 
-def _check_background(background, image_shape) -> np.ndarray:
+def check_background(background, image_shape) -> np.ndarray:
+    """The constant substrate as float32: a scalar, ``[C]`` or ``image_shape``; raises naming what is wrong."""
     if background is None:
         raise ValueError("background is required for protocol='sane' (a scalar, [C] or [H, W, C] in the query's space)")
     background = np.asarray(background, np.float32)
@@ -255,7 +256,7 @@ def insertion_deletion_batch(embed_fn: EmbedFn, queries: ArrayLike, reference_em
     compute_dtype = _check_options(num_steps, normalize, batch_size, similarity, compute_dtype)
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)  # cast once; _curves then leaves it as is
     pair_group = checks.check_positive_int(pair_group, "pair_group")
-    substrate = np.broadcast_to(_check_background(background, queries.shape[1:]), queries.shape[1:]).copy()
+    substrate = np.broadcast_to(check_background(background, queries.shape[1:]), queries.shape[1:]).copy()
     mesh = parallel.make_mesh(1, local=True) if mesh is None else mesh
     step = pair_group * parallel.stack_size(mesh)
     fn = _PairCurves(int(num_steps), normalize, int(batch_size), similarity, compute_dtype)

@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
-from simexplain_jax.metrics.causal import _check_background, minmax_normalize, trapezoid_auc
+from simexplain_jax.metrics.causal import check_background, minmax_normalize, trapezoid_auc
 from simexplain_jax.similarity import SimilarityFn, cosine
 
 
@@ -175,7 +175,7 @@ def second_order_insertion_deletion(embed_fn: EmbedFn, queries: ArrayLike, refer
                          f"[P, hq, wq, hr, wr]; got {queries.shape}, {references.shape}, {corr.shape}")
     checks.check_finite(corr, "correspondences")
     num_steps = checks.check_positive_int(num_steps, "num_steps", 2)
-    substrate = jnp.broadcast_to(jnp.asarray(_check_background(background, queries.shape[1:])), queries.shape[1:])
+    substrate = jnp.broadcast_to(jnp.asarray(check_background(background, queries.shape[1:])), queries.shape[1:])
     checks.check_similarity(similarity)
     curves, auc = _second_order_curves(embed_fn, jnp.asarray(queries), jnp.asarray(references), jnp.asarray(corr),
                                        substrate, num_steps=num_steps, batch_size=checks.check_batch_size(batch_size),

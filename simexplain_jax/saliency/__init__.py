@@ -17,6 +17,12 @@ dataclass (``Rise``, ``RiseVariable``, ``SlidingWindow``, ``SlidingWindowVariabl
   pair (``queries [P, H, W, C]`` with ``[P, D]`` embeddings or ``[P, H, W, C]`` images) and return
   the ``[P, H, W]`` maps, as ``explain_pairs`` does for a pair list.
 
+Pair methods (second order: which cells of the query match which cells of the reference) return
+a ``PairResult(correspondence, query_map, reference_map, similarity, passes)``, take the same
+``options=`` / keyword style and accept one pair or a batch of P pairs: ``pooled_pair`` (exact,
+one forward pass per image, for pooled-embedding models), ``rise_pair`` (black box) and
+``integrated_cross_jacobian`` (white box).
+
 ``key`` is keyword-only everywhere: the stochastic methods need it (or explicit ``masks`` /
 ``samples``), the deterministic ones (sliding window, gradients) accept and ignore it. Images
 are floats in the model's input space; integer images are refused.
@@ -29,6 +35,7 @@ through grain) is imported on first use, since it needs the data stack.
 
 import importlib
 
+from simexplain_jax.saliency._cross_jacobian import IntegratedCrossJacobian, integrated_cross_jacobian
 from simexplain_jax.saliency._gradients import Gradient, IntegratedGradients, gradient, integrated_gradients
 from simexplain_jax.saliency._lime import Lime, LimeVariable, denormalize, lime, lime_variable, superpixels
 from simexplain_jax.saliency._occlusion import (SlidingWindow, SlidingWindowVariable, sliding_window,
@@ -36,8 +43,11 @@ from simexplain_jax.saliency._occlusion import (SlidingWindow, SlidingWindowVari
 from simexplain_jax.saliency._options import MethodOptions, SaliencyResult
 from simexplain_jax.saliency._perturbation import (Perturbation, PerturbationVariable, perturbation, perturbation_batch,
                                                    perturbation_variable, perturbation_variable_batch)
+from simexplain_jax.saliency._pooled import PooledModel, PooledPair, pooled_model, pooled_pair
 from simexplain_jax.saliency._random import Random, random
 from simexplain_jax.saliency._rise import Rise, RiseVariable, rise, rise_split_masks, rise_variable
+from simexplain_jax.saliency._rise_pair import RisePair, rise_pair
+from simexplain_jax.saliency._second_order import PairResult, first_order_maps, top_correspondences
 from simexplain_jax.saliency.pairs import explain_pairs
 from simexplain_jax.saliency.registry import METHODS, OPTIONS, options_for
 
@@ -46,7 +56,10 @@ __all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "slidi
            "perturbation_batch", "perturbation_variable_batch", "gradient", "integrated_gradients", "random",
            "Rise", "RiseVariable", "SlidingWindow", "SlidingWindowVariable", "Lime", "LimeVariable", "Perturbation",
            "PerturbationVariable", "Gradient", "IntegratedGradients", "Random", "MethodOptions", "SaliencyResult",
-           "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS"]
+           "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS",
+           "pooled_pair", "PooledPair", "PooledModel", "pooled_model", "rise_pair", "RisePair",
+           "integrated_cross_jacobian", "IntegratedCrossJacobian", "PairResult", "first_order_maps",
+           "top_correspondences"]
 
 
 def __getattr__(name):

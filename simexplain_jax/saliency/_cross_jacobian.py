@@ -30,6 +30,7 @@ from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import MethodOptions, options_class, resolve, set_field
 from simexplain_jax.saliency._rise_pair import cell_pooling, check_grid
 from simexplain_jax.saliency._second_order import PairResult, first_order_maps
 from simexplain_jax.similarity import SimilarityFn, cosine, dot, l2_normalize
@@ -57,12 +58,41 @@ def cell_attributions(embed_fn, image, baseline, *, num_steps, grid_size, batch_
     return jnp.einsum("dhw,hc,we->dce", per_pixel, band_h, band_w, precision=_HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "grid_size", "batch_size", "normalize", "compute_dtype"))
-def _cross_jacobian_jit(embed_fn, queries, references, baseline, *, num_steps, grid_size, batch_size, normalize,
-                        compute_dtype):
-    embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
-    attribute = functools.partial(cell_attributions, embed_fn, num_steps=num_steps, grid_size=grid_size,
-                                  batch_size=batch_size, normalize=normalize)
+@options_class("integrated_cross_jacobian", references="images")
+class IntegratedCrossJacobian(MethodOptions):
+    """Options of the integrated cross-Jacobian (:func:`integrated_cross_jacobian`).
+
+    Attributes:
+      num_steps: points of the midpoint rule along each path.
+      grid_size: the correspondence is over ``grid_size x grid_size`` cells per image.
+      batch_size: path points differentiated together.
+      similarity: ``sx.similarity.cosine`` (the embeddings' directions) or ``dot``.
+      compute_dtype: the forward and backward passes' dtype.
+    """
+
+    num_steps: int = 16
+    grid_size: int = 8
+    batch_size: int = 4
+    similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.similarity is not cosine and self.similarity is not dot:
+            raise ValueError("the integrated cross-Jacobian is defined for similarity=cosine or dot, "
+                             f"got {getattr(self.similarity, '__name__', self.similarity)!r}")
+        for name, value in dict(num_steps=checks.check_positive_int(self.num_steps, "num_steps"),
+                                grid_size=checks.check_positive_int(self.grid_size, "grid_size"),
+                                batch_size=checks.check_batch_size(self.batch_size),
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+
+@jax.jit
+def _cross_jacobian_jit(embed_fn, queries, references, baseline, options):
+    embed_fn = engine.in_compute_dtype(embed_fn, options.compute_dtype)
+    normalize = options.similarity is cosine
+    attribute = functools.partial(cell_attributions, embed_fn, num_steps=options.num_steps,
+                                  grid_size=options.grid_size, batch_size=options.batch_size, normalize=normalize)
 
     def one(args):
         query, reference = args
@@ -70,15 +100,14 @@ def _cross_jacobian_jit(embed_fn, queries, references, baseline, *, num_steps, g
         corr = jnp.einsum("dab,dce->abce", rq, rr, precision=_HIGHEST)
         query_map, reference_map = first_order_maps(corr, query.shape, reference.shape)
         e = embed_fn(jnp.stack([query, reference]))
-        return corr, query_map, reference_map, (cosine if normalize else dot)(e[0], e[1])
+        return corr, query_map, reference_map, options.similarity(e[0], e[1])
 
     return jax.lax.map(one, (queries, references))
 
 
 def integrated_cross_jacobian(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *,
                               key: Optional[jax.Array] = None, baseline: Optional[ArrayLike] = None,
-                              num_steps: int = 16, grid_size: int = 8, batch_size: int = 4,
-                              similarity: SimilarityFn = cosine, compute_dtype: str = "float32") -> PairResult:
+                              options: Optional[IntegratedCrossJacobian] = None, **overrides) -> PairResult:
     """Second-order explanation of a pair by its integrated cross-Jacobian (module docstring).
 
     Args:
@@ -87,34 +116,24 @@ def integrated_cross_jacobian(embed_fn: EmbedFn, query: ArrayLike, reference: Ar
       reference: one image per query, of the query's shape.
       key: unused (deterministic); accepted like every method's.
       baseline: the path's start: a scalar, ``[C]`` or ``[H, W, C]`` (default zeros).
-      num_steps: points of the midpoint rule along each path.
-      grid_size: the correspondence is over ``grid_size x grid_size`` cells per image.
-      batch_size: path points differentiated together.
-      similarity: ``sx.similarity.cosine`` (the embeddings' directions) or ``dot``.
-      compute_dtype: the forward and backward passes' dtype.
+      options: an :class:`IntegratedCrossJacobian` (default ``IntegratedCrossJacobian()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_steps=32``.
 
     Returns:
       :class:`PairResult`; ``passes`` counts vector-Jacobian products per pair (2 x num_steps x D).
     """
     del key
     embed_fn = checks.as_pytree_fn(embed_fn)
+    options = resolve(IntegratedCrossJacobian, options, overrides)
     queries, single = checks.check_image_or_batch(query, "query")
     references, _ = checks.check_image_or_batch(reference, "reference")
     if references.shape != queries.shape:
         raise ValueError(f"reference must be one image per query, of the query's shape: {tuple(queries.shape)} "
                          f"and {tuple(references.shape)}")
-    if similarity is not cosine and similarity is not dot:
-        raise ValueError("the integrated cross-Jacobian is defined for similarity=cosine or dot, "
-                         f"got {getattr(similarity, '__name__', similarity)!r}")
-    num_steps = checks.check_positive_int(num_steps, "num_steps")
-    grid_size = checks.check_positive_int(grid_size, "grid_size")
-    check_grid(queries.shape[1:], grid_size)
+    check_grid(queries.shape[1:], options.grid_size)
     base = jnp.broadcast_to(jnp.asarray(0.0 if baseline is None else baseline, jnp.float32), queries.shape[1:])
     dim = checks.embedding_dim(embed_fn, queries.shape[1:])
-    corr, query_map, reference_map, sim = _cross_jacobian_jit(
-        embed_fn, queries, references, base, num_steps=num_steps, grid_size=grid_size,
-        batch_size=checks.check_batch_size(batch_size), normalize=similarity is cosine,
-        compute_dtype=checks.check_compute_dtype(compute_dtype))
+    corr, query_map, reference_map, sim = _cross_jacobian_jit(embed_fn, queries, references, base, options)
     if single:
         corr, query_map, reference_map, sim = corr[0], query_map[0], reference_map[0], sim[0]
-    return PairResult(corr, query_map, reference_map, sim, 2 * num_steps * dim)
+    return PairResult(corr, query_map, reference_map, sim, 2 * options.num_steps * dim)

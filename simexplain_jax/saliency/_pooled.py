@@ -24,16 +24,17 @@ import dataclasses
 from typing import Optional
 
 import flax.linen as nn
-from flax import struct
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
 from simexplain_jax import checks
-from simexplain_jax.saliency._second_order import PairResult, first_order_maps
 from simexplain_jax.models.embedding import EmbeddingNet, TypeAwareEmbedding
-from simexplain_jax.similarity import cosine, dot
+from simexplain_jax.saliency._options import MethodOptions, options_class, resolve
+from simexplain_jax.saliency._second_order import PairResult, first_order_maps
+from simexplain_jax.similarity import SimilarityFn, cosine, dot
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -150,8 +151,25 @@ def _pooled_pairs(pooled, queries, references):
     return corr, query_map, reference_map, corr.sum(axis=(1, 2, 3, 4))
 
 
+@options_class("pooled_pair", references="images")
+class PooledPair(MethodOptions):
+    """Options of the exact pooled correspondence (:func:`pooled_pair`).
+
+    Attributes:
+      similarity: ``sx.similarity.cosine`` or ``sx.similarity.dot`` (the decomposition is exact for
+        these two only).
+    """
+
+    similarity: SimilarityFn = cosine
+
+    def __post_init__(self):
+        if self.similarity is not cosine and self.similarity is not dot:
+            raise ValueError("the exact pooled decomposition is defined for similarity=cosine or dot, "
+                             f"got {getattr(self.similarity, '__name__', self.similarity)!r}")
+
+
 def pooled_pair(model, variables, queries: ArrayLike, references: ArrayLike, *, condition: Optional[int] = None,
-                similarity=cosine) -> PairResult:
+                options: Optional[PooledPair] = None, **overrides) -> PairResult:
     """Exact correspondence of pooled-embedding pairs: one forward pass per image.
 
     Args:
@@ -161,23 +179,20 @@ def pooled_pair(model, variables, queries: ArrayLike, references: ArrayLike, *, 
       queries: ``[H, W, C]`` or ``[P, H, W, C]`` float images in the model's input space.
       references: images of the queries' shape (one per query).
       condition: the type-pair condition of a ``TypeAwareEmbedding``.
-      similarity: ``sx.similarity.cosine`` or ``sx.similarity.dot`` (the decomposition is exact for
-        these two only).
+      options: a :class:`PooledPair` (default ``PooledPair()``).
+      **overrides: options replacing those of ``options``, e.g. ``similarity=sx.similarity.dot``.
 
     Returns:
       :class:`PairResult` with a leading P axis (none for a single pair), ``passes`` = 2 (one per image).
     """
+    options = resolve(PooledPair, options, overrides)
     if isinstance(model, PooledModel):
         if variables is not None or condition is not None:
             raise ValueError("a PooledModel carries its parameters: pass variables=None and no condition")
         pooled = model
     else:
         pooled = pooled_model(model, variables, condition)
-    if similarity is not cosine and similarity is not dot:
-        raise ValueError("the exact pooled decomposition is defined for similarity=cosine or dot, "
-                         f"got {getattr(similarity, '__name__', similarity)!r}")
-    normalize = pooled.normalize or similarity is cosine
-    pooled = pooled.replace(normalize=normalize)
+    pooled = pooled.replace(normalize=pooled.normalize or options.similarity is cosine)
     queries, single = checks.check_image_or_batch(queries, "queries")
     references, _ = checks.check_image_or_batch(references, "references")
     if references.shape[0] != queries.shape[0]:

@@ -19,7 +19,7 @@ never held whole: it is formed a chunk of query masks at a time, so memory grows
 
 from __future__ import annotations
 
-import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from jax.typing import ArrayLike
 from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
 from simexplain_jax.engine import EmbedFn
+from simexplain_jax.saliency._options import MethodOptions, options_class, resolve, set_field
 from simexplain_jax.saliency._second_order import PairResult, first_order_maps
 from simexplain_jax.similarity import SimilarityFn, cosine, pairwise
 
@@ -65,7 +66,7 @@ CENTERINGS = ("mean", "p")
 
 def rise_pair_core(embed_fn, query, reference, key, *, num_masks, grid_size, p, batch_size, similarity,
                    sampler="iid", centering="mean", compute_dtype="float32"):
-    """``C [g, g, g, g]`` for one pair (traceable; static options)."""
+    """``C [g, g, g, g]`` for one pair (traceable; ``p`` may be traced)."""
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     batch_size = max(1, min(int(batch_size), num_masks))
     mask_fn = lambda image, k: _masks.rise_mask_fn(image.shape, key=k, grid_size=grid_size, p=p,  # noqa: E731
@@ -104,46 +105,80 @@ def check_grid(image_shape, grid_size: int) -> None:
                          f"({image_shape[0]} x {image_shape[1]})")
 
 
-@functools.partial(jax.jit, static_argnames=("num_masks", "grid_size", "p", "batch_size", "similarity", "sampler",
-                                             "centering", "compute_dtype"))
-def _rise_pair_jit(embed_fn, queries, references, keys, **static):
-    def one(query, reference, key):
+@options_class("rise_pair", references="images", traced=("p",))
+class RisePair(MethodOptions):
+    """Options of black-box second-order RISE (:func:`rise_pair`).
+
+    Attributes:
+      num_masks: N masks per image (2N forward passes per pair, N^2 joint samples).
+      grid_size: the masks' grid s; the correspondence is over its ``s x s`` cells per image.
+      p: the probability that a cell is kept (traced: a sweep over it compiles once).
+      batch_size: masks embedded per chunk, and query masks scored against all N reference
+        embeddings per step (memory grows with ``batch_size x N``).
+      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
+      sampler: how the masks are drawn (``sx.masks.SAMPLERS``).
+      centering: what is subtracted from the masks' cell means: ``"mean"`` (each cell's mean over
+        the N masks: the terms that depend on one image alone cancel exactly) or ``"p"`` (its
+        expectation: they cancel only on average).
+      compute_dtype: the embedding forward pass's dtype (``"float32"`` or ``"bfloat16"``).
+    """
+
+    num_masks: int = 1000
+    grid_size: int = 8
+    p: float = 0.5
+    batch_size: int = 128
+    similarity: SimilarityFn = cosine
+    sampler: str = "iid"
+    centering: str = "mean"
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        num_masks, grid_size, p = _masks.check_rise_options(self.num_masks, self.grid_size, self.p)
+        checks.check_similarity(self.similarity)
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {self.centering!r}")
+        for name, value in dict(num_masks=num_masks, grid_size=grid_size, p=p,
+                                batch_size=checks.check_batch_size(self.batch_size),
+                                sampler=_masks.check_sampler(self.sampler),
+                                compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
+            set_field(self, name, value)
+
+
+@jax.jit
+def _rise_pair_jit(embed_fn, queries, references, keys, options):
+    static = dict(num_masks=options.num_masks, grid_size=options.grid_size, p=options.p,
+                  batch_size=options.batch_size, similarity=options.similarity, sampler=options.sampler,
+                  centering=options.centering, compute_dtype=options.compute_dtype)
+
+    def one(args):
+        query, reference, key = args
         corr = rise_pair_core(embed_fn, query, reference, key, **static)
         query_map, reference_map = first_order_maps(corr, query.shape, reference.shape)
         intact = embed_fn(jnp.stack([query, reference]))
-        return corr, query_map, reference_map, static["similarity"](intact[0], intact[1])
+        return corr, query_map, reference_map, options.similarity(intact[0], intact[1])
 
-    return jax.lax.map(lambda args: one(*args), (queries, references, keys))
+    return jax.lax.map(one, (queries, references, keys))
 
 
-def rise_pair(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array, num_masks: int = 1000,
-              grid_size: int = 8, p: float = 0.5, batch_size: int = 128, similarity: SimilarityFn = cosine,
-              sampler: str = "iid", centering: str = "mean", compute_dtype: str = "float32") -> PairResult:
+def rise_pair(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key: jax.Array,
+              options: Optional[RisePair] = None, **overrides) -> PairResult:
     """Black-box correspondence of a pair by the RISE cross estimator (module docstring).
 
     Args:
       embed_fn: pure ``images [B, H, W, C] -> [B, D]``.
       query: ``[H, W, C]``, or ``[P, H, W, C]`` for P pairs.
       reference: an image (or P images) of the same shape: the reference of each query.
-      key: PRNG key for one pair; pair i of a batch uses ``fold_in(key, i)``. Within a pair the query's masks
-        come from ``fold_in(., 0)``, the reference's from ``fold_in(., 1)``.
-      num_masks: N masks per image (2N forward passes per pair, N^2 joint samples).
-      grid_size: the masks' grid s; the correspondence is over its ``s x s`` cells per image.
-      p: the probability that a cell is kept.
-      batch_size: masks embedded per chunk, and query masks scored against all N reference
-        embeddings per step (memory grows with ``batch_size x N``).
-      similarity: broadcasting ``[..., D] x [..., D] -> [...]``.
-      sampler: how the masks are drawn (``sx.masks.SAMPLERS``).
-      centering: what is subtracted from the masks' cell means: ``"mean"`` (each cell's mean over
-        the N masks, the default: the terms that depend on one image alone cancel exactly) or
-        ``"p"`` (its expectation: they cancel only on average).
-      compute_dtype: the embedding forward pass's dtype (``"float32"`` or ``"bfloat16"``).
+      key: PRNG key for one pair; pair i of a batch uses ``fold_in(key, i)``. Within a pair the
+        query's masks come from ``fold_in(., 0)``, the reference's from ``fold_in(., 1)``.
+      options: a :class:`RisePair` (default ``RisePair()``).
+      **overrides: options replacing those of ``options``, e.g. ``num_masks=500``.
 
     Returns:
       :class:`PairResult` (correspondence ``[s, s, s, s]``), with a leading P axis for a batch;
       ``passes`` = 2N.
     """
     embed_fn = checks.as_pytree_fn(embed_fn)
+    options = resolve(RisePair, options, overrides)
     queries, single = checks.check_image_or_batch(query, "query")
     references, _ = checks.check_image_or_batch(reference, "reference")
     if references.shape[0] != queries.shape[0]:
@@ -151,18 +186,10 @@ def rise_pair(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key:
                          f"{references.shape[0]} references")
     if key is None:
         raise ValueError("rise_pair needs key= (the masks are drawn from it)")
-    num_masks, grid_size, p = _masks.check_rise_options(num_masks, grid_size, p)
-    check_grid(queries.shape[1:], grid_size)
-    check_grid(references.shape[1:], grid_size)
-    checks.check_similarity(similarity)
-    if centering not in CENTERINGS:
-        raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+    check_grid(queries.shape[1:], options.grid_size)
+    check_grid(references.shape[1:], options.grid_size)
     keys = key[None] if single else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(queries.shape[0]))
-    corr, query_map, reference_map, sim = _rise_pair_jit(
-        embed_fn, queries, references, keys, p=p, num_masks=num_masks, grid_size=grid_size,
-        batch_size=checks.check_batch_size(batch_size), similarity=similarity, sampler=_masks.check_sampler(sampler),
-        centering=centering,
-        compute_dtype=checks.check_compute_dtype(compute_dtype))
+    corr, query_map, reference_map, sim = _rise_pair_jit(embed_fn, queries, references, keys, options)
     if single:
         corr, query_map, reference_map, sim = corr[0], query_map[0], reference_map[0], sim[0]
-    return PairResult(corr, query_map, reference_map, sim, 2 * num_masks)
+    return PairResult(corr, query_map, reference_map, sim, 2 * options.num_masks)
