@@ -13,6 +13,8 @@ would leave it, ``../x`` or an absolute path, is refused). Any image that cannot
 (unreadable, truncated, a decompression bomb, an unsupported mode) is reported with its file name
 and the other pairs still run. 16-bit and 32-bit greyscale images are scaled to 8 bits, not
 clipped. The command prints its results; ``--verbose`` adds the libraries' INFO logs.
+
+In-process: ``run(config, out)`` with ``config`` from ``default_config()`` (the flags' fields).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import os
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
 import simexplain_jax as sx
-from experiments.stages import run
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, select
 from simexplain_jax.attributes.saliency_cache import resize_maps
@@ -39,18 +41,38 @@ from simexplain_jax.models.loading import load_attribute_predictor, load_trained
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)")
-flags.DEFINE_string("query", None, "query image file")
-flags.DEFINE_string("reference", None, "reference image file")
-flags.DEFINE_string("pairs", None, "a pair file (img1 img2 label) instead of --query/--reference")
-flags.DEFINE_string("image_dir", ".", "where --pairs names are looked up")
-flags.DEFINE_enum("method", "rise", ["rise", "sliding_window", "lime", "gradient", "integrated_gradients"],
-                  "saliency method (fixed reference)")
-flags.DEFINE_integer("num_masks", 2000, "RISE masks")
-flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
-flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
-flags.DEFINE_integer("seed", 0, "PRNG seed")
-flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl)")
+METHODS = ("rise", "sliding_window", "lime", "gradient", "integrated_gradients")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``run``'s config: the command's flags but ``--out`` (the workdir) and ``--verbose``; locked."""
+    config = ml_collections.ConfigDict(dict(
+        checkpoint="",  # a train_similarity workdir (or its checkpoints/ folder)
+        query="", reference="",  # two image files, or:
+        pairs="",  # a pair file (img1 img2 label), names looked up in image_dir
+        image_dir=".",
+        method="rise",  # one of METHODS (fixed reference)
+        num_masks=2000,  # RISE masks
+        attributes="",  # an attribute-predictor checkpoint folder (train_attributes)
+        seed=0))
+    config.lock()
+    return config
+
+
+def define_flags() -> None:
+    """The command's flags (defined by the entry point only, so importing this module defines none)."""
+    flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)")
+    flags.DEFINE_string("query", None, "query image file")
+    flags.DEFINE_string("reference", None, "reference image file")
+    flags.DEFINE_string("pairs", None, "a pair file (img1 img2 label) instead of --query/--reference")
+    flags.DEFINE_string("image_dir", ".", "where --pairs names are looked up")
+    flags.DEFINE_enum("method", "rise", list(METHODS), "saliency method (fixed reference)")
+    flags.DEFINE_integer("num_masks", 2000, "RISE masks")
+    flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
+    flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
+    flags.DEFINE_integer("seed", 0, "PRNG seed")
+    flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl)")
+    flags.mark_flag_as_required("checkpoint")
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -90,40 +112,62 @@ def resolve(name: str, folder: str) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
-    if FLAGS.pairs and (FLAGS.query or FLAGS.reference) or not FLAGS.pairs and not (FLAGS.query and FLAGS.reference):
-        raise app.UsageError("give either --query and --reference, or --pairs")
-    checkpoint = FLAGS.checkpoint
+    config = default_config()
+    for name in config:
+        config[name] = getattr(FLAGS, name) if getattr(FLAGS, name) is not None else config[name]
+    try:
+        results = run(config, FLAGS.out)
+    except ValueError as err:  # a bad flag value or file, named
+        raise app.UsageError(str(err)) from None
+    if results["failures"] and results["failures"] == results["num_pairs"]:
+        sys.exit(1)
+
+
+def run(config, workdir: str) -> dict:
+    """Explains ``config``'s pair(s) into ``workdir`` (one overlay PNG per pair) and prints one line
+    per pair; an image that cannot be used skips its pair (reported on stderr). Returns
+    ``{"pairs": [{"index", "similarity", "overlay", "attributes"}], "failures", "num_pairs"}``.
+    Raises ValueError for a config that cannot run (naming the field)."""
+    if config.pairs and (config.query or config.reference) or not config.pairs and not (
+            config.query and config.reference):
+        raise ValueError("give either --query and --reference, or --pairs")
+    if config.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    checkpoint = config.checkpoint
+    if not checkpoint:
+        raise ValueError("--checkpoint (a train_similarity workdir) is required")
     if os.path.exists(os.path.join(checkpoint, "checkpoints", "config.json")):
         checkpoint = os.path.join(checkpoint, "checkpoints")
     predictor = None
-    if FLAGS.attributes:
-        predictor, predictor_vars, attr_config = load_attribute_predictor(FLAGS.attributes)
+    if config.attributes:
+        predictor, predictor_vars, attr_config = load_attribute_predictor(config.attributes)
         names = attr_config.get("attribute_names") or [f"attribute_{i}" for i in range(attr_config["num_attributes"])]
         try:
-            thresholds = Thresholds.load(os.path.join(FLAGS.attributes, THRESHOLDS_FILE), len(names))
+            thresholds = Thresholds.load(os.path.join(config.attributes, THRESHOLDS_FILE), len(names))
         except (FileNotFoundError, ValueError) as err:
-            raise app.UsageError(f"--attributes={FLAGS.attributes}: {err} (train_attributes writes the presence "
-                                 f"thresholds there after training)") from None
-    model, variables, config = load_trained(checkpoint)
-    size = config["image_size"]
+            raise ValueError(f"--attributes={config.attributes}: {err} (train_attributes writes the presence "
+                             f"thresholds there after training)") from None
+    model, variables, model_config = load_trained(checkpoint)
+    size = model_config["image_size"]
     embed = embed_fn(model, variables)
-    if FLAGS.pairs:
+    if config.pairs:
         try:
-            listed = read_pairs(FLAGS.pairs)
+            listed = read_pairs(config.pairs)
         except (OSError, ValueError) as err:
-            raise app.UsageError(f"--pairs={FLAGS.pairs}: {err}") from None
+            raise ValueError(f"--pairs={config.pairs}: {err}") from None
         jobs = []
         for p in listed:
             try:
-                jobs.append((resolve(p.query, FLAGS.image_dir), resolve(p.reference, FLAGS.image_dir)))
+                jobs.append((resolve(p.query, config.image_dir), resolve(p.reference, config.image_dir)))
             except ValueError as err:
                 jobs.append(err)
     else:
-        jobs = [(FLAGS.query, FLAGS.reference)]
-    os.makedirs(FLAGS.out, exist_ok=True)
-    failures = 0
+        jobs = [(config.query, config.reference)]
+    os.makedirs(workdir, exist_ok=True)
+    failures, explained = 0, []
     for index, job in enumerate(jobs):
         try:
             if isinstance(job, ValueError):
@@ -137,12 +181,13 @@ def main(argv):
         images = normalize_images(raw)
         embeddings = np.asarray(embed(images))
         similarity = float(sx.similarity.cosine(embeddings[0], embeddings[1]))
-        key = jax.random.key(FLAGS.seed)
-        config_ = {"num_masks": FLAGS.num_masks} if FLAGS.method == "rise" else {}
-        maps = sx.saliency.explain_pairs(FLAGS.method, embed, images, images, key=key, pairs=[[0, 1], [1, 0]],
+        key = jax.random.key(config.seed)
+        config_ = {"num_masks": config.num_masks} if config.method == "rise" else {}
+        maps = sx.saliency.explain_pairs(config.method, embed, images, images, key=key, pairs=[[0, 1], [1, 0]],
                                          config=config_)
         line = f"{os.path.basename(query_path)} ~ {os.path.basename(reference_path)}: similarity {similarity:.4f}"
         caption = f"similarity {similarity:.3f}"
+        tops = []
         if predictor is not None:
             scores, aams = predict(predictor, predictor_vars, images)
             small = resize_maps(maps, aams.shape[1])
@@ -151,15 +196,15 @@ def main(argv):
             tops = [f"{names[a]} ({s:.2f})" for a, s in zip(explanation.attributes, explanation.scores)]
             line += "; top attributes: " + (", ".join(tops) if tops else "none present in both images")
             caption += "\n" + "\n".join(tops)
-        out = os.path.join(FLAGS.out, f"pair_{index:04d}.png")
-        viz.pair_gallery(out, raw[:1], raw[1:], {FLAGS.method: maps[:1]}, captions={FLAGS.method: [caption]})
+        out = os.path.join(workdir, f"pair_{index:04d}.png")
+        viz.pair_gallery(out, raw[:1], raw[1:], {config.method: maps[:1]}, captions={config.method: [caption]})
         print(f"{line}; overlay {out}")
+        explained.append({"index": index, "similarity": similarity, "overlay": out, "attributes": tops})
     if failures:
         print(f"{failures} of {len(jobs)} pairs skipped (images that could not be used)", file=sys.stderr)
-        if failures == len(jobs):
-            sys.exit(1)
+    return {"pairs": explained, "failures": failures, "num_pairs": len(jobs)}
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("checkpoint")
-    run(main)
+    define_flags()
+    app.run(main)

@@ -26,13 +26,11 @@ import os
 
 import jax
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 import simexplain_jax as sx
-from experiments import validation
-from experiments.stages import WorkdirLock, ensure_stage, run
+from experiments import train_attributes, validation
+from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, concept_relevance, fit_concepts, query_removal_drop, select
 from simexplain_jax.attributes.removal import removal_drops
@@ -45,11 +43,6 @@ from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
 from simexplain_jax.data.datasets import attribute_splits, explanation_pairs
 from simexplain_jax.models.loading import load_attribute_predictor, load_trained
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/explain_attributes_*.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 def choose_run(runs, which):
     if which == "best":
         return max(runs, key=lambda r: r["val_map"])
@@ -59,30 +52,29 @@ def choose_run(runs, which):
     return matches[0]
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    logging.set_verbosity(logging.WARNING)
-    weights = validation.check_explain_attributes_config(config)  # before any training or data build
+def run(config, workdir: str) -> dict:
+    """Checks ``config`` (before any training or data build), then explains under the workdir's
+    lock; returns the results written to ``<workdir>/results.json``."""
+    weights = validation.check_explain_attributes_config(config)
     with WorkdirLock(workdir):  # one run per workdir
-        explain(config, workdir, weights)
+        return explain(config, workdir, weights)
 
 
-def explain(config, workdir: str, weights: list) -> None:
+def explain(config, workdir: str, weights: list) -> dict:
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
-    attr_dir = ensure_stage("train_attributes", config.attributes_config,
+    attr_dir = ensure_stage(train_attributes.run, config.attributes_config,
                             config.attributes_workdir or os.path.join(workdir, "attributes"),
                             {"data_dir": data_dir, "manual_dir": config.manual_dir,
                              "similarity_workdir": config.similarity_workdir})
     with open(os.path.join(attr_dir, "results.json")) as f:
         attr_results = json.load(f)
-    run = choose_run(attr_results["runs"], config.run)
-    predictor, predictor_vars, _ = load_attribute_predictor(run["checkpoint_dir"])
+    predictor_run = choose_run(attr_results["runs"], config.run)
+    predictor, predictor_vars, _ = load_attribute_predictor(predictor_run["checkpoint_dir"])
     model, variables, sim_config = load_trained(os.path.join(attr_results["similarity_workdir"], "checkpoints"))
     embed = embed_fn(model, variables)
     dataset = sim_config["dataset"]
     names = _attribute_names(dataset, data_dir)
-    thresholds = Thresholds.load(os.path.join(run["checkpoint_dir"], THRESHOLDS_FILE), len(names))
+    thresholds = Thresholds.load(os.path.join(predictor_run["checkpoint_dir"], THRESHOLDS_FILE), len(names))
 
     data = explanation_pairs(dataset, data_dir=data_dir, manual_dir=config.manual_dir, split=config.split,
                              num_pairs=2 * config.num_pairs, seed=config.seed)
@@ -103,7 +95,7 @@ def explain(config, workdir: str, weights: list) -> None:
     fit_split = attribute_splits(dataset, data_dir=data_dir, manual_dir=config.manual_dir)[config.concept_split]
     concepts = fit_concepts(apply_in_chunks(embed, normalize_images(fit_split.images)), fit_split.attributes,
                             split=config.concept_split, ridge=config.concept_ridge)
-    scorers = [s for s in config.concept_scorers.split(",") if s]
+    scorers = list(config.concept_scorers)
     relevance = {scorer: concept_relevance(concepts, query_embeddings, ref_embeddings, scorer=scorer)
                  for scorer in scorers}
     embedding_drops = query_removal_drop(concepts, query_embeddings, ref_embeddings)
@@ -190,13 +182,13 @@ def explain(config, workdir: str, weights: list) -> None:
                             "presence_weight": config.presence_weight},
                "map": {f"lambda={r['lambda']:g}": {"test_map": r["test_map"], "val_map": r["val_map"]}
                                      for r in attr_results["runs"]},
-               "predictor_lambda": run["lambda"], "num_pairs": int(len(pairs)), "dataset": dataset,
+               "predictor_lambda": predictor_run["lambda"], "num_pairs": int(len(pairs)), "dataset": dataset,
                "oracle": "counterfactual re-rendering" if shapes_data else "activation-map region removal",
                "seed": config.seed, "attributes_workdir": attr_dir}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"{len(pairs)} positive pairs of {dataset} {config.split}; predictor lambda={run['lambda']:g}; "
-             f"oracle: {results['oracle']}", "",
+    lines = [f"{len(pairs)} positive pairs of {dataset} {config.split}; "
+             f"predictor lambda={predictor_run['lambda']:g}; oracle: {results['oracle']}", "",
              "| selector | w | scorer | presence | top-1 (ground truth) | top-3 (ground truth) | oracle agreement "
              "| mean similarity drop | shortcut first |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -222,6 +214,7 @@ def explain(config, workdir: str, weights: list) -> None:
                      {"saliency + top-3": maps[shown]}, captions={"saliency + top-3": captions},
                      title=f"{dataset}: why do these match?")
     print("\n".join(lines))
+    return results
 
 
 def _attribute_names(dataset, data_dir):
@@ -230,5 +223,9 @@ def _attribute_names(dataset, data_dir):
     return list(tfds.builder(dataset, data_dir=data_dir).info.metadata["attribute_names"])
 
 
+def main():
+    flags_main(run, "experiments/configs/explain_attributes_*.py")
+
+
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -25,8 +25,7 @@ import zipfile
 
 import jax
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 from tqdm import tqdm
 
 import simexplain_jax as sx
@@ -39,12 +38,9 @@ from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.data.datasets import explanation_pair_list, read_images
 from simexplain_jax.models.loading import load_trained
-from experiments import validation
-from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, run
+from experiments import train_similarity, validation
+from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, flags_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/saliency_*.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-flags.mark_flags_as_required(["config", "workdir"])
 ROWS_DIR = "rows"
 parse_rows = validation.parse_rows
 
@@ -99,10 +95,10 @@ def merged_rows(workdir: str, names: list, evaluation: dict) -> list:
     return out
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    logging.set_verbosity(logging.WARNING)
+def run(config, workdir: str):
+    """Checks ``config``, joins the distributed runtime when it names one, then evaluates under the
+    workdir's lock (each process its own lock file); returns the summary written to
+    ``<workdir>/results.json`` (None on processes other than 0, which write nothing)."""
     rows = validation.check_saliency_config(config)  # everything checked before any training or data build
     distributed = config.distributed  # one command per host; see the README's "Many devices and hosts"
     if distributed.coordinator_address == "auto":  # a TPU pod, SLURM, ...: JAX finds the rest
@@ -112,10 +108,10 @@ def main(argv):
                                         distributed.process_id)
     index = jax.process_index()
     with WorkdirLock(workdir, LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"):  # one run per workdir
-        evaluate(config, workdir, rows)
+        return evaluate(config, workdir, rows)
 
 
-def evaluate(config, workdir: str, rows: list) -> None:
+def evaluate(config, workdir: str, rows: list):
     # each process reads and explains only its share of the pairs (whole query groups); every pair's
     # curves and scores are then gathered on every process, and process 0 writes the results
     mesh = parallel.make_mesh(config.mesh_devices or None, local=True, masks=config.mesh_masks)
@@ -124,7 +120,7 @@ def evaluate(config, workdir: str, rows: list) -> None:
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
 
     def prepare():  # the similarity model (trained if missing) and the pair list (the dataset built if missing)
-        sim_dir = ensure_stage("train_similarity", config.similarity_config,
+        sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
                                config.similarity_workdir or os.path.join(workdir, "similarity"),
                                {"data_dir": data_dir, "manual_dir": config.manual_dir})
         with open(os.path.join(sim_dir, "checkpoints", "config.json")) as f:
@@ -137,9 +133,12 @@ def evaluate(config, workdir: str, rows: list) -> None:
     if jax.process_index() == 0:
         sim_dir, listed = prepare()
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        from orbax.checkpoint import multihost
 
-        multihost_utils.sync_global_devices("saliency_eval: model and dataset ready")
+        # a barrier of the coordination service, which waits while process 0 builds (a collective
+        # such as sync_global_devices fails when gloo's context is not made within 30 s)
+        multihost.sync_global_processes("saliency_eval_model_and_dataset_ready", timeout=24 * 3600,
+                                        processes=set(range(jax.process_count())))
         if jax.process_index() != 0:
             sim_dir, listed = prepare()
     # every process together: orbax synchronises the processes while restoring
@@ -231,7 +230,7 @@ def evaluate(config, workdir: str, rows: list) -> None:
             print(json.dumps(row), flush=True)
 
     if not main_process:  # process 0 has every process's results and writes them
-        return
+        return None
     # this run's rows and those of earlier runs on this workdir (same model, pairs and protocol)
     reported = merged_rows(workdir, [name for _, _, name in rows], evaluation)
     results = [r[1] for r in reported]
@@ -256,7 +255,12 @@ def evaluate(config, workdir: str, rows: list) -> None:
                      read_images(listed.source, listed.pairs[shown, 1], listed.image_size), gallery_maps,
                      title=f"{sim_config['dataset']}: positive pairs, every method's map over the query")
     print("\n".join(lines))
+    return summary
+
+
+def main():
+    flags_main(run, "experiments/configs/saliency_*.py")
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -3,11 +3,13 @@ attribute explanations -> an HTML report.
 
     python -m experiments.sane --config=experiments/configs/sane_shapes.py --workdir=workdir/demo
 
-Stages run as their own experiment modules into ``<workdir>/{similarity,saliency,attributes,
-explanations}`` and are skipped when their ``results.json`` exists; saliency maps are cached per
-query, so a run killed at any point resumes where it stopped; killing this process ends the stage
-running under it. One run per workdir at a time (``<workdir>/.lock``). Writes ``<workdir>/report.html``
-(self-contained: tables, curves, galleries) and ``<workdir>/results.json`` (every stage's results).
+Stages run in this process, each as its experiment module's ``run(config, workdir)`` into
+``<workdir>/{similarity,saliency,attributes,explanations}`` with its own config (``*_config``,
+loaded in-process) and ``config.stages.<name>`` set into it, and are skipped when their
+``results.json`` exists; saliency maps are cached per query, so a run killed at any point resumes
+where it stopped. One run per workdir at a time (``<workdir>/.lock``). Writes
+``<workdir>/report.html`` (self-contained: tables, curves, galleries) and
+``<workdir>/results.json`` (every stage's results).
 """
 
 from __future__ import annotations
@@ -16,27 +18,12 @@ import json
 import os
 import time
 
-from absl import flags
-from ml_collections import config_flags
-
-from experiments.stages import WorkdirLock, ensure_stage, run
+from experiments import explain_attributes, saliency_eval, train_attributes, train_similarity
+from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/sane_*.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}: nested stage overrides as --config.a.b=1 flags."""
-    flat = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+STAGES = ("similarity", "saliency", "attributes", "explanations")
 
 
 def _load(folder):
@@ -69,29 +56,30 @@ def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
     return sections
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    with WorkdirLock(workdir):  # one run per workdir (each stage also locks its own folder)
-        run_stages(config, workdir)
+def run(config, workdir: str) -> dict:
+    """Runs the stages that have no results yet and writes the report, under the workdir's lock
+    (each stage also locks its own folder); returns the results written to
+    ``<workdir>/results.json``."""
+    with WorkdirLock(workdir):  # one run per workdir
+        return run_stages(config, workdir)
 
 
-def run_stages(config, workdir: str) -> None:
+def run_stages(config, workdir: str) -> dict:
     start = time.perf_counter()
     data_dir = os.path.abspath(config.data_dir or os.path.join(workdir, "tfds"))
-    folders = {name: os.path.join(workdir, name) for name in ("similarity", "saliency", "attributes", "explanations")}
+    folders = {name: os.path.join(workdir, name) for name in STAGES}
     stages = config.stages
-    ensure_stage("train_similarity", config.similarity_config, folders["similarity"],
-                 {"data_dir": data_dir, **_flatten(stages.similarity.to_dict())})
-    ensure_stage("saliency_eval", config.saliency_config, folders["saliency"],
-                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **_flatten(stages.saliency.to_dict())})
-    ensure_stage("train_attributes", config.attributes_config, folders["attributes"],
-                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **_flatten(stages.attributes.to_dict())})
-    ensure_stage("explain_attributes", config.explain_config, folders["explanations"],
-                 {"data_dir": data_dir, "attributes_workdir": folders["attributes"], **_flatten(stages.explanations.to_dict())})
+    ensure_stage(train_similarity.run, config.similarity_config, folders["similarity"],
+                 {"data_dir": data_dir, **stages.similarity})
+    ensure_stage(saliency_eval.run, config.saliency_config, folders["saliency"],
+                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **stages.saliency})
+    ensure_stage(train_attributes.run, config.attributes_config, folders["attributes"],
+                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **stages.attributes})
+    ensure_stage(explain_attributes.run, config.explain_config, folders["explanations"],
+                 {"data_dir": data_dir, "attributes_workdir": folders["attributes"], **stages.explanations})
     results = {name: _load(folder) for name, folder in folders.items()}
-    for run in results["attributes"]["runs"]:
-        run.pop("history", None)
+    for attributes_run in results["attributes"]["runs"]:
+        attributes_run.pop("history", None)
     report = viz.write_report(os.path.join(workdir, "report.html"), "simexplain_jax: why do these match?",
                               report_sections(results, folders))
     results["seconds_this_invocation"] = time.perf_counter() - start
@@ -102,7 +90,12 @@ def run_stages(config, workdir: str) -> None:
     print(f"  report        {report}\n  results       {os.path.join(workdir, 'results.json')}")
     print(f"similarity test AUC {results['similarity']['test_pair_auc']:.4f}; "
           f"{time.perf_counter() - start:.0f} s this run")
+    return results
+
+
+def main():
+    flags_main(run, "experiments/configs/sane_*.py")
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -12,23 +12,15 @@ from collections import Counter
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
-from ml_collections import config_flags
-
 import simexplain_jax.data  # noqa: F401  (registers the builders)
-from experiments.stages import run
+from experiments.stages import flags_main
 from simexplain_jax import viz
 from simexplain_jax.data import shapes
 from simexplain_jax.io import write_json_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/shapes_contact_sheet.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
+def run(config, workdir: str) -> dict:
+    """Builds the dataset if missing and writes the contact sheet; returns the results written to
+    ``<workdir>/results.json``."""
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     builder = tfds.builder(config.dataset, data_dir=data_dir)
     builder.download_and_prepare()
@@ -39,11 +31,16 @@ def main(argv):
                                titles, np.stack([e["key_box"] for e in examples]),
                                title=f"{config.dataset} {config.split}: class and key object (cyan box)")
     counts = Counter(shapes.CLASS_NAMES[e["label"]] for e in examples)
-    write_json_atomic(os.path.join(workdir, "results.json"),
-                      {"dataset": config.dataset, "split": config.split, "num_examples": len(examples),
-                       "figure": figure, "class_counts": dict(counts)})
+    results = {"dataset": config.dataset, "split": config.split, "num_examples": len(examples), "figure": figure,
+               "class_counts": dict(counts)}
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
     print(f"wrote {figure}")
+    return results
+
+
+def main():
+    flags_main(run, "experiments/configs/shapes_contact_sheet.py")
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

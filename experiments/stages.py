@@ -1,68 +1,78 @@
-"""What the experiments share to run safely: an earlier stage run when its output is missing (as a
-child process that dies with its parent), one writer per workdir (a lock file), and a clear
-message for a ``--config.x`` override that names no field."""
+"""What the experiments share: configs loaded in-process (``load_config``, ``override``), an
+earlier stage run in this process when its output is missing (``ensure_stage``), one writer per
+workdir (``WorkdirLock``), and the command line (``flags_main``: ``--config`` and ``--workdir``,
+defined only in the entry point's process, with a clear message for a ``--config.x`` override
+that names no field)."""
 
 from __future__ import annotations
 
-import ctypes
+import importlib
+import importlib.util
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from typing import Callable, Optional
 
-from absl import app, logging
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-PARENT_ENV = "SIMEXPLAIN_PARENT_PID"
+from experiments import configs
+
 LOCK_FILE = ".lock"
-_PR_SET_PDEATHSIG = 1
+CONFIGS_PACKAGE = "experiments.configs"
 
 
-def ensure_stage(module: str, config: str, workdir: str, overrides: dict) -> str:
-    """Runs ``python -m experiments.<module> --config=<config> --workdir=<workdir>`` unless
-    ``<workdir>/results.json`` exists (the stage's completion marker). Returns ``workdir``.
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The locked config named by ``spec``: ``experiments/configs/NAME.py[:ARG]`` (or ``NAME[:ARG]``)
+    is ``experiments.configs.NAME.get_config(ARG)``, imported from the package wherever the process
+    runs; a path to another ``.py`` file with a ``get_config`` is loaded from that file. Locked: a
+    field set later that the config does not have raises."""
+    path, _, arg = str(spec).partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(os.path.normpath(path))
+    packaged = folder in ("", os.path.join("experiments", "configs")) or (
+        os.path.isfile(path) and os.path.samefile(folder, os.path.dirname(os.path.abspath(configs.__file__))))
+    if packaged and importlib.util.find_spec(f"{CONFIGS_PACKAGE}.{name}") is not None:
+        module = importlib.import_module(f"{CONFIGS_PACKAGE}.{name}")
+    elif os.path.isfile(path):
+        module_spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        raise FileNotFoundError(f"config {spec!r}: no module {CONFIGS_PACKAGE}.{name} and no file {path!r}")
+    config = module.get_config(arg or None)
+    config.lock()
+    return config
 
-    The child is told its parent's pid (``SIMEXPLAIN_PARENT_PID``): it calls ``die_with_parent``
-    at start, so killing this process (even with SIGKILL) ends the stage too, and a rerun never
-    finds a stale child still training in the same folder."""
+
+def override(config: ml_collections.ConfigDict, overrides, where: str = "config") -> ml_collections.ConfigDict:
+    """Sets ``overrides`` (a nested dict or ConfigDict) into ``config`` field by field (nested
+    ConfigDicts are updated, not replaced). A field ``config`` does not have raises a KeyError
+    naming it. Returns ``config``."""
+    for key, value in (overrides.items() if overrides is not None else ()):
+        if key not in config:
+            raise KeyError(f"{where}.{key}: the config has no such field (fields: {', '.join(sorted(config))})")
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(config[key], ml_collections.ConfigDict):
+            override(config[key], value, f"{where}.{key}")
+        else:
+            config[key] = value
+    return config
+
+
+def ensure_stage(run: Callable, config, workdir: str, overrides=None):
+    """Runs ``run(config, workdir)`` in this process unless ``<workdir>/results.json`` exists (the
+    stage's completion marker); ``config`` is a ConfigDict or a spec for ``load_config``, with
+    ``overrides`` set into it first (so a misspelt override fails even when the stage is done).
+    Returns ``workdir``."""
+    config = load_config(config) if isinstance(config, str) else config
+    override(config, overrides)
     if not os.path.exists(os.path.join(workdir, "results.json")):
-        logging.warning("running stage %s (%s) into %s", module, config, workdir)
-        command = [sys.executable, "-m", f"experiments.{module}", f"--config={config}", f"--workdir={workdir}"]
-        command += [f"--config.{k}={v}" for k, v in overrides.items() if v not in (None, "")]
-        subprocess.run(command, check=True, env=dict(os.environ, **{PARENT_ENV: str(os.getpid())}))
+        logging.warning("running stage %s into %s", run.__module__, workdir)
+        run(config, workdir)
     return workdir
-
-
-def die_with_parent() -> None:
-    """When started by ``ensure_stage``: end this process when its parent ends.
-
-    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere
-    a daemon thread polls the parent's pid once a second. A parent already gone by now ends this
-    process at once. Does nothing for a process started by hand."""
-    parent = os.environ.pop(PARENT_ENV, None)
-    if not parent:
-        return
-    parent = int(parent)
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-    if not armed:
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -176,8 +186,19 @@ def parse_flags(argv: list) -> list:
         sys.exit(1)
 
 
-def run(main: Callable) -> None:
-    """``app.run(main)`` for an experiment: clear errors for unknown config fields, and a stage
-    started by ``ensure_stage`` dies with its parent."""
-    die_with_parent()
+def flags_main(run: Callable, config_help: str) -> None:
+    """The command line of an experiment: defines ``--config`` (a config file, locked, with
+    ``--config.x=...`` overrides; ``config_help`` names the config files) and ``--workdir``, then runs
+    ``run(config, workdir)`` under ``app.run``. Call it from ``if __name__ == "__main__"`` only, so
+    importing any number of experiment modules into one process defines no flag."""
+    config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        run(config.value, workdir.value)
+
     app.run(main, flags_parser=parse_flags)

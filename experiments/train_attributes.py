@@ -18,12 +18,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments import validation
-from experiments.stages import WorkdirLock, ensure_stage, run
+from experiments import train_similarity, validation
+from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax.attributes.saliency_cache import training_saliency
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
@@ -43,30 +41,24 @@ import tensorflow_datasets as tfds
 from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/attributes_*.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 def predictor_config(config, attribute_names: list, image_size: int) -> dict:
     return {"model": config.model, "width": config.width, "stages": config.stages,
             "num_attributes": len(attribute_names), "attribute_names": attribute_names, "image_size": image_size,
             "learning_rate": config.learning_rate, "lr_decay_rate": config.lr_decay_rate}
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    logging.set_verbosity(logging.WARNING)
-    lambdas = validation.check_attributes_config(config)  # before any training or data build
+def run(config, workdir: str) -> dict:
+    """Checks ``config`` (before any training or data build), then trains under the workdir's lock;
+    returns the results written to ``<workdir>/results.json``."""
+    lambdas = validation.check_attributes_config(config)
     with WorkdirLock(workdir):  # one run per workdir
-        train(config, workdir, lambdas)
+        return train(config, workdir, lambdas)
 
 
-def train(config, workdir: str, lambdas: list) -> None:
+def train(config, workdir: str, lambdas: list) -> dict:
     start_time = time.perf_counter()
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
-    sim_dir = ensure_stage("train_similarity", config.similarity_config,
+    sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
                            config.similarity_workdir or os.path.join(workdir, "similarity"),
                            {"data_dir": data_dir, "manual_dir": config.manual_dir})
     model, variables, sim_config = load_trained_similarity(sim_dir)
@@ -153,11 +145,16 @@ def train(config, workdir: str, lambdas: list) -> None:
     print("| lambda | test mAP | validation mAP | best epoch |\n|---|---|---|---|")
     for r in runs:
         print(f"| {r['lambda']:g} | {r['test_map']:.2f} | {r['val_map']:.2f} | {r['best_epoch']} |")
+    return results
 
 
 def load_trained_similarity(sim_dir):
     return load_trained(os.path.join(sim_dir, "checkpoints"))
 
 
+def main():
+    flags_main(run, "experiments/configs/attributes_*.py")
+
+
 if __name__ == "__main__":
-    run(main)
+    main()

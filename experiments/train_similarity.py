@@ -19,12 +19,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import validation
-from experiments.stages import WorkdirLock, run
+from experiments.stages import WorkdirLock, flags_main
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
 from simexplain_jax.data.pipeline import make_loader
@@ -35,24 +33,18 @@ from simexplain_jax.train import similarity as sim
 from simexplain_jax.data.datasets import similarity_data
 from simexplain_jax.train.loop import fit
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/similarity_*.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resumes from its checkpoints)")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 validate = validation.check_similarity_config  # fails at start, with a clear message, on a config that could not run
 
 
-def main(argv):
-    del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+def run(config, workdir: str) -> dict:
+    """Checks ``config``, then trains (resuming from ``<workdir>/checkpoints``) under the workdir's
+    lock; returns the results written to ``<workdir>/results.json``."""
     validate(config)
     with WorkdirLock(workdir):  # one run per workdir
-        train(config, workdir)
+        return train(config, workdir)
 
 
-def train(config, workdir: str) -> None:
+def train(config, workdir: str) -> dict:
     start_time = time.perf_counter()
     data = similarity_data(config.dataset, data_dir=config.data_dir or os.path.join(workdir, "tfds"),
                            manual_dir=config.manual_dir, num_eval_pairs=config.num_eval_pairs, seed=config.seed,
@@ -112,7 +104,12 @@ def train(config, workdir: str) -> None:
     print(json.dumps({k: v for k, v in results.items() if k != "history"}))
     print(f"test pair AUC {results['test_pair_auc']:.4f} (best step {best_step}), {results['seconds']:.0f} s; "
           f"{os.path.join(workdir, 'results.json')}")
+    return results
+
+
+def main():
+    flags_main(run, "experiments/configs/similarity_*.py")
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

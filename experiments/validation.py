@@ -67,11 +67,19 @@ def check_similarity_config(config) -> None:
         reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
 
 
-def parse_rows(rows: str) -> list[tuple[str, str, str]]:
-    """``"rise:fixed,rise:variable,..."`` -> [(method, reference, saliency method name)]; at least one."""
+def sequence(value, name: str) -> list:
+    """``value`` (a list or tuple, as configs hold them) as a list; a string or anything else raises
+    naming the field (a comma string is no longer split by hand)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"config.{name} must be a list or tuple, got {value!r}")
+    return list(value)
+
+
+def parse_rows(rows) -> list[tuple[str, str, str]]:
+    """``("rise:fixed", "rise:variable", ...)`` -> [(method, reference, saliency method name)]; at least one."""
     parsed = []
-    for row in [r.strip() for r in rows.split(",") if r.strip()]:
-        method, _, reference = row.partition(":")
+    for row in sequence(rows, "rows"):
+        method, _, reference = str(row).strip().partition(":")
         name = method if reference == "fixed" else f"{method}_{reference}"
         if reference not in ("fixed", "variable") or name not in sx.saliency.METHODS:
             raise ValueError(f"bad row {row!r}: use METHOD:fixed or METHOD:variable with METHOD in "
@@ -81,7 +89,7 @@ def parse_rows(rows: str) -> list[tuple[str, str, str]]:
         parsed.append((method, reference, name))
     if not parsed:
         raise ValueError(f"config.rows names no row (got {rows!r}): list METHOD:fixed or METHOD:variable, "
-                         "comma separated, e.g. rise:fixed,random:fixed")
+                         "e.g. ('rise:fixed', 'random:fixed')")
     return parsed
 
 
@@ -120,12 +128,11 @@ def check_saliency_config(config) -> list[tuple[str, str, str]]:
 
 def check_attributes_config(config) -> list[float]:
     """train_attributes; returns the lambdas."""
-    try:
-        lambdas = [float(x) for x in str(config.lambdas).split(",") if x.strip()]
-    except ValueError:
-        lambdas = []
-    if not lambdas or any(not math.isfinite(lam) or lam < 0 for lam in lambdas):
-        raise ValueError(f"config.lambdas must be non-negative numbers, comma separated, got {config.lambdas!r}")
+    lambdas = sequence(config.lambdas, "lambdas")
+    if not lambdas or any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0
+                          for lam in lambdas):
+        raise ValueError(f"config.lambdas must be non-negative numbers (at least one), got {config.lambdas!r}")
+    lambdas = [float(lam) for lam in lambdas]
     if config.model not in BACKBONES:
         raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
     number(config.learning_rate, "learning_rate", 0.0, low_open=True)
@@ -147,18 +154,16 @@ def check_attributes_config(config) -> list[float]:
 
 def check_explain_attributes_config(config) -> list[float]:
     """explain_attributes; returns the selector weights w."""
-    try:
-        weights = [float(w) for w in str(config.weights).split(",") if w.strip()]
-    except ValueError:
-        weights = []
-    if not weights or any(not 0 <= w <= 1 for w in weights):
-        raise ValueError(f"config.weights must be numbers in [0, 1], comma separated, got {config.weights!r}")
+    weights = sequence(config.weights, "weights")
+    if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1 for w in weights):
+        raise ValueError(f"config.weights must be numbers in [0, 1] (at least one), got {config.weights!r}")
+    weights = [float(w) for w in weights]
     if config.split not in SPLITS:
         raise ValueError(f"config.split must be one of {SPLITS}, got {config.split!r}")
     integer(config.num_pairs, "num_pairs", 1)
     integer(config.gallery_pairs, "gallery_pairs", 1)
     number(config.removal_fraction, "removal_fraction", 0.0, 1.0, low_open=True)
-    scorers = [x for x in str(config.concept_scorers).split(",") if x]
+    scorers = sequence(config.concept_scorers, "concept_scorers")
     if any(x not in sx.attributes.concepts.SCORERS for x in scorers):
         raise ValueError(f"config.concept_scorers must name scorers of {sx.attributes.concepts.SCORERS}, "
                          f"got {config.concept_scorers!r}")

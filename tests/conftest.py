@@ -1,7 +1,11 @@
-"""Fixtures: small analytic models whose saliency is known in closed form; 8 fake CPU devices.
+"""Fixtures: small analytic models whose saliency is known in closed form; 8 fake CPU devices; a
+persistent compilation cache; the shapes/32px dataset and the runlocal similarity model, each
+made once per session (in-process).
 
 The devices are set once here, before any test touches a backend, so sharded code is tested
-in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first).
+in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first). Compiled
+programs are cached in ``.pytest_cache/jax`` (gitignored) for this session, the experiment
+subprocesses (``run_module``) and later runs; a fresh clone starts with it empty.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILATION_CACHE = {  # every program is cached, however small or quick to compile
+    "jax_compilation_cache_dir": os.path.join(ROOT, ".pytest_cache", "jax"),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": -1,
+}
+
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
+for _name, _value in COMPILATION_CACHE.items():
+    jax.config.update(_name, _value)
 
 
 def box_mask(size: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -79,23 +92,31 @@ def shapes32_dir(tmp_path_factory):
     return data_dir
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def run_module(module, *args, devices=None):
-    """``python -m module ARGS`` from the repo root (``devices``: that many fake CPU devices)."""
-    env = dict(os.environ)
+    """``python -m module ARGS`` from the repo root (``devices``: that many fake CPU devices), with
+    the session's compilation cache. For the tests whose subject is the process boundary: the
+    command line, several processes, a kill."""
+    env = dict(os.environ, **{name.upper(): str(value) for name, value in COMPILATION_CACHE.items()})
     if devices:
         env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=env)
 
 
+def stage_config(spec, **overrides):
+    """The locked config ``spec`` (``experiments/configs/NAME.py[:ARG]``) with ``overrides`` set
+    (nested dicts for nested fields)."""
+    from experiments.stages import load_config, override
+
+    return override(load_config(spec), overrides)
+
+
 @pytest.fixture(scope="session")
 def trained_similarity(tmp_path_factory, shapes32_dir):
-    """The runlocal similarity model, trained once for the session's experiment tests."""
+    """The runlocal similarity model, trained once (in-process) for the session's experiment tests."""
+    from experiments import train_similarity
+
     workdir = tmp_path_factory.mktemp("similarity")
-    proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_similarity.run(stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir),
+                         str(workdir))
     return workdir

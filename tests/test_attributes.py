@@ -156,10 +156,7 @@ def test_thresholds_round_trip_through_json_and_bad_files_are_named(tmp_path):
 def test_explain_refuses_a_predictor_without_thresholds(tmp_path):
     """``experiments.explain --attributes`` stops with the missing file's name instead of using
     thresholds of 0 (every attribute "present")."""
-    import os
-    import subprocess
-    import sys
-
+    from experiments import explain
     from simexplain_jax.checkpoint import Checkpointer
     from simexplain_jax.models.factory import backbone
 
@@ -170,12 +167,10 @@ def test_explain_refuses_a_predictor_without_thresholds(tmp_path):
                                         "image_size": 16})
     checkpointer.save(1, state, {"step": 1}, {"val_map": 1.0})
     checkpointer.close()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "experiments.explain", f"--checkpoint={tmp_path / 'nowhere'}",
-                           "--query=a.png", "--reference=b.png", f"--attributes={tmp_path}"], cwd=root,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert f"thresholds file {tmp_path / 'thresholds.json'} not found" in proc.stderr, proc.stderr[-2000:]
+    config = explain.default_config()
+    config.update(checkpoint=str(tmp_path / "nowhere"), query="a.png", reference="b.png", attributes=str(tmp_path))
+    with pytest.raises(ValueError, match=f"thresholds file {tmp_path / 'thresholds.json'} not found"):
+        explain.run(config, str(tmp_path / "out"))
     _, variables, _ = load_attribute_predictor(str(tmp_path))  # the folder itself is a loadable predictor
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.variables(), variables)
 

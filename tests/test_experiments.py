@@ -1,9 +1,12 @@
-"""The experiment entry points run end to end with their runlocal configs (in a subprocess).
+"""The experiment entry points run end to end with their runlocal configs, in-process
+(``run(config, workdir)``); each command line (flags) is run once in a subprocess.
 
-Many devices and processes, kills and bfloat16 are in test_experiments_scale.py; ``run_module``
-and the session's trained runlocal model (``trained_similarity``) are in conftest.py.
+Many devices and processes, kills and bfloat16 are in test_experiments_scale.py; ``run_module``,
+``stage_config`` and the session's trained runlocal model (``trained_similarity``) are in conftest.py.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,12 +15,33 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_module
+from conftest import ROOT, run_module, stage_config
+
+SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
+
 
 def test_bad_config_argument_fails_at_start(tmp_path):
-    proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:nonsense",
-                      f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "nonsense" in proc.stderr
+    from experiments import sane
+    from experiments.stages import load_config
+
+    with pytest.raises(ValueError, match="unknown config argument 'nonsense'; known: runlocal"):
+        sane.run(load_config("experiments/configs/sane_shapes.py:nonsense"), str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
+def test_configs_are_locked_and_typed():
+    from experiments.configs.common import parse_arg
+    from experiments.stages import load_config
+
+    config = load_config("experiments/configs/similarity_shapes.py:runlocal")
+    with pytest.raises(AttributeError, match="learning_rat"):
+        config.learning_rat = 0.1  # a misspelt field fails
+    args = parse_arg("runlocal,size=32", runlocal=False, size=64, name="x")
+    assert args.runlocal is True and args.size == 32 and args.name == "x"
+    with pytest.raises(ValueError, match="config argument 'size=big'"):
+        parse_arg("size=big", size=64)
+    with pytest.raises(ValueError, match="unknown config argument 'sise'; known: size"):
+        parse_arg("sise=3", size=64)
 
 
 def test_train_similarity_runlocal_reaches_auc(trained_similarity):
@@ -49,23 +73,27 @@ def test_train_similarity_bad_config_is_refused(field, value, message):
         validation.check_similarity_config(config)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.mesh_devices=3", "mesh_devices must be >= 1 and divide batch_size"),  # main checks before it builds
-    ("--config.learning_rat=0.1", "--config override names a field the config does not have"),  # was a bare KeyError
-])
-def test_train_similarity_bad_config_fails_at_start(tmp_path, override, message):
+def test_train_similarity_bad_config_fails_at_start(tmp_path):
+    """run() checks before it builds; on the command line, an override of a field the config does
+    not have is named (it was a bare KeyError)."""
+    from experiments import train_similarity
+
+    config = stage_config("experiments/configs/similarity_shapes.py:runlocal", mesh_devices=3)
+    with pytest.raises(ValueError, match="mesh_devices must be >= 1 and divide batch_size"):
+        train_similarity.run(config, str(tmp_path))
     proc = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                      f"--workdir={tmp_path}", override)
-    assert proc.returncode != 0 and message in proc.stderr
+                      f"--workdir={tmp_path}", "--config.learning_rat=0.1")
+    assert proc.returncode != 0 and "--config override names a field the config does not have" in proc.stderr
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_saliency_eval_runlocal_has_every_row(tmp_path, shapes32_dir, trained_similarity):
-    proc = run_module("experiments.saliency_eval", "--config=experiments/configs/saliency_shapes.py:runlocal",
-                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}",
-                      f"--config.similarity_workdir={trained_similarity}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from experiments import saliency_eval
+
+    summary = saliency_eval.run(stage_config(SALIENCY, data_dir=shapes32_dir, mesh_devices=1,
+                                             similarity_workdir=str(trained_similarity)), str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
+    assert summary == results
     rows = {(r["method"], r["reference"]) for r in results["rows"]}
     expected = {(m, ref) for m in ("rise", "sliding_window", "lime", "perturbation") for ref in ("fixed", "variable")}
     expected |= {("gradient", "fixed"), ("integrated_gradients", "fixed"), ("random", "fixed")}
@@ -79,18 +107,24 @@ def test_saliency_eval_runlocal_has_every_row(tmp_path, shapes32_dir, trained_si
 
 
 def test_saliency_eval_rejects_bad_rows(tmp_path):
-    proc = run_module("experiments.saliency_eval", "--config=experiments/configs/saliency_shapes.py:runlocal",
-                      f"--workdir={tmp_path}", "--config.rows=shap:fixed")
-    assert proc.returncode != 0 and "bad row" in proc.stderr
+    from experiments import saliency_eval, validation
+
+    with pytest.raises(ValueError, match="bad row 'shap:fixed'"):
+        saliency_eval.run(stage_config(SALIENCY, rows=["shap:fixed"]), str(tmp_path))
+    with pytest.raises(TypeError, match="field 'rows'"):  # a tuple field: no comma string split by hand
+        stage_config(SALIENCY, rows="rise:fixed,random:fixed")
+    with pytest.raises(ValueError, match="config.rows must be a list or tuple"):
+        validation.parse_rows("rise:fixed,random:fixed")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")
 def trained_attributes(tmp_path_factory, shapes32_dir, trained_similarity):
+    from experiments import train_attributes
+
     workdir = tmp_path_factory.mktemp("attributes")
-    proc = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
-                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}",
-                      f"--config.similarity_workdir={trained_similarity}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_attributes.run(stage_config("experiments/configs/attributes_shapes.py:runlocal", data_dir=shapes32_dir,
+                                      similarity_workdir=str(trained_similarity)), str(workdir))
     return workdir
 
 
@@ -103,11 +137,35 @@ def test_train_attributes_runlocal_reports_both_lambdas(trained_attributes):
     assert shards == ["meta.json", "shard_0000000.npz", "shard_0000100.npz"]
 
 
-def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attributes):
-    proc = run_module("experiments.explain_attributes",
-                      "--config=experiments/configs/explain_attributes_shapes.py:runlocal", f"--workdir={tmp_path}",
-                      f"--config.data_dir={shapes32_dir}", f"--config.attributes_workdir={trained_attributes}")
+def test_train_attributes_and_explain_attributes_command_lines_check_before_building(tmp_path):
+    """Their flags path, once each: tuple fields are overridden as tuples and checked at start."""
+    for module, config, override, message in (
+            ("train_attributes", "attributes_shapes", "--config.lambdas=(0.0, -1.0)",
+             "config.lambdas must be non-negative numbers"),
+            ("explain_attributes", "explain_attributes_shapes", "--config.weights=(0.0, 2.0)",
+             "config.weights must be numbers in [0, 1]")):
+        proc = run_module(f"experiments.{module}", f"--config=experiments/configs/{config}.py:runlocal",
+                          f"--workdir={tmp_path / module}", override)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
+        assert not (tmp_path / module).exists()
+
+
+def test_shapes_contact_sheet_command_line(tmp_path, shapes32_dir):
+    proc = run_module("experiments.shapes_contact_sheet", "--config=experiments/configs/shapes_contact_sheet.py:runlocal",
+                      f"--workdir={tmp_path}", f"--config.data_dir={shapes32_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dataset"] == "shapes/32px" and results["num_examples"] == 20
+    assert sum(results["class_counts"].values()) == 20
+    assert (tmp_path / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attributes):
+    from experiments import explain_attributes
+
+    explain_attributes.run(stage_config("experiments/configs/explain_attributes_shapes.py:runlocal",
+                                        data_dir=shapes32_dir, attributes_workdir=str(trained_attributes)),
+                           str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     settings = [(r["selector"], r["w"], r["scorer"], r["presence"]) for r in results["rows"]]
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -129,12 +187,17 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
 @pytest.fixture(scope="module")
 def sane_run(tmp_path_factory, shapes32_dir, trained_similarity):
     """The main job, runlocal, reusing the module's trained similarity model as its first stage."""
+    from experiments import sane
+
     workdir = tmp_path_factory.mktemp("sane")
     shutil.copytree(trained_similarity, workdir / "similarity")
-    proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
-                      f"--workdir={workdir}", f"--config.data_dir={shapes32_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, proc.stdout
+    config = stage_config("experiments/configs/sane_shapes.py:runlocal", data_dir=shapes32_dir)
+    with config.unlocked():
+        config.stages.saliency.mesh_devices = 1  # one device, as the command line has
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        sane.run(config, str(workdir))
+    return workdir, stdout.getvalue()
 
 
 def test_sane_runlocal_writes_report_and_results(sane_run):
@@ -148,6 +211,7 @@ def test_sane_runlocal_writes_report_and_results(sane_run):
 
 
 def test_sane_rerun_reuses_every_stage(sane_run, shapes32_dir):
+    """The command line: every stage is done, so none runs again."""
     workdir, _ = sane_run
     stamps = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
     proc = run_module("experiments.sane", "--config=experiments/configs/sane_shapes.py:runlocal",
@@ -157,17 +221,20 @@ def test_sane_rerun_reuses_every_stage(sane_run, shapes32_dir):
 
 
 def test_saliency_eval_resumes_from_its_cache(tmp_path, shapes32_dir, trained_similarity):
-    args = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--workdir={tmp_path}",
-            f"--config.data_dir={shapes32_dir}", f"--config.similarity_workdir={trained_similarity}",
-            "--config.rows=rise:fixed"]
-    assert run_module("experiments.saliency_eval", *args).returncode == 0
+    from experiments import saliency_eval
+
+    def run():
+        saliency_eval.run(stage_config(SALIENCY, data_dir=shapes32_dir, similarity_workdir=str(trained_similarity),
+                                       rows=["rise:fixed"], mesh_devices=1), str(tmp_path))
+
+    run()
     first = json.loads((tmp_path / "results.json").read_text())["rows"][0]
     cached = sorted((tmp_path / "cache" / "rise").glob("q*.npz"))
     assert cached
     cached[-1].unlink()  # as if the run had been killed before its last query (so before the row was recorded)
     (tmp_path / "rows" / "rise.npz").unlink()
     stamps = {p: p.stat().st_mtime for p in cached[:-1]}
-    assert run_module("experiments.saliency_eval", *args).returncode == 0
+    run()
     assert {p: p.stat().st_mtime for p in cached[:-1]} == stamps and cached[-1].exists()
     again = json.loads((tmp_path / "results.json").read_text())["rows"][0]
     assert again["insertion_auc"] == pytest.approx(first["insertion_auc"], rel=1e-5)
@@ -204,7 +271,7 @@ def png_header(width, height):
             + chunk(b"IEND", b""))
 
 
-def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_attributes):
+def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_attributes, capsys):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -230,30 +297,32 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     grey16 = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)
     Image.fromarray(grey16).save(tmp_path / "images" / "g16.png")  # 16-bit greyscale
     (tmp_path / "pairs.txt").write_text("\ufeffa b 1\nbroken c 0\nc a 0\nbomb a 1\n../a.png c 0\ng16 a 0\n")
-    proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--pairs={tmp_path / 'pairs.txt'}",
-                      f"--image_dir={tmp_path / 'images'}", "--method=sliding_window", f"--out={tmp_path / 'out2'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "broken.png" in proc.stderr and proc.stdout.count("similarity") == 3
-    assert "bomb.png: DecompressionBombError" in proc.stderr and "'../a.png' leaves its folder" in proc.stderr
+    from experiments import explain
+
+    capsys.readouterr()
+    config = explain.default_config()
+    config.update(checkpoint=str(trained_similarity), pairs=str(tmp_path / "pairs.txt"),
+                  image_dir=str(tmp_path / "images"), method="sliding_window")
+    results = explain.run(config, str(tmp_path / "out2"))
+    out, err = capsys.readouterr()
+    assert results["failures"] == 3 and results["num_pairs"] == 6 and len(results["pairs"]) == 3
+    assert "broken.png" in err and out.count("similarity") == 3
+    assert "bomb.png: DecompressionBombError" in err and "'../a.png' leaves its folder" in err
     assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["pair_0000.png", "pair_0002.png",
                                                                      "pair_0005.png"]
 
 
 @pytest.mark.parametrize("variant", [None, "runlocal"])
 def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
-    import importlib
-
-    from experiments.sane import _flatten
+    from experiments.stages import load_config, override
 
     names = [f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments", "configs"))
              if f.endswith(".py") and f not in ("__init__.py", "common.py")]
-    configs = {n: importlib.import_module(f"experiments.configs.{n}").get_config(variant) for n in names}
+    configs = {n: load_config(f"{n}:{variant}" if variant else n) for n in names}
     sane = configs["sane_shapes"]
     for stage, field in (("similarity", "similarity_config"), ("saliency", "saliency_config"),
                          ("attributes", "attributes_config"), ("explanations", "explain_config")):
-        target = configs[os.path.basename(getattr(sane, field).split(":")[0])[:-3]]
-        for key in _flatten(getattr(sane.stages, stage).to_dict()):
-            node = target
-            for part in key.split("."):
-                assert part in node, f"sane stage {stage} overrides {key}, which its config does not have"
-                node = node[part]
+        target = load_config(getattr(sane, field))
+        assert target == configs[os.path.basename(getattr(sane, field).split(":")[0])[:-3]]
+        # sets every override, raising on one that names a field the stage's config does not have
+        override(target, getattr(sane.stages, stage), where=f"sane stage {stage}")

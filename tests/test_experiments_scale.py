@@ -1,4 +1,6 @@
-"""The experiments on many devices and processes, killed and resumed, and in bfloat16."""
+"""The experiments on many devices and processes, killed and resumed, and in bfloat16.
+
+Eight devices are this process's (conftest); several processes and kills run subprocesses."""
 
 import json
 import os
@@ -9,21 +11,23 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_module
+from conftest import COMPILATION_CACHE, ROOT, stage_config
+
+SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
 
 
 def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity):
     """saliency_eval shards its queries (and RISE masks) over 8 devices with the same AUCs;
     train_similarity runs data-parallel steps over 8 devices with fully sharded parameters (saved
     by orbax), train_attributes with replicated ones."""
-    rows = "--config.rows=rise:fixed,sliding_window:fixed,lime:fixed"
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
-              f"--config.similarity_workdir={trained_similarity}", rows]
-    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}", "--config.mesh_devices=1")
-    eight = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'eight'}", "--config.mesh_masks=2",
-                       devices=8)  # 4 devices on the pairs axis, each query's RISE masks split over 2
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert eight.returncode == 0, eight.stderr[-3000:]
+    from experiments import saliency_eval, train_attributes, train_similarity
+
+    common = dict(data_dir=shapes32_dir, similarity_workdir=str(trained_similarity),
+                  rows=["rise:fixed", "sliding_window:fixed", "lime:fixed"])
+    saliency_eval.run(stage_config(SALIENCY, mesh_devices=1, **common), str(tmp_path / "one"))
+    # all 8 devices: 4 on the pairs axis, each query's RISE masks split over 2
+    saliency_eval.run(stage_config(SALIENCY, mesh_masks=2, **common), str(tmp_path / "eight"))
+    assert json.loads((tmp_path / "eight" / "results.json").read_text())["devices_per_process"] == 8
     a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
     b = json.loads((tmp_path / "eight" / "results.json").read_text())["rows"]
     for x, y in zip(a, b):
@@ -36,17 +40,13 @@ def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity
         # the ranks of near-tied pixels, which moves the AUCs (x100) by a few hundredths
         assert y["insertion_auc"] == pytest.approx(x["insertion_auc"], abs=0.25)
         assert y["deletion_auc"] == pytest.approx(x["deletion_auc"], abs=0.25)
-    train = run_module("experiments.train_similarity", "--config=experiments/configs/similarity_shapes.py:runlocal",
-                       f"--workdir={tmp_path / 'train'}", f"--config.data_dir={shapes32_dir}",
-                       "--config.mesh_devices=8", "--config.num_steps=20", "--config.eval_every=10",
-                       "--config.checkpoint_every=10", "--config.param_sharding=fully_sharded", devices=8)
-    assert train.returncode == 0, train.stderr[-3000:]
+    train_similarity.run(stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir,
+                                      mesh_devices=8, num_steps=20, eval_every=10, checkpoint_every=10,
+                                      param_sharding="fully_sharded"), str(tmp_path / "train"))
     assert json.loads((tmp_path / "train" / "results.json").read_text())["steps"] == 20
-    attributes = run_module("experiments.train_attributes", "--config=experiments/configs/attributes_shapes.py:runlocal",
-                            f"--workdir={tmp_path / 'attributes'}", f"--config.data_dir={shapes32_dir}",
-                            f"--config.similarity_workdir={trained_similarity}", "--config.mesh_devices=8",
-                            "--config.num_epochs=1", "--config.lambdas=0.1", devices=8)
-    assert attributes.returncode == 0, attributes.stderr[-3000:]
+    train_attributes.run(stage_config("experiments/configs/attributes_shapes.py:runlocal", data_dir=shapes32_dir,
+                                      similarity_workdir=str(trained_similarity), mesh_devices=8, num_epochs=1,
+                                      lambdas=[0.1]), str(tmp_path / "attributes"))
     assert json.loads((tmp_path / "attributes" / "results.json").read_text())["runs"][0]["test_map"] > 0
 
 
@@ -58,8 +58,11 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    from experiments import saliency_eval
+
     common = ["--config=experiments/configs/saliency_shapes.py:runlocal",
-              f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed,random:fixed"]
+              f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed",
+              "--config.rows=random:fixed"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     workers = [subprocess.Popen(  # no dataset yet: process 0 builds it while process 1 waits
         [sys.executable, "-m", "experiments.saliency_eval", *common, f"--workdir={tmp_path / 'two'}",
@@ -68,10 +71,9 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
         text=True) for i in (0, 1)]
     outputs = [w.communicate(timeout=600) for w in workers]
     for w, (_, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    one = run_module("experiments.saliency_eval", *common, f"--workdir={tmp_path / 'one'}",
-                     f"--config.data_dir={shapes32_dir}")
-    assert one.returncode == 0, one.stderr[-3000:]
+        assert w.returncode == 0, err[:3000] + "\n...\n" + err[-3000:]
+    saliency_eval.run(stage_config(SALIENCY, similarity_workdir=str(trained_similarity), data_dir=shapes32_dir,
+                                   rows=["rise:fixed", "random:fixed"], mesh_devices=1), str(tmp_path / "one"))
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["num_processes"] == 2 and b["devices_per_process"] == 2 and a["num_processes"] == 1
@@ -95,7 +97,8 @@ def run_until_killed(args, kill_when, timeout=300):
     """Starts ``python -m experiments.saliency_eval ARGS`` and SIGKILLs it as soon as ``kill_when()``
     holds (polled every 10 ms: kill points are chosen by what the run has written, not by time)."""
     proc = subprocess.Popen([sys.executable, "-m", "experiments.saliency_eval", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{name.upper(): str(v) for name, v in COMPILATION_CACHE.items()}))
     deadline = time.monotonic() + timeout
     while not kill_when():
         if proc.poll() is not None:
@@ -112,24 +115,32 @@ def run_until_killed(args, kill_when, timeout=300):
 def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, shapes32_dir, trained_similarity):
     """SIGKILL during RISE, then after RISE finished and during the mask method; the resumed run
     ends with the results.json of an uninterrupted run. Also: a second run on a workdir in use fails
-    at once; a rerun with fewer rows merges into results.json and computes nothing."""
+    at once; a rerun with fewer rows merges into results.json and computes nothing. The killed runs
+    are subprocesses (on one device); the others run in this process, on one device."""
+    from experiments import saliency_eval
+    from experiments.stages import WorkdirLock
+
+    settings = dict(data_dir=shapes32_dir, similarity_workdir=str(trained_similarity), num_pairs=4,
+                    insertion_steps=11, methods={"rise": {"num_masks": 100}, "perturbation": {"num_steps": 20}},
+                    query_batch=1, mesh_devices=1)  # one query a step: a step per query of the 4 pairs
+
+    def run_here(workdir, rows=("rise:fixed", "perturbation:fixed")):
+        saliency_eval.run(stage_config(SALIENCY, rows=list(rows), **settings), str(workdir))
+
     common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
               f"--config.similarity_workdir={trained_similarity}", "--config.num_pairs=4", "--config.insertion_steps=11",
               "--config.methods.rise.num_masks=100", "--config.methods.perturbation.num_steps=20",
-              "--config.query_batch=1"]  # one query a step: a step per query of the 4 pairs
-    rows = "--config.rows=rise:fixed,perturbation:fixed"
-    whole = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    from experiments.stages import WorkdirLock
-
+              "--config.query_batch=1"]
+    rows = ["--config.rows=rise:fixed", "--config.rows=perturbation:fixed"]
+    run_here(tmp_path / "whole")
     with WorkdirLock(str(tmp_path / "busy")):  # a live run holds this workdir: a second one fails at once
-        second = run_module("experiments.saliency_eval", *common, rows, f"--workdir={tmp_path / 'busy'}")
-    assert second.returncode != 0 and f"is in use by process {os.getpid()}" in second.stderr
-    assert "one run per workdir" in second.stderr and not (tmp_path / "busy" / "cache").exists()
+        with pytest.raises(RuntimeError, match=f"is in use by process {os.getpid()}.*one run per workdir"):
+            run_here(tmp_path / "busy")
+    assert not (tmp_path / "busy" / "cache").exists()
     queries = len(list((tmp_path / "whole" / "cache" / "rise").glob("q*.npz")))
     assert queries >= 3
     work = tmp_path / "killed"
-    args = [*common, rows, f"--workdir={work}"]
+    args = [*common, *rows, f"--workdir={work}"]
     rise, mask = work / "cache" / "rise", work / "cache" / "perturbation"
     count = lambda folder: len(list(folder.glob("q*.npz"))) if folder.exists() else 0  # noqa: E731
     # 1. killed during RISE, once its first step is cached
@@ -140,8 +151,7 @@ def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, sha
     assert count(rise) == queries and 1 <= count(mask) < queries, (count(rise), count(mask))
     stamps = {p: p.stat().st_mtime_ns for p in [*rise.glob("q*.npz"), *mask.glob("q*.npz"), work / "rows" / "rise.npz"]}
     # 3. resumed (the killed runs' locks are stale): only what was missing is computed
-    resumed = run_module("experiments.saliency_eval", *args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_here(work)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing finished was redone
 
     def table(path):
@@ -157,8 +167,7 @@ def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, sha
             np.testing.assert_array_equal(np.load(work / "cache" / name / cached.name)["maps"], np.load(cached)["maps"])
     # 4. a rerun with fewer rows keeps the other rows and, everything being done, computes nothing
     stamps = {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()}
-    fewer = run_module("experiments.saliency_eval", *common, "--config.rows=rise:fixed", f"--workdir={work}")
-    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    run_here(work, rows=["rise:fixed"])
     assert table(work / "results.json") == expected
     assert {p: p.stat().st_mtime_ns for p in (work / "rows").iterdir()} == stamps
 
@@ -175,8 +184,8 @@ def test_bfloat16_saliency_agrees_with_float32_on_the_trained_model(trained_simi
     from simexplain_jax import engine
     from simexplain_jax.imageops import normalize_images, normalized_color
     from simexplain_jax.models import embed_fn
-    from simexplain_jax.train.datasets import explanation_pairs
-    from simexplain_jax.train.similarity import load_trained
+    from simexplain_jax.data.datasets import explanation_pairs
+    from simexplain_jax.models.loading import load_trained
 
     model, variables, _ = load_trained(str(trained_similarity / "checkpoints"))
     data = explanation_pairs("shapes/32px", data_dir=shapes32_dir, num_pairs=24, seed=0)

@@ -4,7 +4,6 @@ datasets find them from any working directory, and no tracked file points outsid
 import importlib
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -80,9 +79,11 @@ def test_a_missing_pair_file_fails_before_the_dataset_is_built(tmp_path):
 
 @pytest.mark.parametrize("module,config", [("saliency_eval", "saliency_awa2"), ("train_similarity", "similarity_awa2")])
 def test_experiments_name_a_missing_pair_file_at_start(module, config, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", f"experiments.{module}",
-                           f"--config=experiments/configs/{config}.py", f"--workdir={tmp_path / 'work'}",
-                           f"--config.manual_dir={tmp_path}", "--config.test_pairs=/nonexistent"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "config.test_pairs '/nonexistent' does not exist" in proc.stderr
+    from experiments.stages import load_config, override
+
+    experiment = importlib.import_module(f"experiments.{module}")
+    settings = override(load_config(f"experiments/configs/{config}.py"),
+                        {"manual_dir": str(tmp_path), "test_pairs": "/nonexistent"})
+    with pytest.raises(FileNotFoundError, match="config.test_pairs '/nonexistent' does not exist"):
+        experiment.run(settings, str(tmp_path / "work"))
     assert not (tmp_path / "work" / "tfds").exists()

@@ -5,11 +5,9 @@ tests/test_data_real.py.)"""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,6 @@ from simexplain_jax.train.loop import fit
 
 from conftest import linear_embed_fn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RISE = dict(num_masks=16, grid_size=4)
 EMBED, _ = linear_embed_fn(16)  # one function object for the module: its compiled programs are reused
 
@@ -371,15 +368,15 @@ def config_of(name, **changes):
 @pytest.mark.parametrize("name,check,changes,message", [
     ("similarity_shapes", "check_similarity_config", {"learning_rate": float("nan")}, "learning_rate must be a finite"),
     ("similarity_shapes", "check_similarity_config", {"margin": -0.2}, "margin must be a finite number in"),
-    ("saliency_shapes", "check_saliency_config", {"rows": ""}, "config.rows names no row"),
+    ("saliency_shapes", "check_saliency_config", {"rows": ()}, "config.rows names no row"),
     ("saliency_shapes", "check_saliency_config", {"test_pairs": "/nonexistent"}, "test_pairs '/nonexistent' does not"),
     ("saliency_shapes", "check_saliency_config", {"gallery_pairs": 0}, "gallery_pairs must be an integer >= 1"),
     ("saliency_shapes", "check_saliency_config", {"background": 300}, r"background: .*\[0, 255\], got 300"),
     ("saliency_shapes", "check_saliency_config", {"methods.rise.p": 1.5}, "config.methods.rise: p must be"),
     ("saliency_shapes", "check_saliency_config", {"methods.lime.num_segments": 0}, "config.methods.lime: num_segments"),
-    ("attributes_shapes", "check_attributes_config", {"lambdas": "0,-1"}, "lambdas must be non-negative"),
+    ("attributes_shapes", "check_attributes_config", {"lambdas": (0.0, -1.0)}, "lambdas must be non-negative"),
     ("attributes_shapes", "check_attributes_config", {"learning_rate": float("inf")}, "learning_rate must be a finite"),
-    ("explain_attributes_shapes", "check_explain_attributes_config", {"weights": "0,2"}, r"weights must be numbers in"),
+    ("explain_attributes_shapes", "check_explain_attributes_config", {"weights": (0.0, 2.0)}, r"weights must be numbers in"),
 ])
 def test_experiment_configs_are_checked_before_anything_is_built(name, check, changes, message):
     from experiments import validation
@@ -418,36 +415,29 @@ def test_one_writer_per_workdir(tmp_path):
         WorkdirLock(str(tmp_path)).acquire()  # cannot be checked from here: the user decides
 
 
-def test_a_stage_dies_with_its_parent(tmp_path):
-    """Killing the parent (SIGKILL: no cleanup) used to leave the child stage training on."""
-    child = ("import sys, time; sys.path.insert(0, sys.argv[1]); from experiments.stages import die_with_parent; "
-             "die_with_parent(); open(sys.argv[2], 'w').write('ready'); time.sleep(60)")
-    parent = ("import os, subprocess, sys, time; "
-              "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], "
-              "env=dict(os.environ, SIMEXPLAIN_PARENT_PID=str(os.getpid()))); print(p.pid, flush=True); time.sleep(60)")
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", parent, child, ROOT, str(ready)], stdout=subprocess.PIPE, text=True)
-    child_pid = int(proc.stdout.readline())
-    for _ in range(200):
-        if ready.exists():
-            break
-        time.sleep(0.05)
-    assert ready.exists()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for _ in range(100):
-        try:
-            os.kill(child_pid, 0)
-        except ProcessLookupError:
-            break
-        try:  # reap it if it became our zombie (it is its parent's, now init's)
-            os.waitpid(child_pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    else:
-        os.kill(child_pid, signal.SIGKILL)
-        pytest.fail("the child outlived its parent")
+def test_a_stage_runs_in_its_parents_process_and_only_when_not_done(tmp_path):
+    """Stages run in the process of the experiment that needs them (killing it ends them: no child
+    process can outlive it, which the subprocess stages once did), with real nested overrides; a
+    done stage is skipped, and a misspelt override fails even then."""
+
+    from experiments.stages import ensure_stage
+
+    calls = []
+
+    def run(config, workdir):
+        calls.append((os.getpid(), config.to_dict(), workdir))
+        (tmp_path / "results.json").write_text("{}")
+
+    config = ml_collections.ConfigDict(dict(rows=("a:fixed",), methods=dict(rise=dict(p=0.5, num_masks=10)), name=""))
+    config.lock()
+    assert ensure_stage(run, config, str(tmp_path), {"rows": ["b:fixed", "c:fixed"], "name": "",
+                                                     "methods": {"rise": {"p": 0.25}}}) == str(tmp_path)
+    assert calls == [(os.getpid(), dict(rows=("b:fixed", "c:fixed"), methods=dict(rise=dict(p=0.25, num_masks=10)),
+                                        name=""), str(tmp_path))]  # the empty override is set, not dropped
+    ensure_stage(run, config, str(tmp_path), {})
+    assert len(calls) == 1  # done: skipped
+    with pytest.raises(KeyError, match=r"config.methods.rise.pp: the config has no such field"):
+        ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"pp": 0.1}}})
 
 
 # ---- the explain command's images ----------------------------------------------------------------

@@ -5,11 +5,11 @@ python -m experiments.train_attributes --config=experiments/configs/attributes_s
 
 import ml_collections
 
-from experiments.configs.common import parse_args
+from experiments.configs.common import parse_arg
 
 
 def get_config(arg=None):
-    args = parse_args(arg, known=("runlocal", "shortcut"))
+    args = parse_arg(arg, runlocal=False, shortcut=False)
     config = ml_collections.ConfigDict()
     config.similarity_config = "experiments/configs/similarity_shapes.py"
     config.similarity_workdir = ""  # empty: <workdir>/similarity (trained there when absent)
@@ -21,7 +21,7 @@ def get_config(arg=None):
     config.stages = 4
     config.classification = "sigmoid_bce"
     config.saliency_normalization = "zscore"
-    config.lambdas = "0.0,0.005,0.1"
+    config.lambdas = (0.0, 0.005, 0.1)  # one run each; override e.g. --config.lambdas="(0.0, 0.1)"
     config.batch_size = 128
     config.num_epochs = 10
     config.learning_rate = 5e-4
@@ -34,16 +34,16 @@ def get_config(arg=None):
     config.shard_size = 250
     config.mesh_devices = 1  # >1: data-parallel steps, the batch split over that many local devices
     config.param_sharding = "replicated"  # or "fully_sharded": parameters and Adam moments split over the mesh
-    if "runlocal" in args:
+    if args.runlocal:
         config.similarity_config = "experiments/configs/similarity_shapes.py:runlocal"
         config.width = 16
-        config.lambdas = "0.0,0.1"
+        config.lambdas = (0.0, 0.1)
         config.num_epochs = 3
         config.batch_size = 64
         config.saliency.num_masks = 100
         config.max_references = 4
         config.cache_images = 200
         config.shard_size = 100
-    if "shortcut" in args:  # the similarity model trained on the shortcut variant
+    if args.shortcut:  # the similarity model trained on the shortcut variant
         config.similarity_config += (",shortcut" if ":" in config.similarity_config else ":shortcut")
     return config

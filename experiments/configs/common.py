@@ -1,12 +1,36 @@
-"""Helpers shared by the configs of the real (manual-download) datasets."""
+"""What the configs share: ``parse_arg`` (the typed config argument, as big_vision's) and the
+configs of the real (manual-download) datasets."""
+
+import ml_collections
 
 
-def parse_args(arg, known=("runlocal",)) -> set:
-    args = set((arg or "").split(",")) - {""}
-    unknown = args - set(known)
-    if unknown:
-        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: {', '.join(known)}")
-    return args
+def parse_arg(arg, **spec) -> ml_collections.ConfigDict:
+    """The config argument ``arg`` (the text after ``:`` in ``--config=FILE:ARG``) as a locked
+    ConfigDict with the fields and defaults of ``spec``, typed like each default.
+
+    ``arg`` is comma separated: ``name=value`` sets a field (``"true"``/``"false"`` for a bool) and
+    a bare ``name`` sets a bool field to True, so ``parse_arg("runlocal,size=32", runlocal=False,
+    size=64)`` gives ``runlocal=True, size=32``. A name ``spec`` does not have, or a value that does
+    not convert, raises a ValueError naming it and the known names."""
+    result = ml_collections.ConfigDict(spec)
+    for item in [x.strip() for x in (arg or "").split(",") if x.strip()]:
+        name, has_value, value = item.partition("=")
+        if name not in spec:
+            raise ValueError(f"unknown config argument {name!r}; known: {', '.join(spec) or 'none'}")
+        default = spec[name]
+        try:
+            if isinstance(default, bool):
+                if has_value and value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("not a bool")
+                result[name] = not has_value or value.lower() in ("true", "1")
+            elif not has_value:
+                raise ValueError("no value given")
+            else:
+                result[name] = type(default)(value) if default is not None else value
+        except ValueError as err:
+            raise ValueError(f"config argument {item!r}: {err} (expected {type(default).__name__})") from None
+    result.lock()
+    return result
 
 
 def real_similarity_config(arg, dataset: str, test_pairs: str, num_steps: int):
@@ -14,7 +38,7 @@ def real_similarity_config(arg, dataset: str, test_pairs: str, num_steps: int):
     on a downloaded dataset; ``runlocal`` shrinks it to a few steps of a slim network."""
     from experiments.configs.similarity_shapes import base_config
 
-    args = parse_args(arg)
+    args = parse_arg(arg, runlocal=False)
     config = base_config()
     config.dataset = dataset
     config.model = "resnet18"
@@ -24,7 +48,7 @@ def real_similarity_config(arg, dataset: str, test_pairs: str, num_steps: int):
     config.num_steps = num_steps
     config.learning_rate = 5e-5
     config.test_pairs = test_pairs
-    if "runlocal" in args:
+    if args.runlocal:
         config.width = 16
         config.batch_size = 8
         config.num_steps = 4
@@ -39,11 +63,11 @@ def real_saliency_config(arg, similarity_config: str, background: int, test_pair
     reference's test pairs) on a downloaded dataset."""
     from experiments.configs import saliency_shapes
 
-    args = parse_args(arg)
-    config = saliency_shapes.get_config("runlocal" if "runlocal" in args else None)
-    config.similarity_config = similarity_config + (":runlocal" if "runlocal" in args else "")
+    args = parse_arg(arg, runlocal=False)
+    config = saliency_shapes.get_config("runlocal" if args.runlocal else None)
+    config.similarity_config = similarity_config + (":runlocal" if args.runlocal else "")
     config.background = background
-    if "runlocal" not in args:
+    if not args.runlocal:
         config.test_pairs = test_pairs
         config.num_pairs = 2000
         m = config.methods

@@ -6,11 +6,11 @@ python -m experiments.explain_attributes --config=experiments/configs/explain_at
 
 import ml_collections
 
-from experiments.configs.common import parse_args
+from experiments.configs.common import parse_arg
 
 
 def get_config(arg=None):
-    args = parse_args(arg, known=("runlocal", "shortcut"))
+    args = parse_arg(arg, runlocal=False, shortcut=False)
     config = ml_collections.ConfigDict()
     config.attributes_config = "experiments/configs/attributes_shapes.py"
     config.attributes_workdir = ""  # empty: <workdir>/attributes (trained there when absent)
@@ -21,20 +21,20 @@ def get_config(arg=None):
     config.num_pairs = 100  # positive pairs explained
     config.seed = 0
     config.run = "best"  # which lambda run: "best" (validation mAP) or a lambda value
-    config.weights = "0,0.25,0.5,0.75,1"
+    config.weights = (0.0, 0.25, 0.5, 0.75, 1.0)
     config.saliency_method = "rise"
     config.saliency = ml_collections.ConfigDict(dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250))
-    config.concept_scorers = "product,removal"  # concept selector rows (sx.attributes.concept_relevance)
+    config.concept_scorers = ("product", "removal")  # concept selector rows (sx.attributes.concept_relevance)
     config.concept_ridge = 1e-2  # the concept probe's ridge penalty per example
     config.concept_split = "train"  # where the concept probe is fitted ("train" or "validation"; never test)
     config.presence_weight = 0.05  # the concept selector's soft presence term
     config.removal_fraction = 0.2  # activation-map region removed (the oracle on real data, a proxy on shapes)
     config.gallery_pairs = 6
-    if "runlocal" in args:
+    if args.runlocal:
         config.attributes_config = "experiments/configs/attributes_shapes.py:runlocal"
         config.num_pairs = 8
         config.saliency.num_masks = 200
         config.gallery_pairs = 3
-    if "shortcut" in args:  # the similarity model trained on the shortcut variant
+    if args.shortcut:  # the similarity model trained on the shortcut variant
         config.attributes_config += (",shortcut" if ":" in config.attributes_config else ":shortcut")
     return config

@@ -8,13 +8,15 @@ has no results.json, this experiment trains it first with ``similarity_config``.
 
 import ml_collections
 
+from experiments.configs.common import parse_arg
+
 ROWS = (("rise", "fixed"), ("rise", "variable"), ("sliding_window", "fixed"), ("sliding_window", "variable"),
         ("lime", "fixed"), ("lime", "variable"), ("perturbation", "fixed"), ("perturbation", "variable"),
         ("gradient", "fixed"), ("integrated_gradients", "fixed"), ("random", "fixed"))
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
+    args = parse_arg(arg, runlocal=False)
     config = ml_collections.ConfigDict()
     config.similarity_config = "experiments/configs/similarity_shapes.py"
     config.similarity_workdir = ""
@@ -24,7 +26,8 @@ def get_config(arg=None):
     config.num_pairs = 100  # half positive, half negative (as the paper)
     config.test_pairs = ""  # a pair file of image ids (or "reference:NAME", packaged) instead of sampled pairs
     config.seed = 0
-    config.rows = ",".join(f"{m}:{r}" for m, r in ROWS)  # override e.g. --config.rows=rise:fixed,random:fixed
+    # METHOD:REFERENCE rows; override e.g. --config.rows=rise:fixed --config.rows=random:fixed
+    config.rows = tuple(f"{m}:{r}" for m, r in ROWS)
     config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
     config.insertion_steps = 101
     config.gallery_pairs = 4
@@ -51,7 +54,7 @@ def get_config(arg=None):
         integrated_gradients=dict(num_steps=32),
         random=dict(),
     ))
-    if "runlocal" in args:
+    if args.runlocal:
         config.similarity_config = "experiments/configs/similarity_shapes.py:runlocal"
         config.num_pairs = 8
         config.insertion_steps = 21
@@ -65,7 +68,4 @@ def get_config(arg=None):
         m.lime_variable.update(num_samples=150, num_segments=16, num_reference_masks=4)
         m.perturbation.num_steps = m.perturbation_variable.num_steps = 40
         m.integrated_gradients.num_steps = 8
-    unknown = args - {"runlocal"}
-    if unknown:
-        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal")
     return config

@@ -9,12 +9,11 @@ that the whole demo runs in about 10 minutes on a 2-core CPU).
 
 import ml_collections
 
-from experiments.configs.common import parse_args
+from experiments.configs.common import parse_arg
 
 
 def get_config(arg=None):
-    args = parse_args(arg)
-    runlocal = "runlocal" in args
+    runlocal = parse_arg(arg, runlocal=False).runlocal
     suffix = ":runlocal" if runlocal else ""
     config = ml_collections.ConfigDict()
     config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
@@ -25,17 +24,18 @@ def get_config(arg=None):
     config.stages = ml_collections.ConfigDict()
     if runlocal:
         config.stages.similarity = {}
-        config.stages.saliency = {"rows": "rise:fixed,rise:variable,sliding_window:fixed,lime:fixed,random:fixed",
-                                  "num_pairs": 6}
+        config.stages.saliency = {
+            "rows": ("rise:fixed", "rise:variable", "sliding_window:fixed", "lime:fixed", "random:fixed"),
+            "num_pairs": 6}
         config.stages.attributes = {}
         config.stages.explanations = {"num_pairs": 6}
     else:
         config.stages.similarity = {"num_steps": 1000}
         config.stages.saliency = {
-            "rows": "rise:fixed,rise:variable,sliding_window:fixed,sliding_window:variable,lime:fixed,"
-                    "perturbation:fixed,integrated_gradients:fixed,random:fixed",
+            "rows": ("rise:fixed", "rise:variable", "sliding_window:fixed", "sliding_window:variable", "lime:fixed",
+                     "perturbation:fixed", "integrated_gradients:fixed", "random:fixed"),
             "num_pairs": 40, "methods": {"perturbation": {"num_steps": 200}}}
-        config.stages.attributes = {"lambdas": "0.0,0.005", "num_epochs": 6, "cache_images": 500,
+        config.stages.attributes = {"lambdas": (0.0, 0.005), "num_epochs": 6, "cache_images": 500,
                                     "saliency": {"num_masks": 300}}
         config.stages.explanations = {"num_pairs": 40, "saliency": {"num_masks": 1000}}
     return config

@@ -5,21 +5,22 @@ python -m experiments.shapes_contact_sheet --config=experiments/configs/shapes_c
 
 import ml_collections
 
+from experiments.configs.common import parse_arg
+
+SIZES = ("32px", "64px", "112px")
+
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
+    args = parse_arg(arg, runlocal=False, **{size: False for size in SIZES})
     config = ml_collections.ConfigDict()
     config.dataset = "shapes/64px"
     config.data_dir = ""  # empty: <workdir>/tfds
     config.split = "train"
     config.num_examples = 40
-    for size in ("32px", "64px", "112px"):
-        if size in args:
+    for size in SIZES:
+        if args[size]:
             config.dataset = f"shapes/{size}"
-    if "runlocal" in args:
+    if args.runlocal:
         config.dataset = "shapes/32px"
         config.num_examples = 20
-    unknown = args - {"32px", "64px", "112px", "runlocal"}
-    if unknown:
-        raise ValueError(f"unknown config argument(s) {sorted(unknown)}")
     return config

@@ -5,6 +5,8 @@ python -m experiments.train_similarity --config=experiments/configs/similarity_s
 
 import ml_collections
 
+from experiments.configs.common import parse_arg
+
 
 def base_config():
     config = ml_collections.ConfigDict()
@@ -34,18 +36,15 @@ def base_config():
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
+    args = parse_arg(arg, runlocal=False, shortcut=False)
     config = base_config()
-    if "runlocal" in args:
+    if args.runlocal:
         config.dataset = "shapes/32px"
         config.width = 32
         config.num_steps = 600
         config.eval_every = 200
         config.checkpoint_every = 200
         config.num_eval_pairs = 1000
-    if "shortcut" in args:  # the training split ties a filler to two classes (shapes.SHORTCUTS)
+    if args.shortcut:  # the training split ties a filler to two classes (shapes.SHORTCUTS)
         config.dataset += "_shortcut"
-    unknown = args - {"runlocal", "shortcut"}
-    if unknown:
-        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal, shortcut")
     return config
