@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import COMPILATION_CACHE, ROOT, stage_config
+from conftest import ROOT, stage_config
 
 SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
 
@@ -98,7 +98,7 @@ def run_until_killed(args, kill_when, timeout=300):
     holds (polled every 10 ms: kill points are chosen by what the run has written, not by time)."""
     proc = subprocess.Popen([sys.executable, "-m", "experiments.saliency_eval", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **{name.upper(): str(v) for name, v in COMPILATION_CACHE.items()}))
+                            env=dict(os.environ))
     deadline = time.monotonic() + timeout
     while not kill_when():
         if proc.poll() is not None:

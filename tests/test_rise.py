@@ -1,5 +1,6 @@
 import importlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,22 +79,25 @@ def test_batch_size_does_not_change_the_map(linear_model, num_masks):
 
 
 def test_second_call_does_not_trace_again():
-    traces = []
+    """The embedding is traced twice by the first call (the shape probe and the chunk loop) and never
+    again: chex raises if a later call (new query, reference, key or weights of the same shapes)
+    traces it once more."""
     _, w = linear_embed_fn(16)
 
+    @chex.assert_max_traces(n=2)
     def apply(weights, images):
-        traces.append(images.shape)
         return images.reshape(images.shape[0], -1) @ weights
 
     query = jnp.ones((16, 16, 3))
     kwargs = dict(num_masks=30, grid_size=4, batch_size=8)
     sx.saliency.rise(Partial(apply, w), query, jnp.ones(8), key=jax.random.key(0), **kwargs)
-    count = len(traces)
-    assert count > 0
     sx.saliency.rise(Partial(apply, w), query + 1, jnp.ones(8) * 2, key=jax.random.key(1), **kwargs)
     # new weights of the same shape are arguments, not constants: no new trace either
     sx.saliency.rise(Partial(apply, w * 2), query, jnp.ones(8), key=jax.random.key(1), **kwargs)
-    assert len(traces) == count
+    # a new static option traces again, and chex notices (inside the shape probe, which names the query)
+    with pytest.raises((AssertionError, ValueError)) as error:
+        sx.saliency.rise(Partial(apply, w), query, jnp.ones(8), key=jax.random.key(1), **dict(kwargs, batch_size=4))
+    assert "traced > 2 times" in str(error.value) + str(error.value.__cause__)
 
 
 def test_a_sweep_over_p_and_tolerance_compiles_once(linear_model):
