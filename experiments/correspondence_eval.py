@@ -8,9 +8,10 @@ Rows (``config.rows``, options under ``config.methods.<row>``): the pair methods
 ``rise_pair``, ``integrated_cross_jacobian``), first-order RISE (no correspondence; its map is
 compared on the first-order columns) and random correspondences (the floor). Columns:
 correspondence pointing (the strongest cell pair on both key objects) and its top-k share,
-correspondence mass, second-order insertion/deletion AUC (x100), the first-order pointing and
-insertion/deletion of the query map (the correspondence's row sums), forward passes and seconds per
-pair (compiled: pairs run in batches of ``pair_batch``, the first batch, which compiles, not timed
+correspondence mass, second-order insertion/deletion AUC (x100; each image's cells inserted into,
+or deleted to, an unrelated image: ``config.second_order_substrate``), the first-order pointing and
+insertion/deletion of the query map (the correspondence's row sums) and of the reference map (its
+column sums, scored against the query), forward passes and seconds per pair (compiled: pairs run in batches of ``pair_batch``, the first batch, which compiles, not timed
 when there are more). Writes ``results.json`` (``rows``, ``num_pairs``, ...) and ``results.md``; one run per
 workdir at a time (``<workdir>/.lock``).
 
@@ -60,6 +61,9 @@ def check_config(config) -> list:
         elif method == "rise":
             sx.saliency.Rise(**options)
         rows.append((name, method, options))
+    if config.second_order_substrate not in ("unrelated", "background"):
+        raise ValueError(f"config.second_order_substrate must be 'unrelated' or 'background', got "
+                         f"{config.second_order_substrate!r}")
     if config.pair_batch < 1:
         raise ValueError(f"config.pair_batch must be >= 1, got {config.pair_batch}")
     if config.num_pairs < 2:
@@ -75,7 +79,8 @@ def run(config, workdir: str) -> dict:
 
 
 def _explain(method, options, config, model, variables, embed, queries, references, key):
-    """(correspondences [P, ...] or None, query maps [P, H, W], passes per pair)."""
+    """(correspondences [P, ...] or None, query maps [P, H, W], reference maps [P, H, W] or None,
+    passes per pair)."""
     grid = config.grid_size
     if method == "pooled_pair":
         out = sx.saliency.pooled_pair(model, variables, queries, references, **options)
@@ -86,13 +91,14 @@ def _explain(method, options, config, model, variables, embed, queries, referenc
     elif method == "rise":
         pairs = np.stack([np.arange(len(queries))] * 2, axis=1)
         maps = sx.saliency.explain_pairs("rise", embed, queries, references, key=key, pairs=pairs, config=options)
-        return None, maps, int(sx.saliency.Rise(**options).num_masks)
+        return None, maps, None, int(sx.saliency.Rise(**options).num_masks)
     else:  # random: uniform contributions, the floor every method must beat
         corr = jax.random.uniform(key, (len(queries), grid, grid, grid, grid))
-        maps = jax.vmap(lambda c: sx.saliency.first_order_maps(c, queries.shape[1:], references.shape[1:])[0])(corr)
-        return np.asarray(corr), np.asarray(maps), 0
+        maps = jax.vmap(lambda c: sx.saliency.first_order_maps(c, queries.shape[1:], references.shape[1:]))(corr)
+        return np.asarray(corr), np.asarray(maps[0]), np.asarray(maps[1]), 0
     jax.block_until_ready(out.correspondence)
-    return np.asarray(out.correspondence), np.asarray(out.query_map), int(out.passes)
+    return (np.asarray(out.correspondence), np.asarray(out.query_map), np.asarray(out.reference_map),
+            int(out.passes))
 
 
 def explain_in_batches(method, options, config, model, variables, embed, queries, references, key):
@@ -109,14 +115,16 @@ def explain_in_batches(method, options, config, model, variables, embed, queries
         seconds.append((time.perf_counter() - began) / size)
     corr = None if outputs[0][0] is None else np.concatenate([o[0] for o in outputs])[:total]
     maps = np.concatenate([o[1] for o in outputs])[:total]
-    return corr, maps, outputs[0][2], float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
+    reference_maps = None if outputs[0][2] is None else np.concatenate([o[2] for o in outputs])[:total]
+    return corr, maps, reference_maps, outputs[0][3], float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
 
 
 def evaluate(config, workdir: str, rows: list) -> dict:
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
-                           config.similarity_workdir or os.path.join(workdir, "similarity"), {"data_dir": data_dir})
+                           config.similarity_workdir or os.path.join(workdir, "similarity"), {"data_dir": data_dir},
+                           given=bool(config.similarity_workdir))
     model, variables, sim_config = load_trained(os.path.join(sim_dir, "checkpoints"))
     dataset = sim_config["dataset"]
     listed = explanation_pair_list(dataset, data_dir=data_dir, split=config.split, num_pairs=config.num_pairs,
@@ -133,19 +141,20 @@ def evaluate(config, workdir: str, rows: list) -> dict:
     key_q, key_r = key_q.astype(bool), key_r.astype(bool)
     embed = embed_fn(model, variables)
     reference_embeddings = apply_in_chunks(embed, references)
+    query_embeddings = apply_in_chunks(embed, queries)
     background = normalized_color(config.background)
     key = jax.random.key(config.seed)
     results = []
     for name, method, options in rows:
-        corr, maps, passes, seconds = explain_in_batches(method, options, config, model, variables, embed, queries,
-                                                         references, key)
+        corr, maps, reference_maps, passes, seconds = explain_in_batches(method, options, config, model, variables,
+                                                                         embed, queries, references, key)
         row = {"method": name, "passes_per_pair": passes, "seconds_per_pair": seconds}
         if corr is not None:
             scores = [sx.metrics.correspondence_pointing(c, kq, kr, k=config.top_k) for c, kq, kr in
                       zip(corr, key_q, key_r)]
+            substrate = {} if config.second_order_substrate == "unrelated" else dict(background=background)
             second = sx.metrics.second_order_insertion_deletion(embed, queries, references, corr,
-                                                                background=background,
-                                                                num_steps=config.insertion_steps)
+                                                                num_steps=config.insertion_steps, **substrate)
             row.update(correspondence_pointing=float(np.mean([s.hit for s in scores])),
                        correspondence_top_k=float(np.mean([s.top_k for s in scores])),
                        correspondence_mass=float(np.mean([s.mass for s in scores])),
@@ -156,6 +165,13 @@ def evaluate(config, workdir: str, rows: list) -> dict:
         row.update(first_order_pointing=float(np.mean([sx.metrics.pointing(m, k).hit for m, k in zip(maps, key_q)])),
                    first_order_insertion_auc=100 * float(np.mean(first.insertion_auc)),
                    first_order_deletion_auc=100 * float(np.mean(first.deletion_auc)))
+        if reference_maps is not None:  # the column sums: the reference's first-order map, against the query
+            column = sx.metrics.insertion_deletion_batch(embed, references, query_embeddings, reference_maps,
+                                                         background=background, num_steps=config.insertion_steps)
+            row.update(reference_pointing=float(np.mean([sx.metrics.pointing(m, k).hit
+                                                          for m, k in zip(reference_maps, key_r)])),
+                       reference_insertion_auc=100 * float(np.mean(column.insertion_auc)),
+                       reference_deletion_auc=100 * float(np.mean(column.deletion_auc)))
         results.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     summary = {"dataset": dataset, "split": config.split, "num_pairs": int(len(queries)), "grid_size": config.grid_size,
@@ -163,7 +179,8 @@ def evaluate(config, workdir: str, rows: list) -> dict:
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
     columns = ["method", "correspondence_pointing", "correspondence_top_k", "correspondence_mass",
                "second_order_insertion_auc", "second_order_deletion_auc", "first_order_pointing",
-               "first_order_insertion_auc", "first_order_deletion_auc", "passes_per_pair", "seconds_per_pair"]
+               "first_order_insertion_auc", "first_order_deletion_auc", "reference_pointing",
+               "reference_insertion_auc", "reference_deletion_auc", "passes_per_pair", "seconds_per_pair"]
     lines = [f"{dataset} {config.split}: {len(queries)} positive pairs", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in results:

@@ -6,8 +6,12 @@
 
 Images of any size and mode are converted to RGB, resized (shorter side) and centre-cropped to the
 model's resolution, and normalised as in training. Writes one overlay PNG per pair (query,
-reference, the query's saliency map) and prints the similarity and, with ``--attributes``, the
-top attributes present in both images. ``--pairs`` reads the reference's ``img1 img2 label``
+reference, the query's saliency map) and one correspondence PNG (both images' first-order maps and
+their strongest cell pairs joined by lines), and prints the similarity, the top correspondences
+(cell boxes in pixels, ``y0:y1 x0:x1``, and each one's share of the similarity) and, with
+``--attributes``, the top attributes present in both images. The correspondences are exact
+(``pooled_pair``, one forward pass per image) for the library's pooled models, and estimated by
+``rise_pair`` otherwise. ``--pairs`` reads the reference's ``img1 img2 label``
 format; names are looked up in ``--image_dir`` (as given, or with .jpg/.jpeg/.png; a name that
 would leave it, ``../x`` or an absolute path, is refused). Any image that cannot be used
 (unreadable, truncated, a decompression bomb, an unsupported mode) is reported with its file name
@@ -29,6 +33,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 import simexplain_jax as sx
+from experiments.stages import USER_ERRORS, report_error
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, select
 from simexplain_jax.attributes.saliency_cache import resize_maps
@@ -54,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
         method="rise",  # one of METHODS (fixed reference)
         num_masks=2000,  # RISE masks
         attributes="",  # an attribute-predictor checkpoint folder (train_attributes)
+        correspondences=3,  # strongest cell pairs printed and drawn (0: none)
         seed=0))
     config.lock()
     return config
@@ -70,8 +76,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_masks", 2000, "RISE masks")
     flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
     flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
+    flags.DEFINE_integer("correspondences", 3, "strongest cell pairs printed and drawn (0: none)")
     flags.DEFINE_integer("seed", 0, "PRNG seed")
-    flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl)")
+    flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl) and an error's traceback")
     flags.mark_flag_as_required("checkpoint")
 
 
@@ -111,6 +118,22 @@ def resolve(name: str, folder: str) -> str:
     return path_inside(folder, name, what="image name")
 
 
+def correspondence(model, variables, embed, images: np.ndarray, key, num_masks: int):
+    """``(method name, PairResult)`` of the pair ``images [2, H, W, C]`` (query, reference): exact for a
+    pooled model, the black-box cross estimator with ``num_masks // 2`` masks per image otherwise."""
+    try:
+        pooled = sx.saliency.pooled_model(model, variables)
+    except (TypeError, ValueError):
+        return "rise_pair", sx.saliency.rise_pair(embed, images[0], images[1], key=key,
+                                                  num_masks=max(1, num_masks // 2))
+    return "pooled_pair", sx.saliency.pooled_pair(pooled, None, images[0], images[1])
+
+
+def describe_box(box) -> str:
+    y0, x0, y1, x1 = box
+    return f"y {y0}:{y1} x {x0}:{x1}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -120,8 +143,8 @@ def main(argv):
         config[name] = getattr(FLAGS, name) if getattr(FLAGS, name) is not None else config[name]
     try:
         results = run(config, FLAGS.out)
-    except ValueError as err:  # a bad flag value or file, named
-        raise app.UsageError(str(err)) from None
+    except USER_ERRORS as err:  # a bad flag value, file or model, named in one line
+        sys.exit(report_error(err, FLAGS.verbose))
     if results["failures"] and results["failures"] == results["num_pairs"]:
         sys.exit(1)
 
@@ -136,6 +159,8 @@ def run(config, workdir: str) -> dict:
         raise ValueError("give either --query and --reference, or --pairs")
     if config.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    if config.correspondences < 0:
+        raise ValueError(f"correspondences must be >= 0, got {config.correspondences}")
     checkpoint = config.checkpoint
     if not checkpoint:
         raise ValueError("--checkpoint (a train_similarity workdir) is required")
@@ -198,8 +223,24 @@ def run(config, workdir: str) -> dict:
             caption += "\n" + "\n".join(tops)
         out = os.path.join(workdir, f"pair_{index:04d}.png")
         viz.pair_gallery(out, raw[:1], raw[1:], {config.method: maps[:1]}, captions={config.method: [caption]})
-        print(f"{line}; overlay {out}")
-        explained.append({"index": index, "similarity": similarity, "overlay": out, "attributes": tops})
+        record = {"index": index, "similarity": similarity, "overlay": out, "attributes": tops}
+        lines = [f"{line}; overlay {out}"]
+        if config.correspondences:
+            name, pair = correspondence(model, variables, embed, images, jax.random.fold_in(key, 1), config.num_masks)
+            strongest = sx.saliency.strongest_pairs(pair.correspondence, images.shape[1:], images.shape[1:],
+                                                    config.correspondences)
+            figure = viz.correspondence_figure(
+                os.path.join(workdir, f"pair_{index:04d}_correspondence.png"), raw[:1], raw[1:], [strongest],
+                np.asarray(pair.query_map)[None], np.asarray(pair.reference_map)[None],
+                captions=[f"similarity {similarity:.3f}; {name}"])
+            lines.append(f"  top correspondences ({name}; query cell ~ reference cell: share of the similarity):")
+            lines += [f"    {rank + 1}. {describe_box(p.query_box)} ~ {describe_box(p.reference_box)}: {p.share:.1%}"
+                      for rank, p in enumerate(strongest)]
+            lines.append(f"  correspondence figure {figure}")
+            record.update(correspondence_method=name, correspondence_figure=figure,
+                          correspondences=[p._asdict() for p in strongest])
+        print("\n".join(lines))
+        explained.append(record)
     if failures:
         print(f"{failures} of {len(jobs)} pairs skipped (images that could not be used)", file=sys.stderr)
     return {"pairs": explained, "failures": failures, "num_pairs": len(jobs)}

@@ -65,7 +65,8 @@ def explain(config, workdir: str, weights: list) -> dict:
     attr_dir = ensure_stage(train_attributes.run, config.attributes_config,
                             config.attributes_workdir or os.path.join(workdir, "attributes"),
                             {"data_dir": data_dir, "manual_dir": config.manual_dir,
-                             "similarity_workdir": config.similarity_workdir})
+                             "similarity_workdir": config.similarity_workdir},
+                            given=bool(config.attributes_workdir))
     with open(os.path.join(attr_dir, "results.json")) as f:
         attr_results = json.load(f)
     predictor_run = choose_run(attr_results["runs"], config.run)
@@ -177,7 +178,9 @@ def explain(config, workdir: str, weights: list) -> dict:
         faithfulness = {name: float(np.mean(np.asarray(choice) == np.asarray(oracles)))
                         for name, choice in proxies.items()}
 
-    results = {"rows": rows, "oracle_names": oracle_names, "faithfulness": faithfulness,
+    gallery_selector = (f"concept selector ({scorers[0]} scorer, soft presence)" if scorers else
+                        f"pair-aware selector, w = {0.5 if 0.5 in weights else weights[0]:g}")
+    results = {"gallery_selector": gallery_selector, "rows": rows, "oracle_names": oracle_names, "faithfulness": faithfulness,
                "concepts": {"split": concepts.split, "fitted": int(concepts.valid.sum()), "ridge": config.concept_ridge,
                             "presence_weight": config.presence_weight},
                "map": {f"lambda={r['lambda']:g}": {"test_map": r["test_map"], "val_map": r["val_map"]}
@@ -185,7 +188,6 @@ def explain(config, workdir: str, weights: list) -> dict:
                "predictor_lambda": predictor_run["lambda"], "num_pairs": int(len(pairs)), "dataset": dataset,
                "oracle": "counterfactual re-rendering" if shapes_data else "activation-map region removal",
                "seed": config.seed, "attributes_workdir": attr_dir}
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"{len(pairs)} positive pairs of {dataset} {config.split}; "
              f"predictor lambda={predictor_run['lambda']:g}; oracle: {results['oracle']}", "",
@@ -213,8 +215,32 @@ def explain(config, workdir: str, weights: list) -> dict:
     viz.pair_gallery(os.path.join(workdir, "gallery.png"), data.images[pairs[shown, 0]], data.images[pairs[shown, 1]],
                      {"saliency + top-3": maps[shown]}, captions={"saliency + top-3": captions},
                      title=f"{dataset}: why do these match?")
+    results["correspondences"] = correspondence_gallery(os.path.join(workdir, "correspondences.png"), model, variables,
+                                                        embed, data.images, images, pairs[shown], config.seed, dataset)
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
     print("\n".join(lines))
     return results
+
+
+def correspondence_gallery(path, model, variables, embed, raw, images, pairs, seed, dataset, top_k=3) -> dict:
+    """Draws the strongest cell pairs of ``pairs`` (with both first-order maps) into ``path``: exact
+    (``pooled_pair``) for a pooled model, ``rise_pair`` otherwise. Returns what the report needs."""
+    queries, references = images[pairs[:, 0]], images[pairs[:, 1]]
+    try:
+        pooled = sx.saliency.pooled_model(model, variables)
+        method, result = "pooled_pair", sx.saliency.pooled_pair(pooled, None, queries, references)
+    except (TypeError, ValueError):  # not an affine head on a mean-pooled feature map
+        method, result = "rise_pair", sx.saliency.rise_pair(embed, queries, references,
+                                                            key=jax.random.key(seed), num_masks=500)
+    corr = np.asarray(result.correspondence)
+    strongest = [sx.saliency.strongest_pairs(c, queries.shape[1:], references.shape[1:], top_k) for c in corr]
+    captions = [f"similarity {float(s):.3f}; strongest pair {p[0].share:.0%} of it" for s, p in
+                zip(np.asarray(result.similarity), strongest)]
+    viz.correspondence_figure(path, raw[pairs[:, 0]], raw[pairs[:, 1]], strongest, np.asarray(result.query_map),
+                              np.asarray(result.reference_map), captions=captions,
+                              title=f"{dataset}: which part matches which ({method})")
+    return {"method": method, "figure": os.path.basename(path), "top_k": top_k,
+            "pairs": [[p._asdict() for p in pair] for pair in strongest]}
 
 
 def _attribute_names(dataset, data_dir):

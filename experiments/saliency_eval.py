@@ -122,7 +122,8 @@ def evaluate(config, workdir: str, rows: list):
     def prepare():  # the similarity model (trained if missing) and the pair list (the dataset built if missing)
         sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
                                config.similarity_workdir or os.path.join(workdir, "similarity"),
-                               {"data_dir": data_dir, "manual_dir": config.manual_dir})
+                               {"data_dir": data_dir, "manual_dir": config.manual_dir},
+                               given=bool(config.similarity_workdir))
         with open(os.path.join(sim_dir, "checkpoints", "config.json")) as f:
             dataset = json.load(f)["dataset"]
         return sim_dir, explanation_pair_list(dataset, data_dir=data_dir, manual_dir=config.manual_dir,

@@ -14,12 +14,13 @@ where it stopped. One run per workdir at a time (``<workdir>/.lock``). Writes
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
 
-from experiments import explain_attributes, saliency_eval, train_attributes, train_similarity
-from experiments.stages import WorkdirLock, ensure_stage, flags_main
+from experiments import explain_attributes, saliency_eval, train_attributes, train_similarity, validation
+from experiments.stages import WorkdirLock, ensure_stage, flags_main, override, stage_config
 from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
 
@@ -38,11 +39,24 @@ def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
         f"<b>{sim['test_pair_auc']:.4f}</b> ({sim['steps']} steps). Saliency: {sal['num_pairs']} test pairs "
         f"({sal['num_positive']} positive). Attribute explanations: {expl['num_pairs']} positive pairs; "
         f"oracle: {expl['oracle']}.</p>"))]
+    selector = expl.get("gallery_selector", "pair-aware selector, w = 0.5")
     sections.append(("Explained matches: saliency and the attribute that explains each match",
-                     "<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
-                     "(pair-aware selector, w = 0.5) with their scores and the ground truth.</p>"
+                     f"<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
+                     f"({html.escape(selector)}) with their scores and the ground truth.</p>"
                      + viz.image_html(os.path.join(folders["explanations"], "gallery.png"), "attribute gallery",
                                       "60%")))
+    correspondences = expl.get("correspondences")
+    if correspondences:
+        exact = correspondences["method"] == "pooled_pair"
+        sections.append(("Which part matches which: correspondences",
+                         f"<p>For the same pairs: each image's first-order map, then the {correspondences['top_k']} "
+                         "strongest cell pairs (query cell ~ reference cell, 1 = strongest) joined by lines, with the "
+                         "strongest pair's share of the similarity. "
+                         + ("Exact: the pooled embedding's similarity split over pairs of feature cells "
+                            "(<code>pooled_pair</code>, one forward pass per image)." if exact else
+                            "Estimated by the RISE cross estimator (<code>rise_pair</code>).") + "</p>"
+                         + viz.image_html(os.path.join(folders["explanations"], correspondences["figure"]),
+                                          "correspondences", "75%")))
     sections.append(("Saliency methods (insertion / deletion AUC x100; pointing on the key object)",
                      viz.table_html(sal["rows"], ["method", "reference", "insertion_auc", "deletion_auc",
                                                   "pointing_accuracy", "mass_on_key", "seconds_per_pair"])
@@ -51,32 +65,57 @@ def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
     sections.append(("Attribute predictor (test mAP x100, same seed)",
                      viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
     sections.append(("Attribute explanations (ground truth and counterfactual oracle)",
-                     viz.table_html(expl["rows"], ["selector", "w", "gt_top1", "gt_top3", "oracle_agreement",
-                                                   "mean_similarity_drop"])))
+                     viz.table_html(expl["rows"], ["selector", "w", "scorer", "presence", "gt_top1", "gt_top3",
+                                                   "oracle_agreement", "mean_similarity_drop"])))
     return sections
 
 
-def run(config, workdir: str) -> dict:
-    """Runs the stages that have no results yet and writes the report, under the workdir's lock
-    (each stage also locks its own folder); returns the results written to
-    ``<workdir>/results.json``."""
-    with WorkdirLock(workdir):  # one run per workdir
-        return run_stages(config, workdir)
+# each stage: its experiment's run, the config field naming its config, and its check (run before any stage)
+STAGE_RUNS = {"similarity": (train_similarity.run, "similarity_config", validation.check_similarity_config),
+              "saliency": (saliency_eval.run, "saliency_config", validation.check_saliency_config),
+              "attributes": (train_attributes.run, "attributes_config", validation.check_attributes_config),
+              "explanations": (explain_attributes.run, "explain_config", validation.check_explain_attributes_config)}
 
 
-def run_stages(config, workdir: str) -> dict:
-    start = time.perf_counter()
+def stage_plan(config, workdir: str) -> dict:
+    """Every stage's folder and config, overrides included, each checked: a bad setting of any stage
+    raises here, naming it, before the first stage starts."""
     data_dir = os.path.abspath(config.data_dir or os.path.join(workdir, "tfds"))
     folders = {name: os.path.join(workdir, name) for name in STAGES}
-    stages = config.stages
-    ensure_stage(train_similarity.run, config.similarity_config, folders["similarity"],
-                 {"data_dir": data_dir, **stages.similarity})
-    ensure_stage(saliency_eval.run, config.saliency_config, folders["saliency"],
-                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **stages.saliency})
-    ensure_stage(train_attributes.run, config.attributes_config, folders["attributes"],
-                 {"data_dir": data_dir, "similarity_workdir": folders["similarity"], **stages.attributes})
-    ensure_stage(explain_attributes.run, config.explain_config, folders["explanations"],
-                 {"data_dir": data_dir, "attributes_workdir": folders["attributes"], **stages.explanations})
+    links = {"similarity": {}, "saliency": {"similarity_workdir": folders["similarity"]},
+             "attributes": {"similarity_workdir": folders["similarity"]},
+             "explanations": {"attributes_workdir": folders["attributes"]}}
+    plan = {}
+    for name in STAGES:
+        run, field, check = STAGE_RUNS[name]
+        where = f"config.stages.{name}"
+        try:
+            stage = stage_config(config[field], {"data_dir": data_dir, **links[name]})
+            override(stage, config.stages[name], where=where)
+            check(stage)
+        except (ValueError, KeyError, TypeError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ValueError(f"stage {name} ({config[field]} with {where}): {message}") from None
+        plan[name] = (run, stage, folders[name])
+    return plan
+
+
+def run(config, workdir: str) -> dict:
+    """Checks every stage's config, then runs the stages that have no results yet and writes the
+    report, under the workdir's lock (each stage also locks its own folder); returns the results
+    written to ``<workdir>/results.json``. A finished stage whose recorded settings differ from the
+    requested ones is refused, naming the difference (``ensure_stage``)."""
+    plan = stage_plan(config, workdir)
+    with WorkdirLock(workdir):  # one run per workdir
+        return run_stages(plan, workdir)
+
+
+def run_stages(plan: dict, workdir: str) -> dict:
+    start = time.perf_counter()
+    folders = {name: folder for name, (_, _, folder) in plan.items()}
+    for name in STAGES:
+        run, stage, folder = plan[name]
+        ensure_stage(run, stage, folder)
     results = {name: _load(folder) for name, folder in folders.items()}
     for attributes_run in results["attributes"]["runs"]:
         attributes_run.pop("history", None)

@@ -6,6 +6,7 @@ that names no field)."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from typing import Callable, Optional
 
 import ml_collections
@@ -20,8 +22,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import configs
+from simexplain_jax.io import write_json_atomic
 
 LOCK_FILE = ".lock"
+STAGE_RECORD = "stage_config.json"  # the settings a stage run by ensure_stage finished with
+# settings that say only how a stage runs (its results do not depend on them): a finished stage is
+# reused whatever they are now
+EXECUTION_FIELDS = ("mesh_devices", "mesh_masks", "distributed", "param_sharding")
 CONFIGS_PACKAGE = "experiments.configs"
 
 
@@ -62,115 +69,129 @@ def override(config: ml_collections.ConfigDict, overrides, where: str = "config"
     return config
 
 
-def ensure_stage(run: Callable, config, workdir: str, overrides=None):
+def stage_config(config, overrides=None) -> ml_collections.ConfigDict:
+    """A stage's config: ``config`` (a ConfigDict, or a spec for ``load_config``) with ``overrides``
+    set into it (a misspelt override raises, naming it)."""
+    config = load_config(config) if isinstance(config, str) else config
+    return override(config, overrides)
+
+
+def ensure_stage(run: Callable, config, workdir: str, overrides=None, *, given: bool = False):
     """Runs ``run(config, workdir)`` in this process unless ``<workdir>/results.json`` exists (the
     stage's completion marker); ``config`` is a ConfigDict or a spec for ``load_config``, with
     ``overrides`` set into it first (so a misspelt override fails even when the stage is done).
+
+    A finished stage of the caller's own (``given`` False: a folder it chose, e.g.
+    ``<workdir>/similarity``) is reused only with the settings it ran with (``STAGE_RECORD``,
+    written when it finishes; ``EXECUTION_FIELDS`` aside): otherwise a ValueError names every field
+    that differs. ``given``:
+    the user (or a parent stage) named ``workdir`` (e.g. ``similarity_workdir``): it must exist, so
+    a mistyped path is an error instead of a new run there, and what it holds is used as it is.
     Returns ``workdir``."""
-    config = load_config(config) if isinstance(config, str) else config
-    override(config, overrides)
-    if not os.path.exists(os.path.join(workdir, "results.json")):
-        logging.warning("running stage %s into %s", run.__module__, workdir)
-        run(config, workdir)
+    config = stage_config(config, overrides)
+    record = os.path.join(workdir, STAGE_RECORD)
+    requested = _as_json(config.to_dict())
+    if given and not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir} does not exist: it was given as the workdir of stage {run.__module__} "
+                                "(leave it empty to run that stage into this experiment's workdir)")
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        if not given and os.path.exists(record):
+            with open(record, encoding="utf-8") as f:
+                recorded = json.load(f)
+            changed = _differences({k: v for k, v in recorded.items() if k not in EXECUTION_FIELDS},
+                                   {k: v for k, v in requested.items() if k not in EXECUTION_FIELDS})
+            if changed:
+                raise ValueError(f"stage {run.__module__} in {workdir} ran with other settings ({'; '.join(changed[:8])})"
+                                 f": it is not reused with these. Use another workdir, or delete {workdir} to run it "
+                                 "again")
+        return workdir
+    logging.warning("running stage %s into %s", run.__module__, workdir)
+    run(config, workdir)
+    write_json_atomic(record, requested)
     return workdir
 
 
-def _process_start(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _alive(pid: int, start: Optional[str]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    current = _process_start(pid)
-    return start is None or current is None or current == start
+def _differences(recorded: dict, requested: dict, prefix: str = "") -> list[str]:
+    """``field: recorded -> requested`` for each (nested) field that differs."""
+    out = []
+    for key in sorted(set(recorded) | set(requested)):
+        a, b = recorded.get(key, "(absent)"), requested.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 class WorkdirLock:
-    """One writer per workdir: ``<workdir>/.lock`` holds the holder's pid, host and start time.
+    """One writer per workdir: an exclusive ``fcntl.flock`` on ``<workdir>/.lock``, which also holds
+    the holder's pid, host, command and start time (for the message).
 
-    Taking it fails at once with a RuntimeError naming the holder when a live process holds it. A
-    lock left by a process that died (same host, pid gone or reused) is stale: it is taken over. A
-    lock from another host cannot be checked: the message says to delete the file if that run is
-    gone. Released (the file removed) on ``release`` or when used as a context manager."""
+    The operating system holds the lock: it is released when the holder exits, however it ends (a
+    killed run leaves no stale lock to take over), and two processes can never both hold it.
+    Taking it fails at once with a RuntimeError naming the holder. Released (the file removed) on
+    ``release`` or when used as a context manager."""
 
     def __init__(self, workdir: str, name: str = LOCK_FILE):
         self.path = os.path.join(workdir, name)
         self.held = False
+        self._fd: Optional[int] = None
 
     def acquire(self) -> "WorkdirLock":
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-              "command": " ".join(sys.argv)[:500], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None or self._stale(holder):
-                    logging.warning("removing the stale lock %s (%s)", self.path, holder)
-                    try:
-                        os.remove(self.path)
-                    except FileNotFoundError:
-                        pass
-                    continue
-                where = "this host" if holder.get("host") == me["host"] else f"host {holder.get('host')}"
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                where = "this host" if holder.get("host") == me["host"] else f"host {holder.get('host', '?')}"
                 raise RuntimeError(
-                    f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on {where} since "
-                    f"{holder.get('since')} ({holder.get('command', '?')}): one run per workdir. Wait for it or "
-                    f"stop it; if it is gone (e.g. a machine that was shut down), delete {self.path}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise RuntimeError(f"could not take the lock {self.path}: other processes keep taking it")
-
-    def _holder(self) -> Optional[dict]:
-        try:
-            with open(self.path) as f:
-                holder = json.load(f)
-            return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            # being written this instant, or garbage: garbage older than a few seconds is stale
-            try:
-                return None if time.time() - os.path.getmtime(self.path) > 5 else {"pid": -1, "host": "?"}
-            except OSError:
-                return {}
-
-    def _stale(self, holder: dict) -> bool:
-        if not holder:
-            return True
-        if holder.get("host") != socket.gethostname() or holder["pid"] < 0:
-            return False
-        return holder["pid"] != os.getpid() and not _alive(holder["pid"], holder.get("start"))
+                    f"{os.path.dirname(self.path)} is in use by process {holder.get('pid', '?')} on {where} since "
+                    f"{holder.get('since', '?')} ({holder.get('command', '?')}): one run per workdir. Wait for it "
+                    "or stop it") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file at the path
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        self._fd, self.held = fd, True
+        return self
 
     def release(self) -> None:
         if self.held:
             try:
-                with open(self.path) as f:
-                    mine = json.load(f).get("pid") == os.getpid()
-            except (OSError, ValueError):
-                mine = False
-            if mine:
-                os.remove(self.path)
-            self.held = False
+                os.remove(self.path)  # while still holding it: a waiting process then retries on a new file
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    """What the holder wrote into the lock file (empty while it is being written)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def parse_flags(argv: list) -> list:
@@ -186,19 +207,41 @@ def parse_flags(argv: list) -> list:
         sys.exit(1)
 
 
+# what a run refuses with a message for the user (a bad config, file, workdir or model), printed as one line
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError,
+               RuntimeError, FloatingPointError)
+
+
+def report_error(err: BaseException, verbose: bool) -> int:
+    """Prints ``err`` for the user: one line ``error: ...`` on stderr (the traceback too with
+    ``verbose``); returns the exit status (1)."""
+    if verbose:
+        traceback.print_exception(err)
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    first = " ".join(message.split()) or type(err).__name__
+    sys.stderr.write(f"error: {first}" + ("" if verbose else " (--verbose shows where)") + "\n")
+    return 1
+
+
 def flags_main(run: Callable, config_help: str) -> None:
     """The command line of an experiment: defines ``--config`` (a config file, locked, with
-    ``--config.x=...`` overrides; ``config_help`` names the config files) and ``--workdir``, then runs
-    ``run(config, workdir)`` under ``app.run``. Call it from ``if __name__ == "__main__"`` only, so
-    importing any number of experiment modules into one process defines no flag."""
+    ``--config.x=...`` overrides; ``config_help`` names the config files), ``--workdir`` and
+    ``--verbose``, then runs ``run(config, workdir)`` under ``app.run``. An error meant for the user
+    (``USER_ERRORS``) is printed as one line and the command exits 1; ``--verbose`` adds the
+    traceback. Call it from ``if __name__ == "__main__"`` only, so importing any number of
+    experiment modules into one process defines no flag."""
     config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")
+    verbose = flags.DEFINE_bool("verbose", False, "print the traceback of an error, not only its message")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-        run(config.value, workdir.value)
+        try:
+            run(config.value, workdir.value)
+        except USER_ERRORS as err:
+            sys.exit(report_error(err, verbose.value))
 
     app.run(main, flags_parser=parse_flags)

@@ -60,7 +60,8 @@ def train(config, workdir: str, lambdas: list) -> dict:
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
                            config.similarity_workdir or os.path.join(workdir, "similarity"),
-                           {"data_dir": data_dir, "manual_dir": config.manual_dir})
+                           {"data_dir": data_dir, "manual_dir": config.manual_dir},
+                           given=bool(config.similarity_workdir))
     model, variables, sim_config = load_trained_similarity(sim_dir)
     splits = attribute_splits(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir)
     train = splits["train"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+
 import simexplain_jax as sx
 from simexplain_jax import parallel
 from simexplain_jax.data import reference_files
@@ -34,6 +36,14 @@ def integer(value, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"config.{name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def devices(value: int, name: str = "mesh_devices") -> None:
+    """``config.<name>`` devices must be on this machine (0: all of them)."""
+    available = jax.local_device_count()
+    if value > available:
+        raise ValueError(f"config.{name}={value} but this process sees {available} device(s) "
+                         f"({jax.devices()[0].platform}); use at most {available}, or 0 for all")
 
 
 def existing_file(path: str, name: str) -> None:
@@ -62,7 +72,9 @@ def check_similarity_config(config) -> None:
     integer(config.width, "width", 1)
     integer(config.stages, "stages", 1)
     existing_file(config.init_weights, "init_weights")
+    integer(config.seed, "seed")
     parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
+    devices(config.mesh_devices)
     if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
         reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
 
@@ -109,7 +121,11 @@ def check_saliency_config(config) -> list[tuple[str, str, str]]:
     integer(config.insertion_steps, "insertion_steps", 2)
     integer(config.gallery_pairs, "gallery_pairs", 1)
     integer(config.mesh_devices, "mesh_devices", 0)
+    distributed = config.distributed.num_processes > 1 or config.distributed.coordinator_address == "auto"
+    if not distributed:  # a multi-process run may not touch the devices before jax.distributed.initialize
+        devices(config.mesh_devices)
     integer(config.mesh_masks, "mesh_masks", 1)
+    integer(config.seed, "seed")
     integer(config.query_batch, "query_batch", 0)
     try:
         normalized_color(config.background)
@@ -144,7 +160,9 @@ def check_attributes_config(config) -> list[float]:
     integer(config.shard_size, "shard_size", 1)
     integer(config.width, "width", 1)
     integer(config.stages, "stages", 1)
+    integer(config.seed, "seed")
     parallel.check_data_parallel(config.mesh_devices, config.batch_size, config.param_sharding)
+    devices(config.mesh_devices)
     try:
         sx.saliency.options_for(config.saliency_method, **config.saliency.to_dict())
     except (TypeError, ValueError) as err:

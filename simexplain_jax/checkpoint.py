@@ -5,8 +5,9 @@ Layout under a checkpoint folder: one folder per kept step (``<step>/``) holding
 ``variables`` (``{"params", "batch_stats"}``: all that inference needs), ``train``
 (``{"step", "opt_state"}``: what resuming needs besides) and ``meta`` (JSON: the step, the data
 iterator's state, the training config); beside them ``config.json`` (the training config,
-``trained_config``), ``checkpointer.json`` (the metric and its mode) and ``digests/<step>.json``
-(the SHA-256 of every file of the step, ``integrity``). After each save, orbax's preservation
+``trained_config``), ``checkpointer.json`` (the metric, its mode and the folder's format) and
+``digests/<step>.json`` (the SHA-256 of every file of the step, ``integrity``, required for every
+step of this format). After each save, orbax's preservation
 policy deletes every step but the latest and the best by the metric (among the steps saved with
 metrics); orbax writes each step to a temporary folder and renames it.
 
@@ -18,6 +19,7 @@ against the config saved with the step, and raises naming the file or the fields
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -28,7 +30,8 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from simexplain_jax import integrity
 from simexplain_jax.io import write_json_atomic
-from simexplain_jax.trained_config import as_json, check_config_drift, read_config, write_config
+from simexplain_jax.trained_config import (CONFIG_FILE, as_json, check_config_drift, config_differences,
+                                           read_config, write_config)
 
 __all__ = ["Checkpointer", "CorruptCheckpointError", "read_config"]
 
@@ -37,6 +40,7 @@ WHICH = ("last", "best")
 DIGESTS = "digests"
 SETTINGS = "checkpointer.json"
 ITEMS = ("variables", "train", "meta")
+FORMAT = 2  # every step has its digest file
 
 
 class CorruptCheckpointError(integrity.CorruptFileError):
@@ -59,7 +63,9 @@ def _abstract(tree):
     return jax.tree.map(one, tree)
 
 
-def _read_settings(directory: str) -> tuple[str, str]:
+def _read_settings(directory: str) -> tuple[str, str, int]:
+    """The folder's ``(metric, mode, format)``; folders written before digests were required have
+    no format (1)."""
     path = os.path.join(directory, SETTINGS)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
@@ -68,11 +74,19 @@ def _read_settings(directory: str) -> tuple[str, str]:
     try:
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
-        metric, mode = stored["metric"], stored["mode"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        metric, mode, version = stored["metric"], stored["mode"], int(stored.get("format", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{path} does not name the checkpoints' metric and mode "
                          f"({type(err).__name__}: {err})") from None
-    return metric, mode
+    return metric, mode, version
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The steps a checkpoint folder holds (their folders), without opening it."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
 class Checkpointer:
@@ -81,6 +95,10 @@ class Checkpointer:
     A saved ``state`` has ``params``, ``batch_stats``, ``opt_state`` and ``step`` (a flax train
     state, e.g. ``train.similarity.TrainState``); ``meta`` is a JSON dict (e.g. the data
     iterator's state).
+
+    Opening a folder that already holds steps checks first, and writes nothing when it refuses:
+    its metric and mode must be the ones given, and its ``config.json`` the given config (a model
+    is never resumed, nor its config overwritten, under another config).
 
     Args:
       directory: the checkpoint folder, created if needed.
@@ -95,11 +113,26 @@ class Checkpointer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         directory = os.path.abspath(directory)
+        steps = saved_steps(directory)
+        version = FORMAT
+        if steps:  # a run to resume: everything is checked before anything is written
+            stored_metric, stored_mode, version = _read_settings(directory)
+            if (stored_metric, stored_mode) != (metric, mode):
+                raise ValueError(f"checkpoint folder {directory} holds steps {steps} chosen by {stored_metric!r} "
+                                 f"({stored_mode}); this run asks for {metric!r} ({mode}). Use another folder")
+            if config is not None and os.path.exists(os.path.join(directory, CONFIG_FILE)):
+                changed = config_differences(read_config(directory), as_json(config), ("when trained", "now"))
+                if changed:
+                    raise ValueError(
+                        f"checkpoint folder {directory} holds a model trained with another config (steps {steps}): "
+                        + "; ".join(changed[:8])
+                        + ". Nothing was changed: use another workdir, or run with the config it was trained with")
         os.makedirs(directory, exist_ok=True)
-        write_json_atomic(os.path.join(directory, SETTINGS), {"metric": metric, "mode": mode})
+        write_json_atomic(os.path.join(directory, SETTINGS), {"metric": metric, "mode": mode, "format": version})
         if config is not None:
             write_config(directory, config)
-        self._start(directory, metric, mode, None if config is None else as_json(config), read_only=False)
+        self._start(directory, metric, mode, None if config is None else as_json(config), read_only=False,
+                    version=version)
 
     @classmethod
     def open(cls, directory: str) -> "Checkpointer":
@@ -114,28 +147,34 @@ class Checkpointer:
           A read-only ``Checkpointer``.
         """
         directory = os.path.abspath(directory)
-        metric, mode = _read_settings(directory)
+        metric, mode, version = _read_settings(directory)
         if mode not in MODES:
             raise ValueError(f"{os.path.join(directory, SETTINGS)}: mode must be one of {MODES}, got {mode!r}")
         reader = cls.__new__(cls)
-        reader._start(directory, metric, mode, None, read_only=True)
+        reader._start(directory, metric, mode, None, read_only=True, version=version)
         return reader
 
-    def _start(self, directory: str, metric: str, mode: str, config: Optional[dict], read_only: bool) -> None:
+    def _start(self, directory: str, metric: str, mode: str, config: Optional[dict], read_only: bool,
+               version: int) -> None:
         self.directory, self.metric, self.mode = directory, metric, mode
-        self.read_only = read_only
+        self.read_only, self.format = read_only, version
         self._config = config
         best = lambda metrics: metrics[metric]  # noqa: E731
         policy = preservation_policy.AnyPreservationPolicy([
             preservation_policy.LatestN(n=1),
             preservation_policy.BestN(get_metric_fn=best, reverse=mode == "min", n=1,
                                       keep_checkpoints_without_metrics=False)])
-        self._manager = ocp.CheckpointManager(
-            directory,
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best, best_mode=mode,
-                                                 create=not read_only, read_only=read_only,
-                                                 save_interval_steps=0 if read_only else 1,
-                                                 enable_async_checkpointing=False))
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best, best_mode=mode,
+                                               create=not read_only, read_only=read_only,
+                                               save_interval_steps=0 if read_only else 1,
+                                               enable_async_checkpointing=False)
+        absl_logger = logging.getLogger("absl")  # orbax warns that a folder opened read-only is read-only
+        level = absl_logger.level
+        absl_logger.setLevel(max(level, logging.ERROR) if read_only else level)
+        try:
+            self._manager = ocp.CheckpointManager(directory, options=options)
+        finally:
+            absl_logger.setLevel(level)
 
     def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> None:
         """Saves ``state`` and ``meta`` at ``step``.
@@ -178,7 +217,9 @@ class Checkpointer:
     def verify(self, step: int, items=ITEMS) -> None:
         """Checks the files of ``items`` of ``step`` against the digests saved with it.
 
-        A step without a digest file is not checked.
+        Every step of a folder written by this version has its digest file (written right after
+        the step, atomically); one without it is refused. Folders of the earlier format (no
+        ``format`` in ``checkpointer.json``) are checked where they have digests.
 
         Args:
           step: the step.
@@ -192,6 +233,11 @@ class Checkpointer:
             expected = integrity.read_digests(self._digest_path(step))
         except integrity.CorruptFileError as err:
             raise CorruptCheckpointError(f"checkpoint {folder}: its {err}") from None
+        if expected is None and self.format >= 2:
+            raise CorruptCheckpointError(
+                f"checkpoint {folder} has no digest file ({self._digest_path(step)}): its save did not finish, or "
+                "the file was removed, so its files cannot be trusted. Delete the step's folder to resume from the "
+                "step before, or restore both from a copy")
         difference = None if expected is None else integrity.first_difference(folder, expected, items)
         if difference is not None:
             relative, state = difference

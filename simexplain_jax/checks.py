@@ -29,7 +29,17 @@ def as_pytree_fn(embed_fn) -> Partial:
     """
     if not callable(embed_fn):
         raise TypeError(f"embed_fn must be callable (images [B, H, W, C] -> embeddings [B, D]), got {type(embed_fn).__name__}")
-    return embed_fn if isinstance(embed_fn, Partial) else Partial(embed_fn)
+    if isinstance(embed_fn, Partial):
+        return embed_fn
+    leaves = jax.tree_util.tree_leaves(embed_fn)
+    if not (len(leaves) == 1 and leaves[0] is embed_fn):  # a callable pytree (sx.saliency.PooledModel): its arrays
+        return Partial(call_pytree, embed_fn)  # travel as traced arguments
+    return Partial(embed_fn)
+
+
+def call_pytree(fn, images):
+    """``fn(images)`` for a callable pytree ``fn`` carried as a ``Partial``'s argument."""
+    return fn(images)
 
 
 def _check_float(array, name: str) -> None:
@@ -133,6 +143,24 @@ def check_batch_size(batch_size) -> int:
 def check_key_or_masks(key, masks, what: str = "masks") -> None:
     if (key is None) == (masks is None):
         raise ValueError(f"pass exactly one of key= (to generate {what} on device) or {what}= (explicit)")
+    if key is not None:
+        check_key(key)
+
+
+def check_key(key, name: str = "key", batch: bool = False) -> None:
+    """Raises a TypeError unless ``key`` is one JAX PRNG key: a typed key (``jax.random.key(seed)``)
+    or raw ``uint32[2]`` key data (``jax.random.PRNGKey(seed)``); ``batch``: or a 1-D stack of them."""
+    if isinstance(key, jax.core.Tracer):
+        return
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != () and not (batch and key.ndim == 1):
+            raise TypeError(f"{name} must be one PRNG key, got a batch of shape {key.shape}")
+        return
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape[-1:] == (2,) and (
+            key.ndim == 1 or batch and key.ndim == 2):
+        return
+    raise TypeError(f"{name} must be a PRNG key, e.g. jax.random.key(0), got "
+                    f"{type(key).__name__}{' ' + repr(key) if isinstance(key, (int, float)) else ''}")
 
 
 def check_positive_int(value, name: str, low: int = 1) -> int:

@@ -47,10 +47,11 @@ def read_config(directory: str) -> dict:
     return config
 
 
-def config_differences(trained: dict, current: dict) -> list[str]:
-    """The top-level fields of two configs that differ, one line each."""
+def config_differences(trained: dict, current: dict, labels: tuple[str, str] = ("when trained", "in config.json")
+                       ) -> list[str]:
+    """The top-level fields of two configs that differ, one line each (``labels`` name the two)."""
     keys = sorted(set(trained) | set(current))
-    return [f"{k}: {trained.get(k, '(absent)')!r} when trained, {current.get(k, '(absent)')!r} in config.json"
+    return [f"{k}: {trained.get(k, '(absent)')!r} {labels[0]}, {current.get(k, '(absent)')!r} {labels[1]}"
             for k in keys if trained.get(k) != current.get(k)]
 
 

@@ -25,8 +25,10 @@ def _figure(rows: int, cols: int, figsize) -> tuple[Figure, np.ndarray]:
 
 
 def _save(fig: Figure, path: str, dpi: int = 100) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    """Writes the figure atomically (``io.write_atomic``): a symlink planted at ``path`` is replaced,
+    never written through."""
+    kind = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=kind))
     return path
 
 
@@ -68,6 +70,64 @@ def pair_gallery(path: str, queries: np.ndarray, references: np.ndarray, maps: d
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+_PAIR_COLOURS = ("#ff2d2d", "#ffd400", "#00e5ff", "#7cff4d", "#ff7bff")
+
+
+def correspondence_figure(path: str, queries: np.ndarray, references: np.ndarray, pairs: Sequence[Sequence],
+                          query_maps: np.ndarray, reference_maps: np.ndarray,
+                          captions: Sequence[str] | None = None, title: str | None = None) -> str:
+    """One row per pair: the query's and the reference's first-order maps, then both images side by
+    side with their strongest cell pairs drawn as numbered boxes joined by lines. Writes ``path``.
+
+    Args:
+      queries, references: ``[P, H, W, 3]`` uint8 images.
+      pairs: for each pair, its strongest cell pairs, strongest first: objects with ``query_box``,
+        ``reference_box`` (``(ymin, xmin, ymax, xmax)``, max exclusive) and ``share``
+        (``sx.saliency.strongest_pairs``).
+      query_maps, reference_maps: ``[P, H, W]`` first-order maps (the correspondence's row and
+        column sums).
+      captions: one line of text per pair, under its side-by-side panel.
+    """
+    rows = len(queries)
+    fig = Figure(figsize=(9.6, 2.5 * rows + (0.4 if title else 0.2)))
+    axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2.15]})
+    for i in range(rows):
+        height, width = queries[i].shape[:2]
+        gap = max(2, width // 8)
+        axes[i, 0].imshow(overlay(queries[i], query_maps[i]), interpolation="nearest")
+        axes[i, 1].imshow(overlay(references[i], reference_maps[i]), interpolation="nearest")
+        side = axes[i, 2]
+        side.imshow(queries[i], extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+        offset = width + gap
+        side.imshow(references[i], extent=(offset - 0.5, offset + width - 0.5, height - 0.5, -0.5),
+                    interpolation="nearest")
+        side.set_xlim(-0.5, offset + width - 0.5)
+        side.set_ylim(height - 0.5, -0.5)
+        for rank, cell_pair in reversed(list(enumerate(pairs[i]))):
+            colour = _PAIR_COLOURS[rank % len(_PAIR_COLOURS)]
+            (qy0, qx0, qy1, qx1), (ry0, rx0, ry1, rx1) = cell_pair.query_box, cell_pair.reference_box
+            for y0, x0, y1, x1 in ((qy0, qx0, qy1, qx1), (ry0, rx0 + offset, ry1, rx1 + offset)):
+                side.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                         linewidth=1.6 if rank == 0 else 1.0))
+            start = ((qx0 + qx1 - 1) / 2, (qy0 + qy1 - 1) / 2)
+            end = ((rx0 + rx1 - 1) / 2 + offset, (ry0 + ry1 - 1) / 2)
+            side.plot([start[0], end[0]], [start[1], end[1]], color=colour, linewidth=2.0 if rank == 0 else 1.2)
+            side.text(qx0, qy0 - 1, str(rank + 1), color=colour, fontsize=7, fontweight="bold", va="bottom")
+        if captions is not None:
+            side.set_xlabel(captions[i], fontsize=7)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i == 0:
+            axes[i, 0].set_title("query: first-order map", fontsize=9)
+            axes[i, 1].set_title("reference: first-order map", fontsize=9)
+            axes[i, 2].set_title("strongest correspondences (1 = strongest)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
 
 
 def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: np.ndarray | None = None,

@@ -23,7 +23,8 @@ def test_correspondence_eval_runlocal(tmp_path, shapes32_dir, trained_similarity
         if name != "rise":
             assert 0 <= row["correspondence_pointing"] <= 1 and 0 <= row["correspondence_mass"] <= 1
             assert 0 <= row["second_order_insertion_auc"] <= 100 and 0 <= row["second_order_deletion_auc"] <= 100
-    assert "correspondence_pointing" not in rows["rise"]
+            assert 0 <= row["reference_pointing"] <= 1 and 0 <= row["reference_insertion_auc"] <= 100
+    assert "correspondence_pointing" not in rows["rise"] and "reference_pointing" not in rows["rise"]
     assert rows["pooled_pair"]["passes_per_pair"] == 2 and rows["rise_pair_250"]["passes_per_pair"] == 64
     assert "| pooled_pair |" in (tmp_path / "results.md").read_text()
 

@@ -248,12 +248,38 @@ def test_importers_refuse_names_that_leave_the_dataset_folder(tmp_path):
     with pytest.raises(ValueError, match=r"item id of nondisjoint/train.json '\.\./\.\./secret/x.jpg' leaves its folder"):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
 
-    awa2 = tmp_path / "awa2"
-    awa2.mkdir()
-    (awa2 / "classes.txt").write_text("1\tcat\n2\t../../secret\n")
-    (awa2 / "predicates.txt").write_text("1\tblack\n")
-    (awa2 / "predicate-matrix-binary.txt").write_text("1\n0\n")
-    (awa2 / "trainclasses.txt").write_text("cat\n")
-    (awa2 / "testclasses.txt").write_text("../../secret\n")
+    awa2 = awa2_annotations(tmp_path / "awa2", ["cat", "../../secret"], ["black"], "1\n0\n")
     with pytest.raises(ValueError, match=r"class name of trainclasses.txt/testclasses.txt '\.\./\.\./secret' leaves"):
         read_awa2(str(awa2))
+
+
+def awa2_annotations(root, classes, predicates, matrix_text):
+    """AwA2's annotation files (no images): the first class for training, the second for testing."""
+    root.mkdir()
+    (root / "classes.txt").write_text("".join(f"{i + 1}\t{c}\n" for i, c in enumerate(classes)))
+    (root / "predicates.txt").write_text("".join(f"{i + 1}\t{p}\n" for i, p in enumerate(predicates)))
+    (root / "predicate-matrix-binary.txt").write_text(matrix_text)
+    (root / "trainclasses.txt").write_text(f"{classes[0]}\n")
+    (root / "testclasses.txt").write_text(f"{classes[1]}\n")
+    return root
+
+
+def test_importer_values_and_images_are_checked_naming_the_file(tmp_path):
+    """Out-of-range annotation values and an image bomb inside a dataset folder were not named."""
+    from PIL import Image
+
+    from simexplain_jax.data._manual import rgb_image_feature
+    from simexplain_jax.data.tfds_awa2 import read_awa2
+
+    awa2 = awa2_annotations(tmp_path / "awa2", ["cat", "dog"], ["black", "white"], "1 0\n0 7\n")
+    with pytest.raises(ValueError, match=r"predicate-matrix-binary.txt:2: entries must be 0 or 1, got '7'"):
+        read_awa2(str(awa2))
+    (awa2 / "predicate-matrix-binary.txt").write_text("1 0\n0\n")
+    with pytest.raises(ValueError, match=r"predicate-matrix-binary.txt:2: 1 entries, the lines before have 2"):
+        read_awa2(str(awa2))
+    (awa2 / "predicate-matrix-binary.txt").write_text("1 0\n0 1\n")
+    assert read_awa2(str(awa2))["matrix"].tolist() == [[True, False], [False, True]]
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 Mpx, a small file: PIL refuses to decode it
+    with pytest.raises(ValueError, match=f"unreadable image {bomb}: DecompressionBombError"):
+        rgb_image_feature(str(bomb))

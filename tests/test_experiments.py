@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,6 +28,23 @@ def test_bad_config_argument_fails_at_start(tmp_path):
     with pytest.raises(ValueError, match="unknown config argument 'nonsense'; known: runlocal"):
         sane.run(load_config("experiments/configs/sane_shapes.py:nonsense"), str(tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+def test_sane_checks_every_stage_before_the_first_one_starts(tmp_path):
+    """``--config.stages.saliency.num_pairs=-1`` was found only after the similarity model had trained."""
+    from experiments import sane
+
+    config = stage_config("experiments/configs/sane_shapes.py:runlocal")
+    with config.unlocked():
+        config.stages.saliency.num_pairs = -1
+    with pytest.raises(ValueError, match="stage saliency .*config.stages.saliency.*num_pairs"):
+        sane.run(config, str(tmp_path / "w"))
+    config = stage_config("experiments/configs/sane_shapes.py:runlocal")
+    with config.unlocked():
+        config.stages.similarity = {"learning_rat": 0.1}
+    with pytest.raises(ValueError, match="stage similarity .*config.stages.similarity.learning_rat: the config has no"):
+        sane.run(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_configs_are_locked_and_typed():
@@ -137,6 +155,27 @@ def test_train_attributes_runlocal_reports_both_lambdas(trained_attributes):
     assert shards == ["meta.json", "shard_0000000.npz", "shard_0000100.npz"]
 
 
+def test_command_line_errors_are_one_line_from_any_folder(tmp_path):
+    """A correct error used to arrive as the last line of a long traceback (or after the module's
+    docstring and every flag), and experiments failed outside the repository's folder."""
+    def command(module, *args):
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=dict(os.environ, PYTHONPATH=""))
+
+    config = f"--config={ROOT}/experiments/configs/correspondence_shapes.py:runlocal"
+    proc = command("experiments.correspondence_eval", config, f"--workdir={tmp_path / 'w'}", "--config.num_pairs=1")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and lines == [
+        "error: config.num_pairs must be >= 2 (half of them positive), got 1 (--verbose shows where)"], proc.stderr
+    proc = command("experiments.correspondence_eval", config, f"--workdir={tmp_path / 'w'}", "--config.num_pairs=1",
+                   "--verbose")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "check_config" in proc.stderr
+    (tmp_path / "pairs.txt").write_text("a b\n")
+    proc = command("experiments.explain", f"--checkpoint={tmp_path / 'missing'}", f"--pairs={tmp_path / 'pairs.txt'}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0]
+
+
 def test_train_attributes_and_explain_attributes_command_lines_check_before_building(tmp_path):
     """Their flags path, once each: tuple fields are overridden as tuples and checked at start."""
     for module, config, override, message in (
@@ -182,6 +221,11 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     assert results["concepts"]["split"] == "train" and results["concepts"]["fitted"] > 0  # never test
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+    # the gallery's pairs, explained as correspondences: exact for the trained pooled model
+    corr = results["correspondences"]
+    assert corr["method"] == "pooled_pair" and (tmp_path / corr["figure"]).read_bytes()[:4] == b"\x89PNG"
+    assert len(corr["pairs"]) >= 1 and all(len(p) == corr["top_k"] for p in corr["pairs"])
+    assert results["gallery_selector"].startswith("concept selector")
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +250,46 @@ def test_sane_runlocal_writes_report_and_results(sane_run):
     assert set(results) >= {"similarity", "saliency", "attributes", "explanations"}
     assert {r["method"] for r in results["saliency"]["rows"]} == {"rise", "sliding_window", "lime", "random"}
     page = (workdir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") >= 4 and "http://" not in page and "https://" not in page
+    assert "Which part matches which" in page and "pair-aware selector" not in page
+    assert "<th>scorer</th><th>presence</th>" in page  # each attribute row says which scorer and presence rule
     assert "report" in stdout and str(workdir / "report.html") in stdout
+
+
+def test_sane_refuses_a_finished_stage_under_other_settings(sane_run, shapes32_dir):
+    """A finished workdir used to ignore changed stage settings (even invalid ones) and rewrite the old report."""
+    from experiments import sane
+
+    workdir, _ = sane_run
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file())
+    config = stage_config("experiments/configs/sane_shapes.py:runlocal", data_dir=shapes32_dir)
+    with config.unlocked():
+        config.stages.saliency.mesh_devices = 1
+        config.stages.explanations.num_pairs = 5
+    with pytest.raises(ValueError, match=r"stage experiments.explain_attributes in .*explanations ran with other "
+                                         r"settings \(num_pairs: 6 -> 5\)"):
+        sane.run(config, str(workdir))
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file()) == before
+
+
+def test_a_refused_training_rerun_leaves_the_workdir_byte_identical(tmp_path, trained_similarity, shapes32_dir):
+    """Rerunning train_similarity on a finished workdir with another num_steps overwrote config.json
+    before being refused: the trained model could no longer be loaded."""
+    import hashlib
+
+    from experiments import train_similarity
+    from simexplain_jax.models.loading import load_trained
+
+    workdir = tmp_path / "similarity"
+    shutil.copytree(trained_similarity, workdir)
+    listing = lambda: sorted((str(p.relative_to(workdir)), hashlib.sha256(p.read_bytes()).hexdigest())  # noqa: E731
+                             for p in workdir.rglob("*") if p.is_file())
+    before = listing()
+    config = stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir, num_steps=601)
+    with pytest.raises(ValueError, match="trained with another config .*num_steps: 600 when trained, 601 now"):
+        train_similarity.run(config, str(workdir))
+    assert listing() == before
+    load_trained(str(workdir / "checkpoints"))  # still loads
 
 
 def test_sane_rerun_reuses_every_stage(sane_run, shapes32_dir):
@@ -286,8 +368,14 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "similarity" in proc.stdout and "top attributes" in proc.stdout
     assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
-    # one line per pair on stdout; no library INFO logs (orbax/absl wrote 31 of 32 lines for one pair)
-    assert [line for line in proc.stdout.splitlines() if line.strip()] == [proc.stdout.strip()]
+    assert (tmp_path / "out1" / "pair_0000_correspondence.png").read_bytes()[:4] == b"\x89PNG"
+    # the pair's line, then its three strongest correspondences (exact for the trained pooled model)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert "top attributes" in lines[0] and "top correspondences (pooled_pair" in lines[1]
+    assert [re.match(r"\s+(\d)\. y \d+:\d+ x \d+:\d+ ~ y \d+:\d+ x \d+:\d+: -?\d+\.\d%$", line).group(1)
+            for line in lines[2:5]] == ["1", "2", "3"]
+    assert lines[5].strip().startswith("correspondence figure") and len(lines) == 6
+    # no library INFO logs (orbax/absl wrote 31 of 32 lines for one pair)
     assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[-2000:]
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.jpg", "c.png"):
@@ -306,10 +394,19 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     results = explain.run(config, str(tmp_path / "out2"))
     out, err = capsys.readouterr()
     assert results["failures"] == 3 and results["num_pairs"] == 6 and len(results["pairs"]) == 3
-    assert "broken.png" in err and out.count("similarity") == 3
+    assert "broken.png" in err and len(re.findall(r": similarity -?\d", out)) == 3
     assert "bomb.png: DecompressionBombError" in err and "'../a.png' leaves its folder" in err
-    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["pair_0000.png", "pair_0002.png",
-                                                                     "pair_0005.png"]
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [
+        f"pair_{i:04d}{suffix}.png" for i in (0, 2, 5) for suffix in ("", "_correspondence")]
+    # the printed shares are the exact decomposition's: the strongest cell pairs' entries over the similarity
+    first = results["pairs"][0]
+    assert first["correspondence_method"] == "pooled_pair" and len(first["correspondences"]) == 3
+    contributions = [c["contribution"] for c in first["correspondences"]]
+    assert contributions == sorted(contributions, reverse=True)
+    for c in first["correspondences"]:
+        assert c["share"] == pytest.approx(c["contribution"] / first["similarity"], rel=1e-4)
+        for y0, x0, y1, x1 in (c["query_box"], c["reference_box"]):
+            assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
 
 
 @pytest.mark.parametrize("variant", [None, "runlocal"])

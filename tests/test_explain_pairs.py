@@ -21,7 +21,11 @@ CONFIGS = {
     "gradient": {},
     "integrated_gradients": dict(num_steps=4),
     "random": {},
+    "pooled_pair": {},
+    "rise_pair": dict(num_masks=16, grid_size=4),
+    "integrated_cross_jacobian": dict(num_steps=2, grid_size=4),
 }
+FIRST_ORDER = sorted(set(CONFIGS) - set(sx.saliency.SECOND_ORDER))
 
 
 @pytest.fixture
@@ -45,7 +49,7 @@ def test_registry_covers_every_method_and_the_defaults_live_only_in_the_options_
         assert hash(options) == hash(cls(**CONFIGS[name])) and options.replace() == options
 
 
-@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("method", FIRST_ORDER)
 def test_explain_pairs_equals_single_pair_calls(setup, method):
     """Each pair's map is the single-pair function's map for the query's key, whatever else is in the list."""
     embed, images, pairs = setup
@@ -62,6 +66,81 @@ def test_explain_pairs_equals_single_pair_calls(setup, method):
         single = np.asarray(function(embed, images[q], refs, key=jax.random.fold_in(key, int(q)), **config).maps)
         np.testing.assert_allclose(maps[rows], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7,
                                    err_msg=method)
+
+
+@pytest.fixture(scope="module")
+def pooled_setup():
+    """A small pooled-embedding CNN (the exact method applies), its PooledModel and plain embed_fn."""
+    from simexplain_jax.models import EmbeddingNet, SmallCNN, embed_fn
+
+    model = EmbeddingNet(SmallCNN(features=(4, 8)), dim=8)
+    variables = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    images = np.random.default_rng(1).normal(size=(5, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([[0, 1], [2, 3], [0, 4], [1, 0], [0, 2]])  # query 0 has three references
+    return model, variables, embed_fn(model, variables), sx.saliency.pooled_model(model, variables), images, pairs
+
+
+def _single_pair(method, model, variables, embed, query, reference, key, config):
+    if method == "pooled_pair":
+        return sx.saliency.pooled_pair(model, variables, query, reference, **config)
+    if method == "rise_pair":
+        return sx.saliency.rise_pair(embed, query, reference, key=key, **config)
+    return sx.saliency.integrated_cross_jacobian(embed, query, reference, **config)
+
+
+@pytest.mark.parametrize("method", sorted(sx.saliency.SECOND_ORDER))
+def test_pair_methods_through_explain_pairs_equal_their_single_pair_calls(pooled_setup, method):
+    """The pair methods run through the same registry path: each pair's correspondence, both
+    first-order maps, similarity and passes are the single-pair function's for the query's key,
+    whatever else is in the list; without correspondences=True the map is the query map."""
+    model, variables, embed, pooled, images, pairs = pooled_setup
+    key, config = jax.random.key(3), CONFIGS[method]
+    fn = pooled if method == "pooled_pair" else embed
+    out = sx.saliency.explain_pairs(method, fn, images, images, key=key, pairs=pairs, config=config,
+                                    correspondences=True)
+    maps = sx.saliency.explain_pairs(method, fn, images, images, key=key, pairs=pairs, config=config)
+    np.testing.assert_array_equal(maps, out.query_map)
+    for i, (q, r) in enumerate(pairs):
+        single = _single_pair(method, model, variables, embed, images[q], images[r], jax.random.fold_in(key, int(q)),
+                              config)
+        for field in ("correspondence", "query_map", "reference_map", "similarity"):
+            expected = np.asarray(getattr(single, field))
+            np.testing.assert_allclose(getattr(out, field)[i], expected, rtol=1e-4,
+                                       atol=1e-5 * float(np.abs(expected).max()) + 1e-7, err_msg=f"{method} {field}")
+        assert out.passes == single.passes
+    if method == "pooled_pair":  # exact: every pair's contributions sum to its similarity
+        np.testing.assert_allclose(out.correspondence.sum(axis=(1, 2, 3, 4)), out.similarity, rtol=1e-5, atol=1e-6)
+
+
+def test_pair_methods_cache_their_correspondences(pooled_setup, tmp_path):
+    model, variables, embed, pooled, images, pairs = pooled_setup
+    config = CONFIGS["rise_pair"]
+    run = lambda fn, **kw: sx.saliency.explain_pairs("rise_pair", fn, images, images, key=jax.random.key(0),  # noqa: E731
+                                                     pairs=pairs, config=config, cache_dir=str(tmp_path), **kw)
+    first = run(embed, correspondences=True)
+    with np.load(tmp_path / "q0.npz") as stored:
+        assert stored["correspondence"].shape == (3, 4, 4, 4, 4)
+    masked = []
+
+    def counting(batch):  # a pass over more than the two intact images of a pair is mask work
+        jax.debug.callback(lambda n: masked.append(int(n)), batch.shape[0])
+        return embed(batch)
+
+    again = run(counting, correspondences=True, cache_meta={"model": sx.saliency.cache.fingerprint(embed)})
+    for a, b in zip(first[:4], again[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert sum(masked) <= 2 * len(images)  # only the intact images, for the similarities: nothing recomputed
+
+
+def test_correspondences_need_a_pair_method_and_pooled_pair_a_pooled_model(pooled_setup):
+    model, variables, embed, pooled, images, pairs = pooled_setup
+    with pytest.raises(ValueError, match="correspondences=True needs a pair method"):
+        sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
+                                  correspondences=True)
+    with pytest.raises(TypeError, match="pooled_model"):
+        sx.saliency.explain_pairs("pooled_pair", embed, images, images, key=jax.random.key(0), pairs=pairs)
+    with pytest.raises(ValueError, match="float32"):
+        sx.saliency.PooledPair(compute_dtype="bfloat16")
 
 
 def test_explain_pairs_takes_an_options_object(setup):

@@ -45,3 +45,18 @@ def test_positive_references_by_class_and_by_outfit():
     assert refs == pairs.positive_references(pairs.groups_from_labels(labels.tolist()), labels.size, 20, seed=0)
     outfits = {"o1": [0, 1, 2], "o2": [2, 3]}
     assert pairs.positive_references(outfits, 5) == [[1, 2], [0, 2], [0, 1, 3], [2], []]
+
+
+def test_asking_for_more_pairs_than_the_images_allow_fails_at_once():
+    """``--config.num_pairs=1000000`` printed nothing for minutes (some 5e7 draws) before failing."""
+    import time
+
+    from simexplain_jax.data.pairs import sample_pairs
+
+    labels = np.repeat(np.arange(4), 5)  # 20 images: 80 ordered positive pairs, 300 negative ones
+    began = time.perf_counter()
+    with pytest.raises(ValueError, match="num_pairs=1000000 asks for 500000 distinct positive pairs, but the 20 "
+                                         "images \\(4 labels\\) allow 80 ordered ones; ask for at most 80 pairs"):
+        sample_pairs(labels, 1_000_000, seed=0)
+    assert time.perf_counter() - began < 1.0
+    assert len(sample_pairs(labels, 80, seed=0)) == 80  # the largest it allows still samples

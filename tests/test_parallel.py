@@ -62,6 +62,28 @@ def test_every_method_gives_the_same_maps_on_any_mesh(problem, method):
     np.testing.assert_allclose(run(parallel.make_mesh(8), pairs[-3:]), plain[-3:], rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("method,config", [("pooled_pair", {}), ("rise_pair", dict(num_masks=16, grid_size=4)),
+                                           ("integrated_cross_jacobian", dict(num_steps=2, grid_size=4))])
+def test_pair_methods_give_the_same_correspondences_on_any_mesh(method, config):
+    from simexplain_jax.models import EmbeddingNet, SmallCNN, embed_fn
+
+    model = EmbeddingNet(SmallCNN(features=(4, 8)), dim=8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    fn = sx.saliency.pooled_model(model, variables) if method == "pooled_pair" else embed_fn(model, variables)
+    images = np.random.default_rng(2).normal(size=(6, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([[q, (q + 1 + k) % 6] for q in range(5) for k in range(1 + q % 2)])
+
+    def run(mesh):
+        return sx.saliency.explain_pairs(method, fn, images, images, key=jax.random.key(1), pairs=pairs,
+                                         config=config, mesh=mesh, correspondences=True)
+
+    plain = run(None)
+    sharded = run(parallel.make_mesh(8))
+    scale = float(np.abs(plain.correspondence).max())
+    np.testing.assert_allclose(sharded.correspondence, plain.correspondence, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(sharded.query_map, plain.query_map, rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_make_mesh_checks_its_arguments():
     grid = parallel.make_mesh(8, masks=4)
     assert dict(grid.shape) == {"pairs": 2, "masks": 4}

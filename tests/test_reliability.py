@@ -5,9 +5,6 @@ tests/test_data_real.py.)"""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +14,8 @@ import pytest
 
 import simexplain_jax as sx
 from simexplain_jax import io
-from simexplain_jax.checkpoint import Checkpointer, CorruptCheckpointError
 from simexplain_jax.data.pairs import read_pairs
-from simexplain_jax.models import EmbeddingNet, SmallCNN
 from simexplain_jax.saliency.cache import SaliencyCache
-from simexplain_jax.models import loading
-from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.loop import fit
 
 from conftest import linear_embed_fn
 
@@ -251,105 +243,6 @@ def test_the_training_saliency_cache_is_tied_to_its_model_and_survives_a_corrupt
     np.testing.assert_array_equal(again, maps)
 
 
-# ---- training ------------------------------------------------------------------------------------
-
-def tiny_state():
-    model = EmbeddingNet(SmallCNN(features=(4,)), dim=4)
-    state = sim.create_train_state(model, sim.make_optimizer(1e-2), jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-    return model, state
-
-
-def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path):
-    """``learning_rate=nan`` used to exit 0 and save an all-NaN model as the best one."""
-    import optax
-
-    state = sim.TrainState.create(apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.sgd(0.1), batch_stats={})
-    state = state.replace(step=jnp.zeros((), jnp.int32))
-
-    @jax.jit
-    def diverging(state, batch):  # the loss (and the parameters) turn NaN at step 3
-        bad = state.step + 1 >= 3
-        new = state.apply_gradients(grads={"w": jnp.where(bad, jnp.nan, batch)})
-        return new, {"loss": jnp.where(bad, jnp.nan, 1.0 / (state.step + 1))}
-
-    checkpointer = Checkpointer(str(tmp_path), metric="val_auc")
-    evaluate = lambda s: {"val_auc": float(-jnp.abs(s.params["w"]).sum())}  # noqa: E731  (NaN would win nothing)
-    with pytest.raises(FloatingPointError, match="NaN or infinite at step 3"):
-        fit(state, diverging, iter(lambda: jnp.ones(3), None), num_steps=6, checkpointer=checkpointer,
-            evaluate=evaluate, eval_every=2, checkpoint_every=1)
-    assert checkpointer.latest_step() == 2 and checkpointer.best_step() == 2  # nothing trained through step 3 saved
-    checkpointer.close()
-    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0, got nan"):
-        sim.make_optimizer(float("nan"))
-    with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
-        sim.make_train_step(EmbeddingNet(SmallCNN(features=(4,)), dim=4), margin=-0.1)
-
-
-def saved_tiny_checkpoint(directory):
-    model, state = tiny_state()
-    config = {"image_size": 8, "model": "small_cnn", "embedding_dim": 4}
-    checkpointer = Checkpointer(str(directory), metric="val_auc", config=config)
-    checkpointer.save(1, state, {"step": 1}, {"val_auc": 0.5})
-    checkpointer.close()
-    return model, state
-
-
-def test_a_corrupt_checkpoint_is_reported_by_path(tmp_path):
-    model, state = saved_tiny_checkpoint(tmp_path)
-    restored = loading.restore_variables(str(tmp_path), model, 8)
-    jax.tree.map(np.testing.assert_array_equal, restored, state.variables())
-    data_file = max((p for p in (tmp_path / "1" / "variables").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    raw = bytearray(data_file.read_bytes())
-    raw[-200:-136] = bytes(b ^ 0xFF for b in raw[-200:-136])  # 64 flipped bytes: loaded silently before
-    data_file.write_bytes(bytes(raw))
-    relative = os.path.relpath(data_file, tmp_path / "1")
-    with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '1'} is corrupt: {relative} differs"):
-        loading.restore_variables(str(tmp_path), model, 8)
-
-
-def test_the_integrity_helper_names_the_first_file_that_differs(tmp_path):
-    from simexplain_jax import integrity
-
-    folder = tmp_path / "files"
-    (folder / "a").mkdir(parents=True)
-    (folder / "a" / "x.bin").write_bytes(b"\x00" * 10)
-    (folder / "y.txt").write_text("y")
-    written = integrity.write_digests(tmp_path / "digests.json", folder)
-    assert integrity.read_digests(tmp_path / "digests.json") == written and len(written) == 2
-    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
-    assert integrity.first_difference(folder, written) is None
-    (folder / "a" / "x.bin").write_bytes(b"\x00" * 9 + b"\x01")  # one flipped bit
-    assert integrity.first_difference(folder, written) == (os.path.join("a", "x.bin"),
-                                                           "differs from the digest saved with it")
-    assert integrity.first_difference(folder, written, within=("y.txt",)) is None
-    (folder / "y.txt").unlink()
-    assert integrity.first_difference(folder, written, within=("y.txt",)) == ("y.txt", "is missing")
-    assert integrity.read_digests(tmp_path / "absent.json") is None
-    (tmp_path / "digests.json").write_text("{not json")
-    with pytest.raises(integrity.CorruptFileError, match="digests.json is unreadable"):
-        integrity.read_digests(tmp_path / "digests.json")
-
-
-def test_an_unreadable_digest_file_is_reported_by_path(tmp_path):
-    model, _ = saved_tiny_checkpoint(tmp_path)
-    (tmp_path / "digests" / "1.json").write_text("{not json")
-    with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '1'}: its digest file "
-                                                     f"{tmp_path / 'digests' / '1.json'} is unreadable"):
-        loading.restore_variables(str(tmp_path), model, 8)
-
-
-def test_an_edited_config_json_is_detected_on_load(tmp_path):
-    model, _ = saved_tiny_checkpoint(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(dict(config, image_size=48)))
-    with pytest.raises(ValueError, match="config.json differs from the config checkpoint 1 was trained with: "
-                                         "image_size: 8 when trained, 48 in config.json"):
-        loading.restore_variables(str(tmp_path), model, 48)
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="config.json is not a readable JSON config"):
-        loading.load_trained(str(tmp_path))
-
-
 # ---- experiment configs, checked at start --------------------------------------------------------
 
 def config_of(name, **changes):
@@ -377,6 +270,9 @@ def config_of(name, **changes):
     ("attributes_shapes", "check_attributes_config", {"lambdas": (0.0, -1.0)}, "lambdas must be non-negative"),
     ("attributes_shapes", "check_attributes_config", {"learning_rate": float("inf")}, "learning_rate must be a finite"),
     ("explain_attributes_shapes", "check_explain_attributes_config", {"weights": (0.0, 2.0)}, r"weights must be numbers in"),
+    ("similarity_shapes", "check_similarity_config", {"seed": -1}, "config.seed must be an integer >= 0, got -1"),
+    ("saliency_shapes", "check_saliency_config", {"mesh_devices": 64}, r"config.mesh_devices=64 but this process sees 8"),
+    ("attributes_shapes", "check_attributes_config", {"seed": -3}, "config.seed must be an integer >= 0"),
 ])
 def test_experiment_configs_are_checked_before_anything_is_built(name, check, changes, message):
     from experiments import validation
@@ -396,24 +292,6 @@ def test_saliency_config_names_unknown_methods():
 
 
 # ---- one writer per workdir; stages die with their parent ----------------------------------------
-
-def test_one_writer_per_workdir(tmp_path):
-    from experiments.stages import WorkdirLock
-
-    with WorkdirLock(str(tmp_path)):
-        held = json.loads((tmp_path / ".lock").read_text())
-        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
-        with pytest.raises(RuntimeError, match=f"in use by process {os.getpid()} on this host.*one run per workdir"):
-            WorkdirLock(str(tmp_path)).acquire()  # as a second run on the same workdir
-    assert not (tmp_path / ".lock").exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with WorkdirLock(str(tmp_path)):  # a killed run's lock is stale: taken over
-        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
-    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "another-machine"}))
-    with pytest.raises(RuntimeError, match=f"host another-machine.*delete {tmp_path / '.lock'}"):
-        WorkdirLock(str(tmp_path)).acquire()  # cannot be checked from here: the user decides
-
 
 def test_a_stage_runs_in_its_parents_process_and_only_when_not_done(tmp_path):
     """Stages run in the process of the experiment that needs them (killing it ends them: no child
@@ -438,6 +316,16 @@ def test_a_stage_runs_in_its_parents_process_and_only_when_not_done(tmp_path):
     assert len(calls) == 1  # done: skipped
     with pytest.raises(KeyError, match=r"config.methods.rise.pp: the config has no such field"):
         ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"pp": 0.1}}})
+    # a finished stage is not silently reused with other settings: refused, naming each difference
+    with pytest.raises(ValueError, match=r"ran with other settings \(methods.rise.p: 0.25 -> 0.5\)"):
+        ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"p": 0.5}}})
+    assert len(calls) == 1
+    # a folder the user names must exist: a mistyped similarity_workdir is not a new run there
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'typo'} does not exist"):
+        ensure_stage(run, config, str(tmp_path / "typo"), {}, given=True)
+    assert len(calls) == 1 and not (tmp_path / "typo").exists()
+    ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"p": 0.5}}}, given=True)  # used as it is
+    assert len(calls) == 1
 
 
 # ---- the explain command's images ----------------------------------------------------------------
@@ -465,3 +353,87 @@ def test_explain_scales_16_bit_images_and_names_unusable_ones(tmp_path):
                                                                                             0, 0, 0)) + chunk(b"IEND", b""))
     with pytest.raises(ValueError, match=f"cannot use image {tmp_path / 'bomb.png'}: DecompressionBombError"):
         load_image(str(tmp_path / "bomb.png"), 32)
+
+
+# ---- outputs never follow links -------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:saliency cache file")  # the planted link is read as a corrupt cache file first
+def test_every_writer_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path):
+    """``explain --out=DIR`` with ``DIR/pair_0000.png`` a link planted by someone else overwrote the
+    link's target."""
+    from simexplain_jax import viz
+    from simexplain_jax.checkpoint import Checkpointer
+    from simexplain_jax.saliency import strongest_pairs
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    images = np.full((1, 8, 8, 3), 100, np.uint8)
+    maps = np.random.default_rng(0).random((1, 8, 8))
+    pairs = [strongest_pairs(np.ones((2, 2, 2, 2)), (8, 8), (8, 8), k=1)]
+    writers = {
+        "pair.png": lambda p: viz.pair_gallery(p, images, images, {"m": maps}),
+        "corr.png": lambda p: viz.correspondence_figure(p, images, images, pairs, maps, maps),
+        "curves.png": lambda p: viz.curves(p, {"m": (np.linspace(0, 1, 3), np.linspace(1, 0, 3))}),
+        "report.html": lambda p: viz.write_report(p, "t", [("s", "<p>x</p>")]),
+        "results.json": lambda p: io.write_json_atomic(p, {"a": 1}),
+        "q0.npz": lambda p: SaliencyCache(str(out), {"m": 1}).put(0, [1], np.zeros((1, 8, 8))),
+    }
+    for name, write in writers.items():
+        (out / name).symlink_to(victim)
+        write(str(out / name))
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+        assert victim.read_text() == "precious", name
+    folder = tmp_path / "ckpt"
+    (folder / "digests").mkdir(parents=True)
+    for name in ("config.json", "checkpointer.json", "digests/1.json"):
+        (folder / name).symlink_to(victim)
+    import optax
+
+    from simexplain_jax.train import similarity as sim
+
+    train_state = sim.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=optax.sgd(0.1), batch_stats={})
+    writer = Checkpointer(str(folder), metric="val_auc", config={"a": 1})
+    writer.save(1, train_state, {"step": 1}, {"val_auc": 0.5})
+    writer.close()
+    assert victim.read_text() == "precious"
+    assert not any((folder / name).is_symlink() for name in ("config.json", "checkpointer.json", "digests/1.json"))
+
+
+def test_a_key_that_is_not_a_prng_key_is_refused_by_name(small):
+    """A Python int as ``key`` failed deep inside JAX ("invalid PRNG key data ... ndim=0")."""
+    embed, images, pairs = small
+    reference = np.asarray(embed(images[1:2]))[0]
+    with pytest.raises(TypeError, match=r"key must be a PRNG key, e.g. jax.random.key\(0\), got int 3"):
+        sx.saliency.rise(embed, images[0], reference, key=3, **RISE)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        sx.saliency.explain_pairs("rise", embed, images, images, key=3, pairs=pairs, config=RISE)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        sx.saliency.rise_pair(embed, images[0], images[1], key=np.int64(3), num_masks=8, grid_size=4)
+    with pytest.raises(TypeError, match="one PRNG key, got a batch"):
+        sx.saliency.lime_variable(embed, images[0], images[1], key=jax.random.split(jax.random.key(0)))
+    sx.saliency.rise(embed, images[0], reference, key=jax.random.PRNGKey(0), **RISE)  # raw key data: accepted
+
+
+def test_a_cache_file_of_the_wrong_map_size_is_named(small, tmp_path):
+    embed, images, pairs = small
+    explain(embed, images, pairs, str(tmp_path))
+    with np.load(tmp_path / "q0.npz") as data:
+        stored = {k: data[k] for k in data.files}
+    stored["maps"] = stored["maps"][:, :8, :8]  # as if written for other images, digests kept
+    np.savez(tmp_path / "q0.npz", **stored)
+    with pytest.raises(ValueError, match=f"saliency cache file {tmp_path / 'q0.npz'} holds maps of size \\(8, 8\\), "
+                                         "but these images give \\(16, 16\\)"):
+        explain(embed, images, pairs, str(tmp_path))
+
+
+def test_a_malformed_test_pairs_file_is_refused_before_training(tmp_path):
+    """It used to be read, and refused, only after a similarity model had been trained."""
+    from experiments import validation
+
+    bad = tmp_path / "pairs.txt"
+    bad.write_text("a.jpg b.jpg 1\na.jpg c.jpg maybe\n")
+    for name, check in (("similarity_shapes", "check_similarity_config"), ("saliency_shapes", "check_saliency_config")):
+        with pytest.raises(ValueError, match=f"config.test_pairs: {bad}:2: expected 'img1 img2 label'"):
+            getattr(validation, check)(config_of(name, test_pairs=str(bad)))

@@ -230,7 +230,8 @@ def test_standard_error_matches_the_spread_over_keys(sampler, normalize):
         Partial(model), model.query, model.reference[None], k,
         sx.saliency.Rise(num_masks=256, grid_size=4, p=0.5, batch_size=64, normalize=normalize,
                          similarity=sx.similarity.cosine, sampler=sampler, tolerance=1e-9))))
-    maps, passes, error = core(jax.random.split(jax.random.key(5), 64))
+    out = core(jax.random.split(jax.random.key(5), 64))
+    maps, passes, error = out.maps, out.passes, out.error
     maps, error = np.asarray(maps)[:, 0], np.asarray(error)[:, 0]
     assert np.all(np.asarray(passes) == 256)
     estimated = np.mean(error * (maps.max((1, 2)) - maps.min((1, 2))))

@@ -40,3 +40,22 @@ def test_overlay_blends_the_map_over_the_image():
     assert out.dtype == np.uint8 and out.shape == (4, 4, 3)
     np.testing.assert_allclose(out[0, 0], np.floor((0.5 * 200 / 255 + 0.5) * 255), atol=1)  # white over grey
     np.testing.assert_allclose(out[1, 1], np.floor(0.5 * 200), atol=1)  # black over grey
+
+
+def test_correspondence_figure_draws_the_strongest_pairs(tmp_path):
+    from simexplain_jax import viz
+    from simexplain_jax.saliency import strongest_pairs
+
+    images = np.full((2, 32, 32, 3), 90, np.uint8)
+    corr = np.zeros((2, 4, 4, 4, 4))
+    corr[:, 0, 0, 3, 3] = 1.0  # top-left cell of the query ~ bottom-right cell of the reference
+    pairs = [strongest_pairs(c, (32, 32), (32, 32), k=1) for c in corr]
+    maps = np.random.default_rng(0).random((2, 32, 32))
+    path = viz.correspondence_figure(str(tmp_path / "c.png"), images, images, pairs, maps, maps,
+                                     captions=["a", "b"], title="t")
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 90) & (picture[..., 2] < 90)  # the strongest pair's colour
+    assert picture.shape[0] > picture.shape[1] / 2 and red.sum() > 100
+    # the line runs left to right and top to bottom in each row: red pixels span the side-by-side panel
+    columns = np.flatnonzero(red.any(axis=0))
+    assert columns.max() - columns.min() > picture.shape[1] / 4

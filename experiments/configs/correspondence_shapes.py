@@ -28,7 +28,10 @@ def get_config(arg=None):
     config.seed = 0
     config.rows = ROWS
     config.grid_size = 8  # cells per side of the black-box correspondences (the demo model's feature grid at 64 px)
-    config.background = 127  # insertion/deletion background (uint8 grey), normalised like the images
+    config.background = 127  # first-order insertion/deletion background (uint8 grey), normalised like the images
+    # second order: "unrelated" fills each image from another pair's (the empty pair then has an unrelated pair's
+    # similarity); "background" uses the grey for both, which makes the empty pair identical (similarity 1)
+    config.second_order_substrate = "unrelated"
     config.insertion_steps = 33
     config.top_k = 3
     config.pair_batch = 10  # pairs explained per call (one compiled program); seconds per pair exclude the first call
@@ -38,7 +41,7 @@ def get_config(arg=None):
         rise_pair_500=dict(method="rise_pair", num_masks=500, sampler="iid"),
         rise_pair_500_orthogonal=dict(method="rise_pair", num_masks=500, sampler="orthogonal"),
         rise_pair_1000=dict(method="rise_pair", num_masks=1000, sampler="iid"),
-        integrated_cross_jacobian=dict(method="integrated_cross_jacobian", num_steps=16),
+        integrated_cross_jacobian=dict(method="integrated_cross_jacobian", num_steps=8),  # 8 x 64 VJPs per image
         rise=dict(method="rise", num_masks=2000),
         random=dict(method="random"),
     ))

@@ -52,7 +52,8 @@ def rgb_image_feature(path: str):
       The path when the file is an RGB JPEG or PNG, else the PIL image converted to RGB.
 
     Raises:
-      ValueError: naming an unreadable file.
+      ValueError: naming an unreadable file, or one so large that PIL refuses to decode it (a
+        decompression bomb).
     """
     try:
         with Image.open(path) as image:
@@ -60,5 +61,5 @@ def rgb_image_feature(path: str):
                 return path
             image.load()
             return image.convert("RGB")
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"unreadable image {path}: {err}") from err
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # a bomb: PIL refuses it before decoding
+        raise ValueError(f"unreadable image {path}: {type(err).__name__}: {err}") from None

@@ -97,9 +97,17 @@ def sample_pairs(labels: Sequence[int], num_pairs: int, seed: int, ids: Sequence
     positive_groups = [k for k, v in groups.items() if len(v) >= 2]
     if not positive_groups or len(groups) < 2:
         raise ValueError("need a label with two images and at least two labels to sample positives and negatives")
+    num_positive = num_pairs // 2
+    sizes = np.asarray([len(v) for v in groups.values()], np.int64)
+    possible = {True: int((sizes * (sizes - 1)).sum()), False: int(labels.size ** 2 - (sizes ** 2).sum())}
+    for want_positive, count in ((True, num_positive), (False, num_pairs - num_positive)):
+        if count > possible[want_positive] // 2:  # asked at once, not after millions of draws
+            kind = "positive" if want_positive else "negative"
+            raise ValueError(f"num_pairs={num_pairs} asks for {count} distinct {kind} pairs, but the {labels.size} "
+                             f"images ({len(groups)} labels) allow {possible[want_positive]} ordered ones; ask for at "
+                             f"most {2 * (min(possible.values()) // 2)} pairs")
     rng = np.random.default_rng(seed)
     pairs, seen = [], set()
-    num_positive = num_pairs // 2
     for want_positive, count in ((True, num_positive), (False, num_pairs - num_positive)):
         made, attempts = 0, 0
         while made < count:

@@ -61,7 +61,8 @@ def polyvore_attribute_names() -> list[str]:
 
 
 def check_pair_file(spec: str, argument: str = "test_pairs") -> None:
-    """Checks a pair-list argument without reading it.
+    """Checks a pair-list argument: a packaged name, or a file that parses (every line
+    ``img1 img2 label``), so that a bad file is reported before any long work.
 
     Args:
       spec: ``"reference:NAME"`` with a NAME of ``PAIR_LISTS``, or the path of an existing file.
@@ -82,6 +83,10 @@ def check_pair_file(spec: str, argument: str = "test_pairs") -> None:
         raise FileNotFoundError(f"{argument} {spec!r} {what} (relative paths start from the working directory "
                                 f"{os.getcwd()!r}); pass a pair file or one of "
                                 f"{', '.join(PREFIX + n for n in sorted(PAIR_LISTS))}")
+    try:
+        read_pairs(spec)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{argument}: {err}") from None
 
 
 def read_pair_file(spec: str, argument: str = "test_pairs") -> list[Pair]:

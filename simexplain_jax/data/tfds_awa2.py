@@ -53,6 +53,25 @@ def _read_names(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+def _read_binary_matrix(path: str) -> np.ndarray:
+    """The class x attribute matrix: rows of 0/1 entries; a bad entry or a short row names its line."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if any(field not in ("0", "1") for field in fields):
+                bad = next(field for field in fields if field not in ("0", "1"))
+                raise ValueError(f"{path}:{number}: entries must be 0 or 1, got {bad[:20]!r}")
+            if rows and len(fields) != len(rows[0]):
+                raise ValueError(f"{path}:{number}: {len(fields)} entries, the lines before have {len(rows[0])}")
+            rows.append([int(field) for field in fields])
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    return np.asarray(rows, np.int64)
+
+
 def is_validation(image_id: str) -> bool:
     return zlib.crc32(image_id.encode()) % 10 == 0
 
@@ -61,7 +80,7 @@ def read_awa2(root: str) -> dict:
     """Class names, attribute names, the class-attribute matrix and the class splits, checked."""
     classes = _read_indexed_names(os.path.join(root, "classes.txt"))
     predicates = _read_indexed_names(os.path.join(root, "predicates.txt"))
-    matrix = np.loadtxt(os.path.join(root, "predicate-matrix-binary.txt"), dtype=np.int64, ndmin=2)
+    matrix = _read_binary_matrix(os.path.join(root, "predicate-matrix-binary.txt"))
     if matrix.shape != (len(classes), len(predicates)):
         raise ValueError(f"predicate-matrix-binary.txt is {matrix.shape}, expected "
                          f"{(len(classes), len(predicates))} (classes x predicates)")

@@ -11,15 +11,19 @@ RISE mask grid and, for a stride-aligned backbone, of its feature grid).
   its pixels on the object;
 - second-order insertion and deletion: the cells of each image are ranked by their first
   appearance in the cell pairs sorted by decreasing C; at step t the first ``round(t n)`` cells of
-  both images are inserted into (or deleted from) a constant background, both perturbed images
-  are embedded and their similarity is the curve's value (2 S forward passes per pair). Curves are
-  min-max normalised and integrated as the first-order ones.
+  both images are inserted into (or deleted from) a substrate, both perturbed images are embedded
+  and their similarity is the curve's value (2 S forward passes per pair). Curves are min-max
+  normalised and integrated as the first-order ones. The substrate must carry no evidence of a
+  match: one constant for both images does (two blank images are identical: similarity 1, the
+  curve's maximum, at the empty end), so the default substrate of each image is an unrelated
+  image (``unrelated_substrates``: another pair's query for a query, another pair's reference
+  for a reference), which puts the empty pair at the similarity of an unrelated pair.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -113,29 +117,40 @@ def _pixel_ranks(rank: jax.Array, grid: tuple[int, int], shape: tuple[int, int])
     return rank.reshape(grid)[jnp.asarray(rows)[:, None], jnp.asarray(cols)[None, :]]
 
 
+def unrelated_substrates(queries: ArrayLike, references: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair substrates for the second-order curves: pair i's query is filled from the query of
+    pair ``i + 1`` and its reference from the reference of pair ``i + P // 2`` (cyclically; P >= 2
+    pairs, so no pair gets its own images, nor two images of one other pair when P >= 3)."""
+    queries, references = np.asarray(queries), np.asarray(references)
+    count = len(queries)
+    if count < 2:
+        raise ValueError("unrelated substrates need at least 2 pairs (each image is filled from another pair's)")
+    shift = max(count // 2, 2) if count >= 3 else 1
+    return np.roll(queries, -1, axis=0), np.roll(references, -shift, axis=0)
+
+
 @functools.partial(jax.jit, static_argnames=("num_steps", "batch_size", "similarity", "compute_dtype"))
-def _second_order_curves(embed_fn, queries, references, correspondences, background, *, num_steps, batch_size,
-                         similarity, compute_dtype):
+def _second_order_curves(embed_fn, queries, references, correspondences, substrate_q, substrate_r, *, num_steps,
+                         batch_size, similarity, compute_dtype):
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     grid_q, grid_r = correspondences.shape[1:3], correspondences.shape[3:5]
     counts_q = _cell_counts(grid_q[0] * grid_q[1], num_steps)
     counts_r = _cell_counts(grid_r[0] * grid_r[1], num_steps)
 
     def one(args):
-        query, reference, corr = args
+        query, reference, corr, base_q, base_r = args
         rank_q, rank_r = cell_order(corr)
         pix_q = _pixel_ranks(rank_q, grid_q, query.shape[:2])
         pix_r = _pixel_ranks(rank_r, grid_r, reference.shape[:2])
         keep_q = (pix_q[None] < counts_q[:, None, None])[..., None]  # [S, H, W, 1]
         keep_r = (pix_r[None] < counts_r[:, None, None])[..., None]
-        images_q = jnp.concatenate([jnp.where(keep_q, query, background), jnp.where(keep_q, background, query)])
-        images_r = jnp.concatenate([jnp.where(keep_r, reference, background),
-                                    jnp.where(keep_r, background, reference)])
+        images_q = jnp.concatenate([jnp.where(keep_q, query, base_q), jnp.where(keep_q, base_q, query)])
+        images_r = jnp.concatenate([jnp.where(keep_r, reference, base_r), jnp.where(keep_r, base_r, reference)])
         emb_q = engine.embed_in_chunks(embed_fn, images_q, batch_size)
         emb_r = engine.embed_in_chunks(embed_fn, images_r, batch_size)
         return similarity(emb_q, emb_r).astype(jnp.float32).reshape(2, num_steps)
 
-    curves = jax.lax.map(one, (queries, references, correspondences))  # [P, 2, S]
+    curves = jax.lax.map(one, (queries, references, correspondences, substrate_q, substrate_r))  # [P, 2, S]
     return curves, trapezoid_auc(minmax_normalize(curves))
 
 
@@ -147,7 +162,8 @@ class SecondOrderInsertionDeletion(NamedTuple):
 
 
 def second_order_insertion_deletion(embed_fn: EmbedFn, queries: ArrayLike, references: ArrayLike,
-                                    correspondences: ArrayLike, *, background: ArrayLike, num_steps: int = 33,
+                                    correspondences: ArrayLike, *, background: Optional[ArrayLike] = None,
+                                    reference_background: Optional[ArrayLike] = None, num_steps: int = 33,
                                     batch_size: int = 66, similarity: SimilarityFn = cosine,
                                     compute_dtype: str = "float32") -> SecondOrderInsertionDeletion:
     """Second-order insertion and deletion of P pairs (module docstring).
@@ -157,7 +173,11 @@ def second_order_insertion_deletion(embed_fn: EmbedFn, queries: ArrayLike, refer
       queries: ``[P, H, W, C]`` float images.
       references: ``[P, H, W, C]``, one per query.
       correspondences: ``[P, hq, wq, hr, wr]``, finite.
-      background: the constant substrate (scalar, ``[C]`` or ``[H, W, C]``) in the input space.
+      background: the queries' substrate in the input space: a scalar, ``[C]``, ``[H, W, C]`` or one
+        per pair ``[P, H, W, C]``. None (the default): unrelated images for both sides
+        (``unrelated_substrates``; P >= 2).
+      reference_background: the references' substrate, as ``background`` (default: the same as the
+        queries').
       num_steps: S points of each curve, t = 0 .. 1.
       batch_size: perturbed images embedded per chunk.
       similarity: broadcasting similarity of the embeddings.
@@ -175,13 +195,36 @@ def second_order_insertion_deletion(embed_fn: EmbedFn, queries: ArrayLike, refer
                          f"[P, hq, wq, hr, wr]; got {queries.shape}, {references.shape}, {corr.shape}")
     checks.check_finite(corr, "correspondences")
     num_steps = checks.check_positive_int(num_steps, "num_steps", 2)
-    substrate = jnp.broadcast_to(jnp.asarray(check_background(background, queries.shape[1:])), queries.shape[1:])
+    if background is None:
+        if reference_background is not None:
+            raise ValueError("reference_background needs background (None: unrelated images for both sides)")
+        substrate_q, substrate_r = unrelated_substrates(queries, references)
+    else:
+        substrate_q = _substrate(background, queries.shape, "background")
+        substrate_r = _substrate(background if reference_background is None else reference_background,
+                                 queries.shape, "reference_background")
     checks.check_similarity(similarity)
     curves, auc = _second_order_curves(embed_fn, jnp.asarray(queries), jnp.asarray(references), jnp.asarray(corr),
-                                       substrate, num_steps=num_steps, batch_size=checks.check_batch_size(batch_size),
-                                       similarity=similarity, compute_dtype=checks.check_compute_dtype(compute_dtype))
+                                       jnp.asarray(substrate_q), jnp.asarray(substrate_r), num_steps=num_steps,
+                                       batch_size=checks.check_batch_size(batch_size), similarity=similarity,
+                                       compute_dtype=checks.check_compute_dtype(compute_dtype))
     curves, auc = np.asarray(curves), np.asarray(auc)
     bad = np.flatnonzero(~np.isfinite(curves).reshape(len(curves), -1).all(axis=1))
     if len(bad):
         raise ValueError(f"non-finite similarities on the second-order curves of pairs {bad[:10].tolist()}")
     return SecondOrderInsertionDeletion(auc[:, 0], auc[:, 1], curves[:, 0], curves[:, 1])
+
+
+def _substrate(value, shape, name: str) -> np.ndarray:
+    """``value`` as one substrate per pair ``[P, H, W, C]``: per pair already, or a constant broadcast."""
+    value = np.asarray(value, np.float32)
+    if value.ndim == 4:
+        if value.shape != tuple(shape):
+            raise ValueError(f"{name} of shape {value.shape} must be one image per pair {tuple(shape)}")
+        checks.check_finite(value, name)
+        return value
+    try:
+        constant = check_background(value, shape[1:])
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    return np.broadcast_to(constant, shape)

@@ -21,7 +21,10 @@ Pair methods (second order: which cells of the query match which cells of the re
 a ``PairResult(correspondence, query_map, reference_map, similarity, passes)``, take the same
 ``options=`` / keyword style and accept one pair or a batch of P pairs: ``pooled_pair`` (exact,
 one forward pass per image, for pooled-embedding models), ``rise_pair`` (black box) and
-``integrated_cross_jacobian`` (white box).
+``integrated_cross_jacobian`` (white box). They are registered like every method (``SECOND_ORDER``
+names them): ``explain_pairs`` runs them over a pair list, cached and on any mesh, giving the
+query maps, or with ``correspondences=True`` a ``PairResult`` of the whole list. ``pooled_pair``
+there takes ``embed_fn=pooled_model(model, variables)`` (a ``PooledModel`` is an embed_fn).
 
 ``key`` is keyword-only everywhere: the stochastic methods need it (or explicit ``masks`` /
 ``samples``), the deterministic ones (sliding window, gradients) accept and ignore it. Images
@@ -47,19 +50,20 @@ from simexplain_jax.saliency._pooled import PooledModel, PooledPair, pooled_mode
 from simexplain_jax.saliency._random import Random, random
 from simexplain_jax.saliency._rise import Rise, RiseVariable, rise, rise_split_masks, rise_variable
 from simexplain_jax.saliency._rise_pair import RisePair, rise_pair
-from simexplain_jax.saliency._second_order import PairResult, first_order_maps, top_correspondences
+from simexplain_jax.saliency._second_order import (CellPair, PairResult, cell_box, first_order_maps, strongest_pairs,
+                                                   top_correspondences)
 from simexplain_jax.saliency.pairs import explain_pairs
-from simexplain_jax.saliency.registry import METHODS, OPTIONS, options_for
+from simexplain_jax.saliency.registry import METHODS, OPTIONS, SECOND_ORDER, options_for
 
 __all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "sliding_window_variable", "lime",
            "lime_variable", "superpixels", "denormalize", "perturbation", "perturbation_variable",
            "perturbation_batch", "perturbation_variable_batch", "gradient", "integrated_gradients", "random",
            "Rise", "RiseVariable", "SlidingWindow", "SlidingWindowVariable", "Lime", "LimeVariable", "Perturbation",
            "PerturbationVariable", "Gradient", "IntegratedGradients", "Random", "MethodOptions", "SaliencyResult",
-           "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS",
+           "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS", "SECOND_ORDER",
            "pooled_pair", "PooledPair", "PooledModel", "pooled_model", "rise_pair", "RisePair",
            "integrated_cross_jacobian", "IntegratedCrossJacobian", "PairResult", "first_order_maps",
-           "top_correspondences"]
+           "top_correspondences", "strongest_pairs", "CellPair", "cell_box"]
 
 
 def __getattr__(name):

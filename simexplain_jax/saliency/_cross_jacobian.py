@@ -30,7 +30,7 @@ from jax.typing import ArrayLike
 
 from simexplain_jax import checks, engine
 from simexplain_jax.engine import EmbedFn
-from simexplain_jax.saliency._options import MethodOptions, options_class, resolve, set_field
+from simexplain_jax.saliency._options import MethodOptions, SaliencyResult, options_class, resolve, result, set_field
 from simexplain_jax.saliency._rise_pair import cell_pooling, check_grid
 from simexplain_jax.saliency._second_order import PairResult, first_order_maps
 from simexplain_jax.similarity import SimilarityFn, cosine, dot, l2_normalize
@@ -58,7 +58,7 @@ def cell_attributions(embed_fn, image, baseline, *, num_steps, grid_size, batch_
     return jnp.einsum("dhw,hc,we->dce", per_pixel, band_h, band_w, precision=_HIGHEST)
 
 
-@options_class("integrated_cross_jacobian", references="images")
+@options_class("integrated_cross_jacobian", references="images", second_order=True)
 class IntegratedCrossJacobian(MethodOptions):
     """Options of the integrated cross-Jacobian (:func:`integrated_cross_jacobian`).
 
@@ -86,13 +86,32 @@ class IntegratedCrossJacobian(MethodOptions):
                                 compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
             set_field(self, name, value)
 
+    def passes_per_pair(self, dim: int) -> int:
+        """A vector-Jacobian product per embedding dimension, path point and image."""
+        return 2 * self.num_steps * dim
+
+    def core(self, embed_fn, query, references, key) -> SaliencyResult:
+        """``[K, H, W]`` query maps and ``[K, g, g, g, g]`` correspondences of ``query`` with each of
+        ``references [K, H, W, C]``, from the zero baseline; the query's attributions are computed
+        once for all K (traceable)."""
+        attribute = _attribute(engine.in_compute_dtype(embed_fn, self.compute_dtype), self)
+        baseline = jnp.zeros(query.shape, jnp.float32)
+        rq = attribute(query, baseline)
+        corr = jax.lax.map(lambda r: jnp.einsum("dab,dce->abce", rq, attribute(r, baseline), precision=_HIGHEST),
+                           references)
+        maps = jax.vmap(lambda c: first_order_maps(c, query.shape, references.shape[1:])[0])(corr)
+        return result(maps, self.passes_per_pair(rq.shape[0]), correspondence=corr)
+
+
+def _attribute(embed_fn, options: IntegratedCrossJacobian):
+    return functools.partial(cell_attributions, embed_fn, num_steps=options.num_steps, grid_size=options.grid_size,
+                             batch_size=options.batch_size, normalize=options.similarity is cosine)
+
 
 @jax.jit
 def _cross_jacobian_jit(embed_fn, queries, references, baseline, options):
     embed_fn = engine.in_compute_dtype(embed_fn, options.compute_dtype)
-    normalize = options.similarity is cosine
-    attribute = functools.partial(cell_attributions, embed_fn, num_steps=options.num_steps,
-                                  grid_size=options.grid_size, batch_size=options.batch_size, normalize=normalize)
+    attribute = _attribute(embed_fn, options)
 
     def one(args):
         query, reference = args
@@ -136,4 +155,4 @@ def integrated_cross_jacobian(embed_fn: EmbedFn, query: ArrayLike, reference: Ar
     corr, query_map, reference_map, sim = _cross_jacobian_jit(embed_fn, queries, references, base, options)
     if single:
         corr, query_map, reference_map, sim = corr[0], query_map[0], reference_map[0], sim[0]
-    return PairResult(corr, query_map, reference_map, sim, 2 * options.num_steps * dim)
+    return PairResult(corr, query_map, reference_map, sim, options.passes_per_pair(dim))

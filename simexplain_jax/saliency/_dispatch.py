@@ -104,10 +104,11 @@ def reference_inputs(options: MethodOptions, forward, references: np.ndarray, pa
 
 def run(options: MethodOptions, embed_fn, queries: np.ndarray, references: np.ndarray, key, pairs: np.ndarray,
         groups: dict, todo: set, *, mesh: Mesh, query_batch: Optional[int], query_ids: np.ndarray,
-        reference_ids: np.ndarray, threads: int, done: Callable[[int, np.ndarray], None],
+        reference_ids: np.ndarray, threads: int, done: Callable[[int, np.ndarray, Optional[np.ndarray]], None],
         progress: Optional[Callable[[int], None]]) -> None:
-    """Computes the maps of every query row in ``todo`` and hands each to ``done(q, maps [R, H, W])``
-    (R its references, in pair order); ``progress`` gets the pairs finished after each step."""
+    """Computes the maps of every query row in ``todo`` and hands each to ``done(q, maps [R, H, W],
+    correspondences [R, ...] or None)`` (R its references, in pair order; correspondences for the
+    pair methods); ``progress`` gets the pairs finished after each step."""
     split = options.split_masks and mesh.shape.get(parallel.MASKS, 1) > 1
     context = dict(mask_axis=parallel.MASKS, mask_axis_size=mesh.shape[parallel.MASKS]) if split else {}
     per_call = (options.queries_per_device if query_batch is None else query_batch) * parallel.stack_size(mesh, split)
@@ -125,8 +126,9 @@ def run(options: MethodOptions, embed_fn, queries: np.ndarray, references: np.nd
                 refs[i, : len(groups[q])] = inputs[pairs[groups[q], 1]]
             keys = _query_keys(key, np.asarray([query_ids[q] for q in chunk], np.uint32))
             extra = (np.stack([segments[q] for q in chunk]),) if options.segments else ()
-            maps = parallel.map_queries(call, mesh, (forward, options), queries[chunk], refs, keys, *extra,
-                                        split_masks=split).maps
+            out = parallel.map_queries(call, mesh, (forward, options), queries[chunk], refs, keys, *extra,
+                                       split_masks=split)
+            maps, corr = out.maps, out.correspondence
             bad = [int(query_ids[q]) for i, q in enumerate(chunk)
                    if not np.isfinite(maps[i, : len(groups[q])]).all()]
             if bad:
@@ -134,9 +136,12 @@ def run(options: MethodOptions, embed_fn, queries: np.ndarray, references: np.nd
                                  "returned non-finite embeddings for their perturbed images (nothing was cached "
                                  "for them)")
             finished = [q for q in chunk if q in todo]
+            if corr is not None and not np.isfinite(corr).all():
+                raise ValueError(f"{options.method} gave NaN or infinite correspondences: embed_fn returned "
+                                 "non-finite embeddings (nothing was cached for them)")
             for i, q in enumerate(chunk):
                 if q in todo:
-                    done(q, maps[i, : len(groups[q])])
+                    done(q, maps[i, : len(groups[q])], None if corr is None else corr[i, : len(groups[q])])
             if progress:
                 progress(sum(len(groups[q]) for q in finished))
             for q in chunk:

@@ -278,6 +278,7 @@ def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
     refs, single = checks.check_image_or_batch(reference, "reference")
     if key is None:
         raise ValueError("lime_variable needs key= (samples and reference masks are drawn from it)")
+    checks.check_key(key)
     if refs.shape[-1] != query.shape[-1]:
         raise ValueError(f"reference has {refs.shape[-1]} channels but query has {query.shape[-1]}")
     options = resolve(LimeVariable, options, overrides)

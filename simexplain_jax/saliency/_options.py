@@ -26,23 +26,29 @@ class SaliencyResult(NamedTuple):
       passes: int32 scalar, the perturbed (or differentiated) query forward passes used.
       error: ``[]`` or ``[K]``: each map's estimated standard error over its range where the
         method estimates it (RISE with ``tolerance``), NaN otherwise.
+      correspondence: the second-order (pair) methods' cores only: ``[K, hq, wq, hr, wr]``, whose
+        row sums the maps are; None for the first-order methods.
     """
 
     maps: jax.Array
     passes: jax.Array
     error: jax.Array
+    correspondence: Optional[jax.Array] = None
 
 
-def result(maps, passes, error=None) -> SaliencyResult:
+def result(maps, passes, error=None, correspondence=None) -> SaliencyResult:
     """A ``SaliencyResult`` of ``[K, H, W]`` maps (``error`` NaN when None); traceable."""
     if error is None:
         error = jnp.full(maps.shape[:1], jnp.nan, jnp.float32)
-    return SaliencyResult(maps, jnp.asarray(passes, jnp.int32), error)
+    return SaliencyResult(maps, jnp.asarray(passes, jnp.int32), error, correspondence)
 
 
 def squeeze(out: SaliencyResult, single: bool) -> SaliencyResult:
     """The result for one reference (``[H, W]`` maps, scalar error) when ``single``."""
-    return SaliencyResult(out.maps[0], out.passes, out.error[0]) if single else out
+    if not single:
+        return out
+    corr = None if out.correspondence is None else out.correspondence[0]
+    return SaliencyResult(out.maps[0], out.passes, out.error[0], corr)
 
 
 class MethodOptions:
@@ -52,7 +58,9 @@ class MethodOptions:
     (``"embeddings"``: ``[K, D]``; ``"images"``: ``[K, H, W, C]``, variable reference),
     ``traced`` (the fields traced under ``jit``), ``split_masks`` (can divide a query's masks over
     the mesh's ``"masks"`` axis), ``segments`` (takes per-query superpixels) and
-    ``queries_per_device`` (queries vmapped together on one device by default).
+    ``queries_per_device`` (queries vmapped together on one device by default) and
+    ``second_order`` (a pair method: its core also returns the correspondence, and its options
+    have ``passes_per_pair(dim)``, the forward (or backward) passes one pair costs).
     """
 
     method: ClassVar[str]
@@ -61,6 +69,7 @@ class MethodOptions:
     split_masks: ClassVar[bool] = False
     segments: ClassVar[bool] = False
     queries_per_device: ClassVar[int] = 1
+    second_order: ClassVar[bool] = False
 
     def replace(self, **changes) -> "MethodOptions":
         """A copy with ``changes`` applied (checked); an unknown name raises a ValueError naming the options."""
@@ -89,12 +98,13 @@ def check_names(cls, given) -> None:
 
 
 def options_class(method: str, *, references: str, traced: tuple = (), split_masks: bool = False,
-                  segments: bool = False, queries_per_device: int = 1):
+                  segments: bool = False, queries_per_device: int = 1, second_order: bool = False):
     """Makes a class a frozen options dataclass and a pytree whose leaves are the ``traced`` fields."""
 
     def wrap(cls):
         cls.method, cls.references, cls.traced = method, references, tuple(traced)
         cls.split_masks, cls.segments, cls.queries_per_device = split_masks, segments, queries_per_device
+        cls.second_order = second_order
         cls = dataclasses.dataclass(frozen=True)(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         static = tuple(n for n in names if n not in cls.traced)

@@ -38,17 +38,29 @@ class PairCache:
         self.query_digests = dict(zip(used_q.tolist(), image_digests(queries[used_q]).tolist()))
         self.reference_digests = dict(zip(used_r.tolist(), image_digests(references[used_r]).tolist()))
         self.pairs, self.groups, self.query_ids, self.reference_ids = pairs, groups, query_ids, reference_ids
+        self.second_order = options.second_order
+        self.map_shape = tuple(queries.shape[1:3])
 
     def _address(self, q: int):
         refs = self.pairs[self.groups[q], 1]
         return (self.query_ids[q], self.reference_ids[refs], self.query_digests[q],
                 [self.reference_digests[r] for r in refs.tolist()])
 
-    def get(self, q: int) -> Optional[np.ndarray]:
-        """The cached maps of query row ``q`` for its references (in pair order), or None."""
-        return self.cache.get(*self._address(q))
+    def get(self, q: int) -> Optional[tuple]:
+        """``(maps, correspondences or None)`` cached for query row ``q`` and its references (in pair
+        order), or None. A pair method's entry counts only with its correspondences."""
+        found = self.cache.lookup(*self._address(q), extras=("correspondence",) if self.second_order else ())
+        if found is None:
+            return None
+        if found["maps"].shape[1:] != self.map_shape:
+            raise ValueError(f"saliency cache file {self.cache.path_of(self.query_ids[q])} holds maps of size "
+                             f"{found['maps'].shape[1:]}, but these images give {self.map_shape}: it was written for "
+                             "other images. Use another cache directory")
+        return found["maps"], found.get("correspondence")
 
-    def put(self, q: int, maps: np.ndarray) -> None:
-        """Stores the maps of query row ``q`` for its references (in pair order)."""
+    def put(self, q: int, maps: np.ndarray, correspondences: Optional[np.ndarray] = None) -> None:
+        """Stores the maps (and a pair method's correspondences) of query row ``q`` for its
+        references (in pair order)."""
         query, references, query_digest, reference_digests = self._address(q)
-        self.cache.put(query, references, maps, query_digest, reference_digests)
+        extras = None if correspondences is None else {"correspondence": correspondences}
+        self.cache.put(query, references, maps, query_digest, reference_digests, extras=extras)

@@ -179,6 +179,7 @@ def _pair_keys(key, num_pairs):
     """One key per pair: ``key`` folded with the pair index, or ``key`` itself if it holds P keys."""
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
+    checks.check_key(key, batch=True)
     key = jnp.asarray(key)
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     if key.ndim == (1 if typed else 2):
@@ -258,6 +259,7 @@ def perturbation(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: Arra
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
+    checks.check_key(key)
     options = resolve(Perturbation, options, overrides)
     _check_blur(options.blur_size, query.shape)
     return squeeze(_perturbation_jit(embed_fn, query, refs, key, options), single)
@@ -286,6 +288,7 @@ def perturbation_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayL
                          "(they share one mask side by side)")
     if key is None:
         raise ValueError("the mask method needs key= (the noise of every step is drawn from it)")
+    checks.check_key(key)
     options = resolve(PerturbationVariable, options, overrides)
     _check_blur(options.blur_size, query.shape)
     return squeeze(_perturbation_variable_jit(embed_fn, query, refs, key, options), single)

@@ -31,10 +31,11 @@ from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
 from simexplain_jax import checks
+from simexplain_jax.checks import call_pytree
 from simexplain_jax.models.embedding import EmbeddingNet, TypeAwareEmbedding
-from simexplain_jax.saliency._options import MethodOptions, options_class, resolve
+from simexplain_jax.saliency._options import MethodOptions, SaliencyResult, options_class, resolve, result
 from simexplain_jax.saliency._second_order import PairResult, first_order_maps
-from simexplain_jax.similarity import SimilarityFn, cosine, dot
+from simexplain_jax.similarity import SimilarityFn, cosine, dot, l2_normalize
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -59,6 +60,12 @@ class PooledModel:
     bias: jax.Array
     scale: Optional[jax.Array] = None
     normalize: bool = struct.field(pytree_node=False, default=True)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """The embeddings ``[B, D]``: a PooledModel is itself an ``embed_fn`` (the one
+        ``explain_pairs`` takes for ``pooled_pair``)."""
+        pooled = jnp.mean(cell_embeddings(self, images), axis=(1, 2))
+        return l2_normalize(pooled) if self.normalize else pooled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,21 +158,51 @@ def _pooled_pairs(pooled, queries, references):
     return corr, query_map, reference_map, corr.sum(axis=(1, 2, 3, 4))
 
 
-@options_class("pooled_pair", references="images")
+def as_pooled(embed_fn) -> PooledModel:
+    """The :class:`PooledModel` that ``embed_fn`` (as ``checks.as_pytree_fn`` wraps it) carries, or a
+    TypeError saying what ``pooled_pair`` needs."""
+    if isinstance(embed_fn, Partial) and embed_fn.func is call_pytree and isinstance(embed_fn.args[0], PooledModel):
+        return embed_fn.args[0]
+    raise TypeError("pooled_pair needs the model as a PooledModel: pass embed_fn=sx.saliency.pooled_model(model, "
+                    "variables) (or your own sx.saliency.PooledModel) to explain_pairs; a black-box embed_fn can "
+                    "be explained with rise_pair")
+
+
+@options_class("pooled_pair", references="images", queries_per_device=16, second_order=True)
 class PooledPair(MethodOptions):
     """Options of the exact pooled correspondence (:func:`pooled_pair`).
 
     Attributes:
       similarity: ``sx.similarity.cosine`` or ``sx.similarity.dot`` (the decomposition is exact for
         these two only).
+      compute_dtype: ``"float32"`` only: the split is exact in float32.
     """
 
     similarity: SimilarityFn = cosine
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.similarity is not cosine and self.similarity is not dot:
             raise ValueError("the exact pooled decomposition is defined for similarity=cosine or dot, "
                              f"got {getattr(self.similarity, '__name__', self.similarity)!r}")
+        if self.compute_dtype != "float32":
+            raise ValueError(f"pooled_pair computes in float32 (its split is exact), got compute_dtype="
+                             f"{self.compute_dtype!r}")
+
+    def passes_per_pair(self, dim: int) -> int:
+        """One forward pass per image."""
+        return 2
+
+    def core(self, embed_fn, query, references, key) -> SaliencyResult:
+        """``[K, H, W]`` query maps and ``[K, h, w, h, w]`` correspondences of ``query`` with each of
+        ``references [K, H, W, C]``; ``embed_fn`` carries a PooledModel (traceable)."""
+        pooled = as_pooled(embed_fn)
+        pooled = pooled.replace(normalize=pooled.normalize or self.similarity is cosine)
+        q_cells = cell_embeddings(pooled, query[None])[0]
+        r_cells = cell_embeddings(pooled, references)
+        corr = jax.vmap(lambda r: correspondence(q_cells, r, pooled.normalize))(r_cells)
+        maps = jax.vmap(lambda c: first_order_maps(c, query.shape, references.shape[1:])[0])(corr)
+        return result(maps, 2, correspondence=corr)
 
 
 def pooled_pair(model, variables, queries: ArrayLike, references: ArrayLike, *, condition: Optional[int] = None,

@@ -59,6 +59,7 @@ def random(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike 
     """
     if key is None:
         raise ValueError("random saliency needs key=")
+    checks.check_key(key)
     query = checks.check_image(query, "query")
     if reference_embeddings is None:
         reference_embeddings = jax.numpy.zeros((1,))

@@ -372,6 +372,8 @@ def rise_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         raise ValueError("pass either key= or both masks= and reference_masks=, not both")
     if key is None and (masks is None or reference_masks is None):
         raise ValueError("pass either key= or both masks= and reference_masks=")
+    if key is not None:
+        checks.check_key(key)
     if key is None:
         masks = checks.check_masks(masks, query)
         reference_masks = checks.check_masks(reference_masks, refs[0], name="reference_masks")
@@ -403,6 +405,7 @@ def rise_split_masks(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: 
     refs, single = checks.check_reference_embeddings(reference_embeddings)
     if key is None:
         raise ValueError("rise_split_masks needs key= (each device generates its share of the masks)")
+    checks.check_key(key)
     options = resolve(Rise, options, overrides)
     call = CoreCall.of(mask_axis=axis, mask_axis_size=mesh.shape[axis])
     out = parallel.replicated_call(call, mesh, (embed_fn, options), query, refs, jax.random.key_data(key))

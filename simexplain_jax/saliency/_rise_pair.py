@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
 from simexplain_jax.engine import EmbedFn
-from simexplain_jax.saliency._options import MethodOptions, options_class, resolve, set_field
+from simexplain_jax.saliency._options import MethodOptions, SaliencyResult, options_class, resolve, result, set_field
 from simexplain_jax.saliency._second_order import PairResult, first_order_maps
 from simexplain_jax.similarity import SimilarityFn, cosine, pairwise
 
@@ -64,38 +64,46 @@ def _embed_masked(embed_fn, image, masks_for, num_masks, batch_size, pool_h, poo
 CENTERINGS = ("mean", "p")
 
 
-def rise_pair_core(embed_fn, query, reference, key, *, num_masks, grid_size, p, batch_size, similarity,
+def _masked_side(embed_fn, image, key, *, num_masks, grid_size, p, batch_size, sampler, centering):
+    """One image's side of the cross estimator: its masked embeddings ``[n, D]`` and its masks'
+    centred cell means ``[n, g * g]`` (padding rows zero)."""
+    masks_for = _masks.rise_mask_fn(image.shape, key=key, grid_size=grid_size, p=p, sampler=sampler)
+    height, width = image.shape[:2]
+    embeddings, cells, valid = _embed_masked(embed_fn, image, masks_for, num_masks, batch_size,
+                                             cell_pooling(height, grid_size), cell_pooling(width, grid_size))
+    # each cell's mean over the N masks ("mean": the sums of centred values are exactly 0) or p
+    center = jnp.sum(cells * valid[:, None], axis=0) / num_masks if centering == "mean" else p
+    return embeddings, (cells - center) * valid[:, None]
+
+
+def rise_pair_core(embed_fn, query, references, key, *, num_masks, grid_size, p, batch_size, similarity,
                    sampler="iid", centering="mean", compute_dtype="float32"):
-    """``C [g, g, g, g]`` for one pair (traceable; ``p`` may be traced)."""
+    """``C [K, g, g, g, g]`` of ``query`` with each of ``references [K, H, W, C]`` (traceable; ``p``
+    may be traced). The query's masks (from ``fold_in(key, 0)``) are embedded once for all K; every
+    reference's masks come from ``fold_in(key, 1)``, so a pair's correspondence does not depend on
+    the other references."""
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
     batch_size = max(1, min(int(batch_size), num_masks))
-    mask_fn = lambda image, k: _masks.rise_mask_fn(image.shape, key=k, grid_size=grid_size, p=p,  # noqa: E731
-                                                   sampler=sampler)
-    (qh, qw), (rh, rw) = query.shape[:2], reference.shape[:2]
-    emb_q, cells_q, valid_q = _embed_masked(embed_fn, query, mask_fn(query, jax.random.fold_in(key, 0)), num_masks,
-                                            batch_size, cell_pooling(qh, grid_size), cell_pooling(qw, grid_size))
-    emb_r, cells_r, valid_r = _embed_masked(embed_fn, reference, mask_fn(reference, jax.random.fold_in(key, 1)),
-                                            num_masks, batch_size, cell_pooling(rh, grid_size),
-                                            cell_pooling(rw, grid_size))
-    if centering == "mean":  # each cell's mean over the N masks: the sums of centred values are exactly 0
-        center_q = jnp.sum(cells_q * valid_q[:, None], axis=0) / num_masks
-        center_r = jnp.sum(cells_r * valid_r[:, None], axis=0) / num_masks
-    else:
-        center_q = center_r = p
-    centred_q = (cells_q - center_q) * valid_q[:, None]  # [n, g^2]; padding rows weigh 0
-    centred_r = (cells_r - center_r) * valid_r[:, None]
+    side = dict(num_masks=num_masks, grid_size=grid_size, p=p, batch_size=batch_size, sampler=sampler,
+                centering=centering)
+    emb_q, centred_q = _masked_side(embed_fn, query, jax.random.fold_in(key, 0), **side)
     chunks = emb_q.shape[0] // batch_size
-
-    def block(total, chunk):
-        rows = jax.lax.dynamic_slice_in_dim(emb_q, chunk * batch_size, batch_size)
-        scores = pairwise(similarity, rows, emb_r).astype(jnp.float32)  # [B, n]
-        weighted = jnp.matmul(scores, centred_r, precision=_HIGHEST)  # [B, g^2]
-        left = jax.lax.dynamic_slice_in_dim(centred_q, chunk * batch_size, batch_size)
-        return total + jnp.matmul(left.T, weighted, precision=_HIGHEST), None
-
     cells = grid_size * grid_size
-    total, _ = jax.lax.scan(block, jnp.zeros((cells, cells), jnp.float32), jnp.arange(chunks, dtype=jnp.int32))
-    return (total / (num_masks * num_masks)).reshape(grid_size, grid_size, grid_size, grid_size)
+
+    def one_reference(reference):
+        emb_r, centred_r = _masked_side(embed_fn, reference, jax.random.fold_in(key, 1), **side)
+
+        def block(total, chunk):
+            rows = jax.lax.dynamic_slice_in_dim(emb_q, chunk * batch_size, batch_size)
+            scores = pairwise(similarity, rows, emb_r).astype(jnp.float32)  # [B, n]
+            weighted = jnp.matmul(scores, centred_r, precision=_HIGHEST)  # [B, g^2]
+            left = jax.lax.dynamic_slice_in_dim(centred_q, chunk * batch_size, batch_size)
+            return total + jnp.matmul(left.T, weighted, precision=_HIGHEST), None
+
+        total, _ = jax.lax.scan(block, jnp.zeros((cells, cells), jnp.float32), jnp.arange(chunks, dtype=jnp.int32))
+        return (total / (num_masks * num_masks)).reshape(grid_size, grid_size, grid_size, grid_size)
+
+    return jax.lax.map(one_reference, references)
 
 
 def check_grid(image_shape, grid_size: int) -> None:
@@ -105,7 +113,7 @@ def check_grid(image_shape, grid_size: int) -> None:
                          f"({image_shape[0]} x {image_shape[1]})")
 
 
-@options_class("rise_pair", references="images", traced=("p",))
+@options_class("rise_pair", references="images", traced=("p",), second_order=True)
 class RisePair(MethodOptions):
     """Options of black-box second-order RISE (:func:`rise_pair`).
 
@@ -143,16 +151,30 @@ class RisePair(MethodOptions):
                                 compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
             set_field(self, name, value)
 
+    def passes_per_pair(self, dim: int) -> int:
+        """N masked queries and N masked references."""
+        return 2 * self.num_masks
+
+    def core(self, embed_fn, query, references, key) -> SaliencyResult:
+        """``[K, H, W]`` query maps and ``[K, g, g, g, g]`` correspondences (traceable)."""
+        corr = rise_pair_core(embed_fn, query, references, key, **_static(self))
+        maps = jax.vmap(lambda c: first_order_maps(c, query.shape, references.shape[1:])[0])(corr)
+        return result(maps, self.passes_per_pair(0), correspondence=corr)
+
+
+def _static(options: RisePair) -> dict:
+    return dict(num_masks=options.num_masks, grid_size=options.grid_size, p=options.p,
+                batch_size=options.batch_size, similarity=options.similarity, sampler=options.sampler,
+                centering=options.centering, compute_dtype=options.compute_dtype)
+
 
 @jax.jit
 def _rise_pair_jit(embed_fn, queries, references, keys, options):
-    static = dict(num_masks=options.num_masks, grid_size=options.grid_size, p=options.p,
-                  batch_size=options.batch_size, similarity=options.similarity, sampler=options.sampler,
-                  centering=options.centering, compute_dtype=options.compute_dtype)
+    static = _static(options)
 
     def one(args):
         query, reference, key = args
-        corr = rise_pair_core(embed_fn, query, reference, key, **static)
+        corr = rise_pair_core(embed_fn, query, reference[None], key, **static)[0]
         query_map, reference_map = first_order_maps(corr, query.shape, reference.shape)
         intact = embed_fn(jnp.stack([query, reference]))
         return corr, query_map, reference_map, options.similarity(intact[0], intact[1])
@@ -186,10 +208,11 @@ def rise_pair(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, key:
                          f"{references.shape[0]} references")
     if key is None:
         raise ValueError("rise_pair needs key= (the masks are drawn from it)")
+    checks.check_key(key)
     check_grid(queries.shape[1:], options.grid_size)
     check_grid(references.shape[1:], options.grid_size)
     keys = key[None] if single else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(queries.shape[0]))
     corr, query_map, reference_map, sim = _rise_pair_jit(embed_fn, queries, references, keys, options)
     if single:
         corr, query_map, reference_map, sim = corr[0], query_map[0], reference_map[0], sim[0]
-    return PairResult(corr, query_map, reference_map, sim, 2 * options.num_masks)
+    return PairResult(corr, query_map, reference_map, sim, options.passes_per_pair(0))

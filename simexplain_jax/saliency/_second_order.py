@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class PairResult(NamedTuple):
@@ -42,3 +43,52 @@ def top_correspondences(correspondence: jax.Array, k: int = 3) -> tuple[jax.Arra
     flat = correspondence.reshape(-1)
     values, order = jax.lax.top_k(flat, k)
     return jnp.stack(jnp.unravel_index(order, correspondence.shape), axis=-1), values
+
+
+def cell_box(row: int, col: int, grid: tuple[int, int], shape) -> tuple[int, int, int, int]:
+    """The pixels of cell ``(row, col)`` of a ``grid`` of equal bands over an image of ``shape``
+    (pixel y is in cell row ``floor(y h / H)``, the rule of the mask grids and of a stride-aligned
+    feature grid): ``(ymin, xmin, ymax, xmax)``, max exclusive."""
+    (h, w), (height, width) = grid, tuple(shape[:2])
+
+    def band(index, cells, size):  # the first pixel y with floor(y cells / size) >= index
+        return -(-index * size // cells)
+
+    return (int(band(row, h, height)), int(band(col, w, width)), int(band(row + 1, h, height)),
+            int(band(col + 1, w, width)))
+
+
+class CellPair(NamedTuple):
+    """One of the strongest cell pairs of a correspondence.
+
+    Attributes:
+      query_box: ``(ymin, xmin, ymax, xmax)`` of the query cell, in pixels (max exclusive).
+      reference_box: the same for the reference cell.
+      contribution: its entry of the correspondence.
+      share: ``contribution`` over the correspondence's sum: its share of the similarity for an
+        exact decomposition (``pooled_pair``), of the estimated total otherwise.
+    """
+
+    query_box: tuple[int, int, int, int]
+    reference_box: tuple[int, int, int, int]
+    contribution: float
+    share: float
+
+
+def strongest_pairs(correspondence, query_shape, reference_shape, k: int = 3) -> list[CellPair]:
+    """The ``k`` strongest cell pairs of one correspondence ``[hq, wq, hr, wr]`` as pixel boxes of
+    images of ``query_shape`` and ``reference_shape``, strongest first."""
+    corr = np.asarray(correspondence, np.float64)
+    if corr.ndim != 4:
+        raise ValueError(f"correspondence must be one pair's [hq, wq, hr, wr], got shape {corr.shape}")
+    k = min(int(k), corr.size)
+    order = np.argsort(-corr.reshape(-1), kind="stable")[:k]
+    total = corr.sum()
+    out = []
+    for index in order:
+        qr, qc, rr, rc = (int(i) for i in np.unravel_index(index, corr.shape))
+        value = float(corr.reshape(-1)[index])
+        out.append(CellPair(cell_box(qr, qc, corr.shape[:2], query_shape),
+                            cell_box(rr, rc, corr.shape[2:], reference_shape), value,
+                            float(value / total) if total != 0 else float("nan")))
+    return out

@@ -146,12 +146,13 @@ class SaliencyCache:
             write_atomic(path, json.dumps(meta, sort_keys=True, indent=2))
         self.meta = meta
 
-    def _path(self, query: int) -> str:
+    def path_of(self, query: int) -> str:
+        """The file that holds (or will hold) the maps of query id ``query``."""
         return os.path.join(self.directory, f"q{int(query)}.npz")
 
     def _read(self, query: int) -> Optional[dict]:
         """The file's arrays, or None when it is absent; an unreadable file is moved aside (warned)."""
-        path = self._path(query)
+        path = self.path_of(query)
         if not os.path.exists(path):
             return None
         try:
@@ -174,8 +175,15 @@ class SaliencyCache:
         With digests (``image_digests``), the cached maps must have been computed from the same
         query and reference images: a mismatch raises a ValueError naming the file (or, with
         ``replace_stale``, returns None so that they are recomputed)."""
+        found = self.lookup(query, references, query_digest, reference_digests)
+        return None if found is None else found["maps"]
+
+    def lookup(self, query: int, references: Sequence[int], query_digest: Optional[int] = None,
+               reference_digests: Optional[Sequence[int]] = None, extras: Sequence[str] = ()) -> Optional[dict]:
+        """As :meth:`get`, but returns ``{"maps": [R, H, W], name: [R, ...] for name in extras}``
+        (per-reference arrays stored with the maps by ``put``); None when any is missing."""
         stored = self._read(query)
-        if stored is None:
+        if stored is None or any(name not in stored for name in extras):
             return None
         position = {int(r): i for i, r in enumerate(stored["references"])}
         if not all(int(r) in position for r in references):
@@ -190,33 +198,37 @@ class SaliencyCache:
         if stale:
             if self.replace_stale:
                 return None
-            raise ValueError(f"saliency cache file {self._path(query)} holds maps of other images for the same ids "
+            raise ValueError(f"saliency cache file {self.path_of(query)} holds maps of other images for the same ids "
                              f"({', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''} changed): the images "
                              "behind these ids are not the ones cached. Use another cache directory, or "
                              "replace_stale=True to recompute them")
-        return stored["maps"][rows]
+        return {"maps": stored["maps"][rows], **{name: stored[name][rows] for name in extras}}
 
     def put(self, query: int, references: Sequence[int], maps: np.ndarray, query_digest: Optional[int] = None,
-            reference_digests: Optional[Sequence[int]] = None) -> None:
-        """Stores ``maps [R, H, W]`` of ``query`` against ``references``, keeping the file's other
+            reference_digests: Optional[Sequence[int]] = None, extras: Optional[dict] = None) -> None:
+        """Stores ``maps [R, H, W]`` of ``query`` against ``references`` (and ``extras``, arrays
+        ``[R, ...]`` by name, e.g. the pair methods' correspondences), keeping the file's other
         references (of the same query image) that were cached before."""
         references = np.asarray(references, np.int64)
         maps = np.asarray(maps, np.float32)
-        if not np.all(np.isfinite(maps)):
+        extras = {name: np.asarray(value, np.float32) for name, value in (extras or {}).items()}
+        if not np.all(np.isfinite(maps)) or not all(np.isfinite(v).all() for v in extras.values()):
             raise ValueError(f"refusing to cache non-finite maps for query {int(query)}")
         digests = None if reference_digests is None else np.asarray(reference_digests, np.uint64)
         old = self._read(query)
         if old is not None and maps.ndim == 3 and old["maps"].shape[1:] == maps.shape[1:] and (
-                query_digest is None or int(old.get("query_digest", query_digest)) == int(query_digest)):
+                query_digest is None or int(old.get("query_digest", query_digest)) == int(query_digest)) and all(
+                name in old and old[name].shape[1:] == value.shape[1:] for name, value in extras.items()):
             keep = ~np.isin(old["references"], references)
             if keep.any() and (digests is None) == ("reference_digests" not in old):
                 references = np.concatenate([old["references"][keep], references])
                 maps = np.concatenate([old["maps"][keep], maps])
+                extras = {name: np.concatenate([old[name][keep], value]) for name, value in extras.items()}
                 if digests is not None:
                     digests = np.concatenate([old["reference_digests"][keep], digests])
-        arrays = {"references": references, "maps": maps}
+        arrays = {"references": references, "maps": maps, **extras}
         if query_digest is not None:
             arrays["query_digest"] = np.uint64(query_digest)
         if digests is not None:
             arrays["reference_digests"] = digests
-        write_atomic(self._path(query), lambda f: np.savez(f, **arrays))
+        write_atomic(self.path_of(query), lambda f: np.savez(f, **arrays))

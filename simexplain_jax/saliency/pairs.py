@@ -22,6 +22,7 @@ files use those, so the maps equal a run over the whole dataset.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from typing import Callable, NamedTuple, Optional, Union
@@ -31,12 +32,13 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
-from simexplain_jax import checks, parallel
+from simexplain_jax import checks, engine, parallel
 from simexplain_jax.engine import EmbedFn
 from simexplain_jax.saliency import _dispatch
 from simexplain_jax.saliency._options import MethodOptions
 from simexplain_jax.saliency._pair_cache import PairCache
-from simexplain_jax.saliency.registry import as_options
+from simexplain_jax.saliency._second_order import PairResult, first_order_maps
+from simexplain_jax.saliency.registry import SECOND_ORDER, as_options
 
 
 def _ids(ids, count: int, name: str) -> np.ndarray:
@@ -87,6 +89,7 @@ def _check(embed_fn, queries, references, key, pairs, mesh, query_batch, query_i
     pairs = _check_pairs(pairs, len(queries), len(references))
     if key is None:
         raise ValueError("explain_pairs needs key=")
+    checks.check_key(key)
     query_ids = _ids(query_ids, len(queries), "query_ids")
     reference_ids = _ids(reference_ids, len(references), "reference_ids")
     mesh = parallel.make_mesh(1, local=True) if mesh is None else mesh
@@ -104,7 +107,8 @@ def explain_pairs(method: Union[str, MethodOptions], embed_fn: EmbedFn, queries:
                   mesh: Optional[Mesh] = None, query_batch: Optional[int] = None,
                   query_ids: Optional[ArrayLike] = None, reference_ids: Optional[ArrayLike] = None,
                   cache_meta: Optional[dict] = None, replace_stale: bool = False,
-                  segment_threads: Optional[int] = None) -> np.ndarray:
+                  segment_threads: Optional[int] = None,
+                  correspondences: bool = False) -> Union[np.ndarray, PairResult]:
     """Maps ``[P, H, W]`` for ``pairs [P, 2]`` of (index into ``queries``, index into ``references``).
 
     Args:
@@ -141,13 +145,27 @@ def explain_pairs(method: Union[str, MethodOptions], embed_fn: EmbedFn, queries:
         device work, overlapped with it (default: ``min(8, os.cpu_count())``); 0 segments each query
         in the calling thread when its turn comes. The maps do not depend on it.
 
+      correspondences: the pair methods (``SECOND_ORDER``: ``pooled_pair``, ``rise_pair``,
+        ``integrated_cross_jacobian``) only: return each pair's whole second-order explanation
+        instead of its query map. Their maps (and correspondences) are cached, meshed and keyed as
+        every method's. ``pooled_pair`` takes ``embed_fn=sx.saliency.pooled_model(model,
+        variables)`` (a ``PooledModel`` is an embed_fn); ``integrated_cross_jacobian`` integrates
+        from the zero baseline here.
+
     Returns:
       ``[P, H, W]`` float32 maps (numpy), one per pair: a batch API returns the maps only (the
-      single-pair functions return a ``SaliencyResult`` with the passes spent). The options'
-      ``compute_dtype`` also sets the dtype in which the reference embeddings are computed here,
-      so that query and reference go through the same forward pass.
+      single-pair functions return a ``SaliencyResult`` with the passes spent). For a pair method
+      the map is the query's first-order map (the correspondence's row sums). With
+      ``correspondences=True``: a ``PairResult`` of numpy arrays with a leading P axis
+      (``correspondence [P, hq, wq, hr, wr]``, ``query_map``, ``reference_map``, ``similarity``)
+      and ``passes`` per pair. The options' ``compute_dtype`` also sets the dtype in which the
+      reference embeddings are computed here, so that query and reference go through the same
+      forward pass.
     """
     options = as_options(method, config)
+    if correspondences and not options.second_order:
+        raise ValueError(f"correspondences=True needs a pair method (one of {SECOND_ORDER}); {options.method} "
+                         "gives first-order maps only")
     r = _check(embed_fn, queries, references, key, pairs, mesh, query_batch, query_ids, reference_ids,
                segment_threads)
     groups: "OrderedDict[int, np.ndarray]" = OrderedDict()
@@ -158,23 +176,49 @@ def explain_pairs(method: Union[str, MethodOptions], embed_fn: EmbedFn, queries:
         cache = PairCache(cache_dir, options, key, r.embed_fn, r.queries, r.references, r.pairs, groups, r.query_ids,
                           r.reference_ids, extra_meta=cache_meta, replace_stale=replace_stale)
     out = np.zeros((len(r.pairs), *r.queries.shape[1:3]), np.float32)
+    corr = {}  # pair position -> correspondence (pair methods)
     todo = set()
     for q, positions in groups.items():
         cached = cache.get(q) if cache else None
         if cached is None:
             todo.add(q)
             continue
-        out[positions] = cached
+        out[positions] = cached[0]
+        if cached[1] is not None:
+            corr.update(zip(positions.tolist(), cached[1]))
         if progress:
             progress(len(positions))
 
-    def done(q, maps):
+    def done(q, maps, correspondence):
         out[groups[q]] = maps
+        if correspondence is not None:
+            corr.update(zip(groups[q].tolist(), correspondence))
         if cache:
-            cache.put(q, out[groups[q]])
+            cache.put(q, out[groups[q]], correspondence)
 
     if todo:
         _dispatch.run(options, r.embed_fn, r.queries, r.references, key, r.pairs, groups, todo, mesh=r.mesh,
                       query_batch=r.query_batch, query_ids=r.query_ids, reference_ids=r.reference_ids,
                       threads=r.threads, done=done, progress=progress)
-    return out
+    if not correspondences:
+        return out
+    return _pair_result(options, r, out, np.stack([corr[i] for i in range(len(r.pairs))]))
+
+
+def _pair_result(options: MethodOptions, r: _Request, query_maps: np.ndarray, corr: np.ndarray) -> PairResult:
+    """The pair list's ``PairResult``: the reference maps from the correspondences' column sums, the
+    similarities from one forward pass per image used."""
+    forward = engine.in_compute_dtype(r.embed_fn, getattr(options, "compute_dtype", "float32"))
+    used_q, used_r = np.unique(r.pairs[:, 0]), np.unique(r.pairs[:, 1])
+    emb_q = dict(zip(used_q.tolist(), engine.apply_in_chunks(forward, r.queries[used_q], 128)))
+    emb_r = dict(zip(used_r.tolist(), engine.apply_in_chunks(forward, r.references[used_r], 128)))
+    similarity = np.asarray(options.similarity(np.stack([emb_q[q] for q in r.pairs[:, 0].tolist()]),
+                                               np.stack([emb_r[i] for i in r.pairs[:, 1].tolist()])), np.float32)
+    reference_maps = np.asarray(_reference_maps(jax.numpy.asarray(corr), r.references.shape[1:]))
+    dim = next(iter(emb_q.values())).shape[-1]
+    return PairResult(corr, query_maps, reference_maps, similarity, options.passes_per_pair(dim))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _reference_maps(corr, shape):
+    return jax.vmap(lambda c: first_order_maps(c, shape, shape)[1])(corr)

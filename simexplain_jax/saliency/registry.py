@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from simexplain_jax.saliency._cross_jacobian import IntegratedCrossJacobian
 from simexplain_jax.saliency._gradients import Gradient, IntegratedGradients
 from simexplain_jax.saliency._lime import Lime, LimeVariable
 from simexplain_jax.saliency._occlusion import SlidingWindow, SlidingWindowVariable
 from simexplain_jax.saliency._options import MethodOptions, check_names
 from simexplain_jax.saliency._perturbation import Perturbation, PerturbationVariable
+from simexplain_jax.saliency._pooled import PooledPair
 from simexplain_jax.saliency._random import Random
 from simexplain_jax.saliency._rise import Rise, RiseVariable
+from simexplain_jax.saliency._rise_pair import RisePair
 
 OPTIONS = {cls.method: cls for cls in (Rise, RiseVariable, SlidingWindow, SlidingWindowVariable, Lime, LimeVariable,
-                                       Perturbation, PerturbationVariable, Gradient, IntegratedGradients, Random)}
+                                       Perturbation, PerturbationVariable, Gradient, IntegratedGradients, Random,
+                                       PooledPair, RisePair, IntegratedCrossJacobian)}
 METHODS = tuple(OPTIONS)
+# the pair methods: their results also hold the correspondence (explain_pairs(..., correspondences=True))
+SECOND_ORDER = tuple(name for name, cls in OPTIONS.items() if cls.second_order)
 
 
 def options_for(method: str, **config) -> MethodOptions:

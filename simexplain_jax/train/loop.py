@@ -7,7 +7,10 @@ batches an uninterrupted run would have seen.
 A non-finite loss stops the run: the first step whose loss is NaN or infinite is tracked on
 device (no synchronisation per step) and checked before every evaluation and save, so a
 ``FloatingPointError`` names that step and no state trained through it is ever saved (as the
-latest or as the best checkpoint).
+latest or as the best checkpoint). The parameters themselves are checked before every save too
+(a loss can stay finite while they are NaN: normalised NaN embeddings give a constant loss).
+
+Every save records the evaluation history so far, so a resumed run returns the whole history.
 """
 
 from __future__ import annotations
@@ -26,17 +29,23 @@ def _first_nonfinite(first, loss, step):
     return jnp.where((first < 0) & ~jnp.all(jnp.isfinite(loss)), step, first)
 
 
-def restore_or_init(checkpointer: Checkpointer, state, iterator) -> tuple[object, int]:
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def restore_or_init(checkpointer: Checkpointer, state, iterator) -> tuple[object, int, list]:
     """Restores ``state`` and ``iterator`` from the last checkpoint if there is one.
 
-    Returns ``(state, start_step)``.
+    Returns ``(state, start_step, history)``: the evaluations recorded up to that checkpoint.
     """
     if checkpointer.latest_step() is None:
-        return state, 0
+        return state, 0, []
     state, meta = checkpointer.restore(state)
     if "iterator" in meta and hasattr(iterator, "set_state"):
         iterator.set_state(meta["iterator"].encode())
-    return state, int(meta["step"])
+    return state, int(meta["step"]), list(meta.get("history", []))
 
 
 def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: Checkpointer,
@@ -47,14 +56,15 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
     Every ``eval_every`` steps (and at the end) ``evaluate(state)`` returns metrics (holding the
     checkpointer's metric) and the state is saved with them, competing for the best checkpoint;
     every ``checkpoint_every`` steps (and at the end) the state is saved. Every save holds the
-    iterator's state, so any of them resumes exactly. Returns ``(state, history)`` where history
-    lists ``{"step", **metrics}`` of this call's evaluations.
+    iterator's state and the history, so any of them resumes exactly. Returns ``(state, history)``
+    where history lists ``{"step", **metrics}`` of every evaluation of the run, those before a
+    resume included.
 
     ``train_step``'s metrics must hold ``"loss"``: a non-finite loss raises ``FloatingPointError``
-    naming the first such step, before anything trained through it is evaluated or saved.
+    naming the first such step, before anything trained through it is evaluated or saved; so do
+    non-finite parameters, checked before each evaluation and save.
     """
-    state, step = restore_or_init(checkpointer, state, iterator)
-    history = []
+    state, step, history = restore_or_init(checkpointer, state, iterator)
     first_bad = jnp.asarray(-1, jnp.int32)
 
     def check_finite():
@@ -63,9 +73,13 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
             raise FloatingPointError(
                 f"the training loss is NaN or infinite at step {bad}: stopped before saving (the last good "
                 f"checkpoint in {checkpointer.directory} is kept); lower the learning rate or check the data")
+        if not bool(_all_finite(state.params)):
+            raise FloatingPointError(
+                f"the model's parameters are NaN or infinite at step {step} (the loss was finite): stopped before "
+                f"saving (the last good checkpoint in {checkpointer.directory} is kept); lower the learning rate")
 
     def meta(step):
-        data = {"step": step}
+        data = {"step": step, "history": history}
         if hasattr(iterator, "get_state"):
             data["iterator"] = iterator.get_state().decode()
         return data
@@ -85,7 +99,11 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
         if will_save:
             check_finite()
         if evaluate is not None and ((eval_every and step % eval_every == 0) or last):
-            results = {k: float(v) for k, v in evaluate(state).items()}
+            try:
+                results = {k: float(v) for k, v in evaluate(state).items()}
+            except FloatingPointError as err:  # diverged or collapsed embeddings (train.similarity.check_embeddings)
+                raise FloatingPointError(f"step {step}: {err}; stopped before saving (the last good checkpoint in "
+                                         f"{checkpointer.directory} is kept)") from None
             history.append({"step": step, **results})
         if results is not None or (checkpoint_every and step % checkpoint_every == 0) or last:
             checkpointer.save(step, state, meta(step), metrics=results)

@@ -121,6 +121,20 @@ def pair_auc(embeddings: np.ndarray, pairs: np.ndarray, labels: np.ndarray) -> f
     return roc_auc(scores, labels)
 
 
+def check_embeddings(embeddings: np.ndarray, tolerance: float = 1e-6) -> None:
+    """Raises ``FloatingPointError`` when a model's embeddings ``[N, D]`` of N > 1 different images
+    are non-finite, or collapsed (every image embedded the same, to ``tolerance``): such a model
+    cannot verify pairs, whatever its AUC says."""
+    embeddings = np.asarray(embeddings)
+    if not np.isfinite(embeddings).all():
+        rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        raise FloatingPointError(f"the model gives NaN or infinite embeddings ({len(rows)} of {len(embeddings)} "
+                                 "images): it has diverged")
+    if len(embeddings) > 1 and float(np.ptp(embeddings, axis=0).max()) <= tolerance:
+        raise FloatingPointError(f"the model has collapsed: all {len(embeddings)} images get the same embedding "
+                                 f"(spread {float(np.ptp(embeddings, axis=0).max()):.2e})")
+
+
 def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256) -> float:
     """Pair-verification ROC AUC of ``model`` on a ``PairSet`` (uint8 images, normalised here).
 
@@ -130,6 +144,7 @@ def evaluate_pairs(model: nn.Module, variables, pair_set, batch_size: int = 256)
     f = embed_fn(model, variables)
     embeddings = np.concatenate([embed_all(f, normalize_images(pair_set.images[i:i + 4096]), batch_size)
                                  for i in range(0, len(pair_set.images), 4096)])
+    check_embeddings(embeddings)
     if not isinstance(model, TypeAwareEmbedding) or pair_set.conditions is None:
         return pair_auc(embeddings, pair_set.pairs, pair_set.labels)
     masks = np.maximum(np.asarray(variables["params"]["masks"]), 0.0)
