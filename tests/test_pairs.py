@@ -58,5 +58,5 @@ def test_asking_for_more_pairs_than_the_images_allow_fails_at_once():
     with pytest.raises(ValueError, match="num_pairs=1000000 asks for 500000 distinct positive pairs, but the 20 "
                                          "images \\(4 labels\\) allow 80 ordered ones; ask for at most 80 pairs"):
         sample_pairs(labels, 1_000_000, seed=0)
-    assert time.perf_counter() - began < 1.0
+    assert time.perf_counter() - began < 10.0  # was minutes; a loaded CI machine gets room
     assert len(sample_pairs(labels, 80, seed=0)) == 80  # the largest it allows still samples
