@@ -40,7 +40,7 @@ from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import write_atomic, write_json_atomic
 from simexplain_jax.models import embed_fn
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
-from simexplain_jax.data.datasets import attribute_splits, explanation_pairs
+from simexplain_jax.data.datasets import attribute_names, attribute_splits, explanation_pairs
 from simexplain_jax.models.loading import load_attribute_predictor, load_trained
 
 def choose_run(runs, which):
@@ -74,7 +74,7 @@ def explain(config, workdir: str, weights: list) -> dict:
     model, variables, sim_config = load_trained(os.path.join(attr_results["similarity_workdir"], "checkpoints"))
     embed = embed_fn(model, variables)
     dataset = sim_config["dataset"]
-    names = _attribute_names(dataset, data_dir)
+    names = attribute_names(dataset, data_dir=data_dir, manual_dir=config.manual_dir)
     thresholds = Thresholds.load(os.path.join(predictor_run["checkpoint_dir"], THRESHOLDS_FILE), len(names))
 
     data = explanation_pairs(dataset, data_dir=data_dir, manual_dir=config.manual_dir, split=config.split,
@@ -241,12 +241,6 @@ def correspondence_gallery(path, model, variables, embed, raw, images, pairs, se
                               title=f"{dataset}: which part matches which ({method})")
     return {"method": method, "figure": os.path.basename(path), "top_k": top_k,
             "pairs": [[p._asdict() for p in pair] for pair in strongest]}
-
-
-def _attribute_names(dataset, data_dir):
-    import tensorflow_datasets as tfds
-
-    return list(tfds.builder(dataset, data_dir=data_dir).info.metadata["attribute_names"])
 
 
 def main():

@@ -37,7 +37,7 @@ from simexplain_jax.models.loading import load_trained
 from simexplain_jax.train import similarity as sim
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, evaluate_map, make_attribute_step, predict
 from simexplain_jax.attributes import Thresholds
-import tensorflow_datasets as tfds
+from simexplain_jax.data.datasets import attribute_names as dataset_attribute_names
 from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
@@ -67,7 +67,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
     train = splits["train"]
     images = normalize_images(train.images)
     num_attributes = train.attributes.shape[1]
-    attribute_names = list(tfds.builder(sim_config["dataset"], data_dir=data_dir).info.metadata["attribute_names"])
+    attribute_names = dataset_attribute_names(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir)
 
     # the training saliency cache (query-major through explain_pairs), for the first cache_images images
     references = positive_references(groups_from_labels(train.groups.tolist()), len(images), config.max_references,

@@ -206,10 +206,13 @@ def test_training_data_from_the_real_layouts(awa2_folder, polyvore_folder, tmp_p
     from simexplain_jax.data.pipeline import make_loader
     from simexplain_jax.models import EmbeddingNet, SmallCNN, TypeAwareEmbedding
     from simexplain_jax.train import similarity as sim
-    from simexplain_jax.data.datasets import similarity_data
+    from simexplain_jax.data.datasets import attribute_names, similarity_data
 
+    names = {"awa2": [f"predicate{i}" for i in range(85)],
+             "polyvore_outfits/nondisjoint": reference_files.polyvore_attribute_names()}
     for dataset, manual in (("awa2", awa2_folder[0]), ("polyvore_outfits/nondisjoint", polyvore_folder[0])):
         data = similarity_data(dataset, data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), num_eval_pairs=4)
+        assert attribute_names(dataset, data_dir=str(tmp_path / "tfds"), manual_dir=str(manual)) == names[dataset]
         assert data.image_size == 112 and data.validation.images.shape[1:] == (112, 112, 3)
         if data.batch_kind == "outfits":
             assert data.num_conditions == 9 and len(data.train_source) == 2 * 12
@@ -283,3 +286,26 @@ def test_importer_values_and_images_are_checked_naming_the_file(tmp_path):
     Image.new("1", (20000, 20000)).save(bomb)  # 400 Mpx, a small file: PIL refuses to decode it
     with pytest.raises(ValueError, match=f"unreadable image {bomb}: DecompressionBombError"):
         rgb_image_feature(str(bomb))
+
+
+def test_polyvore_annotation_values_are_checked_naming_the_file(tmp_path):
+    """Out-of-range attribute indices, items without a category and malformed outfits were a bare
+    IndexError / KeyError (or, for negative indices, silently wrong labels)."""
+    from simexplain_jax.data.tfds_polyvore import attribute_annotations, item_categories, outfit_items, read_json
+
+    names = reference_files.polyvore_attribute_names()
+    assert attribute_annotations({"attributes": names, "annotations": {"7": [0, 204]}}) == (names, {"7": [0, 204]})
+    for bad in ([205], [-1], ["3"], [True], 4):
+        with pytest.raises(ValueError, match=r"polyvore_attributes.json: item 7 has attribute indices .*\[0, 205\)"):
+            attribute_annotations({"attributes": names, "annotations": {"7": bad}})
+    with pytest.raises(ValueError, match="polyvore_attributes.json lists 3 attributes, expected 205"):
+        attribute_annotations({"attributes": names[:3], "annotations": {}})
+    with pytest.raises(ValueError, match="polyvore_attributes.json: expected an object with 'attributes'"):
+        attribute_annotations({"annotations": {}})
+    with pytest.raises(ValueError, match="polyvore_item_metadata.json: item 12 has no 'semantic_category'"):
+        item_categories({"11": {"semantic_category": "tops"}, "12": {"title": "x"}})
+    with pytest.raises(ValueError, match="nondisjoint/train.json: outfit 1 needs a 'set_id'"):
+        outfit_items([{"set_id": "a", "items": [{"item_id": 1}]}, {"items": []}], "nondisjoint/train.json")
+    (tmp_path / "bad.json").write_text('{"a": 1,\n "b": }')
+    with pytest.raises(ValueError, match=r"bad.json:2: not valid JSON"):
+        read_json(str(tmp_path / "bad.json"))

@@ -163,3 +163,23 @@ def test_a_dataset_is_one_adapter_registered_by_name(shapes32, monkeypatch):
         simexplain_jax.data.register("shapes")(MyShapes)
     with pytest.raises(ValueError, match="name must be a non-empty dataset name"):
         simexplain_jax.data.register("a/b")
+
+
+def test_a_corrupted_record_names_the_dataset_folder(shapes32, tmp_path):
+    """A flipped byte in an array_record file was the reader's bare RuntimeError (a block hash
+    mismatch) with no file named."""
+    import shutil
+
+    from simexplain_jax.data import datasets
+    from simexplain_jax.data.sources import CorruptRecordError
+
+    _, data_dir = shapes32
+    shutil.copytree(data_dir, tmp_path / "tfds")
+    (shard,) = (tmp_path / "tfds").glob("shapes/32px/*/shapes-test.array_record-*")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 2000] = bytes(b ^ 0xFF for b in data[len(data) // 3: len(data) // 3 + 2000])
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptRecordError, match=r"record \d+ of .*tfds/shapes/32px/[\d.]+, split test is unreadable "
+                                                 r"\(RuntimeError: .*\); delete that folder"):
+        datasets.explanation_pairs("shapes/32px", data_dir=str(tmp_path / "tfds"), num_pairs=4)
+    assert len(datasets.explanation_pairs("shapes/32px", data_dir=data_dir, num_pairs=4).pairs) == 4

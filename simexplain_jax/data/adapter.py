@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from simexplain_jax.data import pairs as pairs_lib
 from simexplain_jax.data import reference_files
 from simexplain_jax.data.pipeline import PAPER_IMAGE_SIZE, Preprocess, resize_and_center_crop
-from simexplain_jax.data.sources import load_arrays
+from simexplain_jax.data.sources import CheckedSource, load_arrays
 
 EVALUATION_SPLITS = ("validation", "test")
 SPLITS = ("train", "validation", "test")
@@ -195,11 +195,15 @@ class DatasetAdapter:
         builder.download_and_prepare(download_config=download_config)
         return builder
 
+    def source(self, builder, split: str, decoders=None) -> CheckedSource:
+        """The random-access source of ``split``, whose read errors name the dataset's folder."""
+        return CheckedSource(builder.as_data_source(split, decoders=decoders), f"{builder.data_dir}, split {split}")
+
     def metadata_records(self, builder, split: str) -> list[dict]:
         """Every record of ``split`` without its images (nothing is decoded)."""
         skip = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
                 if isinstance(feature, tfds.features.Image)}
-        source = builder.as_data_source(split, decoders=skip)
+        source = self.source(builder, split, decoders=skip)
         return [{k: v for k, v in source[i].items() if k not in skip} for i in range(len(source))]
 
     def ids(self, records: Sequence[dict]) -> list[str]:
@@ -225,7 +229,7 @@ class DatasetAdapter:
                 pairs, labels = listed_pairs(test_pairs, self.ids(records))
             else:
                 pairs, labels = sampled_pairs(self.groups(records), num_eval_pairs, seed + (split == "test"))
-            images = self._images(builder.as_data_source(split), progress)
+            images = self._images(self.source(builder, split), progress)
             sets[split] = PairSet(images, pairs, labels, self.pair_conditions(builder, records, pairs))
         train_source, preprocess, batch_kind, num_conditions = self.training(builder, progress)
         size = self.image_size or builder.info.features["image"].shape[0]
@@ -241,13 +245,21 @@ class DatasetAdapter:
             pairs, labels = first_balanced(*listed_pairs(test_pairs, self.ids(records)), num_pairs)
         else:
             pairs, labels = sampled_pairs(self.groups(records), num_pairs, seed)
-        return PairList(builder.as_data_source(split), pairs, labels, Preprocess(image_size=self.image_size, keys=()),
+        return PairList(self.source(builder, split), pairs, labels, Preprocess(image_size=self.image_size, keys=()),
                         self.image_size, self.pair_conditions(builder, records, pairs), self.query_keys)
+
+    def attribute_names(self, builder) -> list[str]:
+        """The attribute names, in the order of the records' ``"attributes"`` labels."""
+        names = builder.info.metadata.get("attribute_names") if builder.info.metadata else None
+        if not names:
+            raise ValueError(f"dataset {self.dataset!r} has no attribute names in its metadata "
+                             f"({builder.data_dir}); it cannot train or explain attributes")
+        return [str(n) for n in names]
 
     def attribute_split(self, builder, split: str) -> AttributeSplit:
         """The images of ``split`` with their attribute labels, groups (numbered by sorted name)
         and ids."""
-        source = builder.as_data_source(split)
+        source = self.source(builder, split)
         records = [source[i] for i in range(len(source))]
         _, group_ids = np.unique(np.asarray(self.groups(records), dtype=object).astype(str), return_inverse=True)
         return AttributeSplit(read_images(source, range(len(records)), self.image_size, records),

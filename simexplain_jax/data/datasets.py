@@ -110,3 +110,18 @@ def attribute_splits(dataset: str, *, data_dir: str, manual_dir: str = "") -> di
     """
     adapter, builder = _prepared(dataset, data_dir, manual_dir)
     return {split: adapter.attribute_split(builder, split) for split in ("train", "validation", "test")}
+
+
+def attribute_names(dataset: str, *, data_dir: str, manual_dir: str = "") -> list[str]:
+    """The dataset's attribute names, in the order of its attribute labels.
+
+    Args:
+      dataset: a name of ``registry.names()``.
+      data_dir: the TFDS data folder.
+      manual_dir: the folder the user downloaded (datasets with a manual download).
+
+    Returns:
+      One name per attribute.
+    """
+    adapter, builder = _prepared(dataset, data_dir, manual_dir)
+    return adapter.attribute_names(builder)

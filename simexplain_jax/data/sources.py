@@ -38,6 +38,42 @@ class InMemorySource:
         return {k: v[index] for k, v in self.arrays.items()}
 
 
+class CorruptRecordError(ValueError):
+    """A dataset record that cannot be read or decoded."""
+
+
+class CheckedSource:
+    """A random-access source whose read errors name the dataset folder, split and record.
+
+    A flipped byte in an array_record file surfaced as the reader's bare ``RuntimeError``
+    ("block header hash mismatch") with no file named; this wrapper re-raises any read or decode
+    error as a ``CorruptRecordError`` that says which folder to delete to rebuild the dataset.
+
+    Args:
+      source: the split's source (``builder.as_data_source(split)``).
+      where: the dataset folder and split, for the message (e.g. ``"tfds/shapes/32px/1.0.0, split test"``).
+    """
+
+    def __init__(self, source, where: str):
+        self.source = source
+        self.where = where
+
+    def __repr__(self) -> str:  # grain checks a resumed iterator's source by repr: the wrapped one's
+        return repr(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.source[index]
+        except (IndexError, KeyError, TypeError):
+            raise
+        except Exception as err:  # noqa: BLE001  (the reader's and the decoders' errors: re-raised, named)
+            raise CorruptRecordError(f"record {index} of {self.where} is unreadable ({type(err).__name__}: "
+                                     f"{err}); delete that folder and the dataset is rebuilt on the next run") from err
+
+
 class SubsetSource:
     """Records ``indices`` of ``source``, in that order, each with ``index`` (its index in ``source``)
     and ``valid`` added: ``source`` is only read at the indices asked for. ``valid [len(indices)]``

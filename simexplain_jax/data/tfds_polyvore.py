@@ -42,13 +42,74 @@ NUM_ATTRIBUTES = 205
 
 
 def read_json(path: str):
+    """A JSON file's value; a file that does not parse is a ValueError naming it and the line."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
-def outfit_items(outfits: list) -> dict[str, list[str]]:
-    """``{set_id: [item_id, ...]}`` from a split file's outfits."""
-    return {str(o["set_id"]): [str(item["item_id"]) for item in o["items"]] for o in outfits}
+def outfit_items(outfits: list, where: str = "the split file") -> dict[str, list[str]]:
+    """``{set_id: [item_id, ...]}`` from a split file's outfits.
+
+    Raises:
+      ValueError: an outfit without ``set_id`` or a list of ``items`` with ``item_id``, naming
+        ``where`` and the outfit's position.
+    """
+    if not isinstance(outfits, list):
+        raise ValueError(f"{where}: expected a list of outfits, got {type(outfits).__name__}")
+    out = {}
+    for n, outfit in enumerate(outfits):
+        items = outfit.get("items") if isinstance(outfit, dict) else None
+        if (not isinstance(outfit, dict) or "set_id" not in outfit or not isinstance(items, list)
+                or not all(isinstance(item, dict) and "item_id" in item for item in items)):
+            raise ValueError(f"{where}: outfit {n} needs a 'set_id' and a list of 'items' with an 'item_id' each")
+        out[str(outfit["set_id"])] = [str(item["item_id"]) for item in items]
+    return out
+
+
+def item_categories(metadata: dict, where: str = "polyvore_item_metadata.json") -> dict[str, str]:
+    """``{item_id: semantic category}`` from the item metadata file.
+
+    Raises:
+      ValueError: an item without a ``semantic_category`` string, naming it.
+    """
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: expected an object of items, got {type(metadata).__name__}")
+    categories = {}
+    for item, entry in metadata.items():
+        category = entry.get("semantic_category") if isinstance(entry, dict) else None
+        if not isinstance(category, str) or not category:
+            raise ValueError(f"{where}: item {item} has no 'semantic_category' string")
+        categories[str(item)] = category
+    return categories
+
+
+def attribute_annotations(attributes: dict, where: str = "polyvore_attributes.json") -> tuple[list, dict]:
+    """``(names, {item_id: [attribute index, ...]})`` from the attribute file.
+
+    Raises:
+      ValueError: not ``NUM_ATTRIBUTES`` names, or an item's indices that are not integers in
+        ``[0, NUM_ATTRIBUTES)``, naming the item.
+    """
+    if not isinstance(attributes, dict) or "attributes" not in attributes or "annotations" not in attributes:
+        raise ValueError(f"{where}: expected an object with 'attributes' (the names) and 'annotations'")
+    names = attributes["attributes"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}: 'attributes' must be a list of names")
+    if len(names) != NUM_ATTRIBUTES:
+        raise ValueError(f"{where} lists {len(names)} attributes, expected {NUM_ATTRIBUTES}")
+    if not isinstance(attributes["annotations"], dict):
+        raise ValueError(f"{where}: 'annotations' must map item ids to attribute indices")
+    annotations = {}
+    for item, indices in attributes["annotations"].items():
+        if (not isinstance(indices, list)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < NUM_ATTRIBUTES for i in indices)):
+            raise ValueError(f"{where}: item {item} has attribute indices {indices!r}; each must be an integer "
+                             f"in [0, {NUM_ATTRIBUTES})")
+        annotations[str(item)] = indices
+    return list(names), annotations
 
 
 def type_conditions(outfits: dict[str, list[str]], categories: dict[str, str]) -> list[tuple[str, str]]:
@@ -156,13 +217,9 @@ class PolyvoreOutfits(tfds.core.GeneratorBasedBuilder):
         required = ["polyvore_item_metadata.json", "polyvore_attributes.json", "images"]
         required += [f"{folder}/{name}" for name in SPLIT_FILES.values()]
         root = manual_root(dl_manager, "polyvore_outfits", "polyvore_outfits", required, INSTRUCTIONS)
-        metadata = read_json(os.path.join(root, "polyvore_item_metadata.json"))
-        categories = {str(k): v["semantic_category"] for k, v in metadata.items()}
-        attributes = read_json(os.path.join(root, "polyvore_attributes.json"))
-        names = list(attributes["attributes"])
-        if len(names) != NUM_ATTRIBUTES:
-            raise ValueError(f"polyvore_attributes.json lists {len(names)} attributes, expected {NUM_ATTRIBUTES}")
-        splits = {split: outfit_items(read_json(os.path.join(root, folder, file)))
+        categories = item_categories(read_json(os.path.join(root, "polyvore_item_metadata.json")))
+        names, annotations = attribute_annotations(read_json(os.path.join(root, "polyvore_attributes.json")))
+        splits = {split: outfit_items(read_json(os.path.join(root, folder, file)), f"{folder}/{file}")
                   for split, file in SPLIT_FILES.items()}
         for split, outfits in splits.items():
             for items in outfits.values():
@@ -173,7 +230,6 @@ class PolyvoreOutfits(tfds.core.GeneratorBasedBuilder):
         conditions = type_conditions(splits["train"], categories)
         self.info.metadata.update(attribute_names=names, type_conditions=[list(c) for c in conditions],
                                   categories=sorted(set(categories.values())))
-        annotations = {str(k): v for k, v in attributes["annotations"].items()}
         return {split: self._generate_examples(root, outfits, categories, annotations)
                 for split, outfits in splits.items()}
 

@@ -19,5 +19,5 @@ class Awa2Adapter(DatasetAdapter):
         return record["label"]
 
     def training(self, builder, progress=False):
-        return (builder.as_data_source("train"), Preprocess(image_size=self.image_size, keys=("label",)),
+        return (self.source(builder, "train"), Preprocess(image_size=self.image_size, keys=("label",)),
                 "labels", 0)

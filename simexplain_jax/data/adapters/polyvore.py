@@ -36,4 +36,4 @@ class PolyvoreAdapter(DatasetAdapter):
         conditions = builder_conditions(builder)
         preprocess = Preprocess(image_size=self.image_size, keys=("condition", "category", "outfit"),
                                 image_keys=("anchor", "positive"))
-        return OutfitPairSource(builder.as_data_source("train"), conditions), preprocess, "outfits", len(conditions)
+        return OutfitPairSource(self.source(builder, "train"), conditions), preprocess, "outfits", len(conditions)

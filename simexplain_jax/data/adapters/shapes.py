@@ -22,10 +22,10 @@ class ShapesAdapter(DatasetAdapter):
         return record["label"]
 
     def training(self, builder, progress=False):
-        train = InMemorySource(load_arrays(builder.as_data_source("train"), ["image", "label"], progress))
+        train = InMemorySource(load_arrays(self.source(builder, "train"), ["image", "label"], progress))
         return train, Preprocess(keys=("label",)), "labels", 0
 
     def attribute_split(self, builder, split):
-        arrays = load_arrays(builder.as_data_source(split), ["image", "attributes", "label", "image_id"])
+        arrays = load_arrays(self.source(builder, split), ["image", "attributes", "label", "image_id"])
         return AttributeSplit(arrays["image"], arrays["attributes"], arrays["label"],
                               [i.decode() for i in arrays["image_id"]])
