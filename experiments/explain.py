@@ -9,7 +9,13 @@ model's resolution, and normalised as in training. Writes one overlay PNG per pa
 reference, the query's saliency map) and one correspondence PNG (both images' first-order maps and
 their strongest cell pairs joined by lines), and prints the similarity, the top correspondences
 (cell boxes in pixels, ``y0:y1 x0:x1``, and each one's share of the similarity) and, with
-``--attributes``, the top attributes present in both images. The correspondences are exact
+``--attributes``, the three attributes that best explain the match. They are ranked by the concept
+selector (each attribute's direction in the similarity model's embedding, fitted by
+``train_attributes`` and saved beside the predictor as ``concepts.json``, with a soft presence
+term from the predictor), and each one's share of the similarity is printed. ``--selector`` picks
+``pair_aware`` or ``paper`` (the activation maps against the saliency maps) instead. ``--json``
+prints one JSON record per pair (similarity, attributes with scores, correspondences, output
+files) instead of the text, for scripts. The correspondences are exact
 (``pooled_pair``, one forward pass per image) for the library's pooled models, and estimated by
 ``rise_pair`` otherwise. ``--pairs`` reads the reference's ``img1 img2 label``
 format; names are looked up in ``--image_dir`` (as given, or with .jpg/.jpeg/.png; a name that
@@ -23,6 +29,7 @@ In-process: ``run(config, out)`` with ``config`` from ``default_config()`` (the 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -35,7 +42,7 @@ from PIL import Image
 import simexplain_jax as sx
 from experiments.stages import USER_ERRORS, report_error
 from simexplain_jax import viz
-from simexplain_jax.attributes import Thresholds, select
+from simexplain_jax.attributes import Thresholds, concept_relevance, load_concepts, select
 from simexplain_jax.attributes.saliency_cache import resize_maps
 from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.data.pipeline import resize_and_center_crop
@@ -43,10 +50,13 @@ from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import path_inside
 from simexplain_jax.models import embed_fn
 from simexplain_jax.models.loading import load_attribute_predictor, load_trained
-from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
+from simexplain_jax.saliency.cache import fingerprint
+from simexplain_jax.train.attributes import CONCEPTS_FILE, THRESHOLDS_FILE, predict
 
 FLAGS = flags.FLAGS
 METHODS = ("rise", "sliding_window", "lime", "gradient", "integrated_gradients")
+SELECTORS = ("concept", "pair_aware", "paper")
+PRESENCE_WEIGHT = 0.05  # the concept selector's soft presence term (explain_attributes' default)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,6 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
         method="rise",  # one of METHODS (fixed reference)
         num_masks=2000,  # RISE masks
         attributes="",  # an attribute-predictor checkpoint folder (train_attributes)
+        selector="concept",  # how --attributes are ranked: one of SELECTORS
+        json=False,  # print one JSON record per pair instead of text
         correspondences=3,  # strongest cell pairs printed and drawn (0: none)
         seed=0))
     config.lock()
@@ -75,6 +87,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("method", "rise", list(METHODS), "saliency method (fixed reference)")
     flags.DEFINE_integer("num_masks", 2000, "RISE masks")
     flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
+    flags.DEFINE_enum("selector", "concept", list(SELECTORS), "how --attributes are ranked")
+    flags.DEFINE_bool("json", False, "print one JSON record per pair (for scripts) instead of text")
     flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
     flags.DEFINE_integer("correspondences", 3, "strongest cell pairs printed and drawn (0: none)")
     flags.DEFINE_integer("seed", 0, "PRNG seed")
@@ -129,6 +143,28 @@ def correspondence(model, variables, embed, images: np.ndarray, key, num_masks: 
     return "pooled_pair", sx.saliency.pooled_pair(pooled, None, images[0], images[1])
 
 
+def top_attributes(selector, predictor, predictor_vars, thresholds, concepts, names, images, embeddings, maps,
+                   similarity, top_k=3) -> list[dict]:
+    """The ``top_k`` attributes explaining the pair ``images [2, ...]`` (query, reference): ``{"name",
+    "score"}`` each, and for the concept selector ``"share"``, the attribute's part of the similarity
+    (the product of both embeddings' projections on its direction) over the similarity."""
+    scores, aams = predict(predictor, predictor_vars, images)
+    small = resize_maps(maps, aams.shape[1])
+    relevance = None
+    if selector == "concept":
+        relevance = concept_relevance(concepts, embeddings[:1], embeddings[1:2], scorer="product")[0]
+    explanation = select(scores[0], aams[0], small[0], thresholds, w=0.0, selector=selector,
+                         reference_scores=scores[1], reference_aams=aams[1], reference_saliency=small[1],
+                         relevance=relevance, presence="soft", presence_weight=PRESENCE_WEIGHT, top_k=top_k)
+    out = []
+    for a, score in zip(explanation.attributes, explanation.scores):
+        entry = {"name": names[a], "score": float(score)}
+        if relevance is not None and similarity != 0:
+            entry["share"] = float(relevance[a] / similarity)
+        out.append(entry)
+    return out
+
+
 def describe_box(box) -> str:
     y0, x0, y1, x1 = box
     return f"y {y0}:{y1} x {x0}:{x1}"
@@ -151,14 +187,19 @@ def main(argv):
 
 def run(config, workdir: str) -> dict:
     """Explains ``config``'s pair(s) into ``workdir`` (one overlay PNG per pair) and prints one line
-    per pair; an image that cannot be used skips its pair (reported on stderr). Returns
-    ``{"pairs": [{"index", "similarity", "overlay", "attributes"}], "failures", "num_pairs"}``.
+    per pair (or one JSON record per pair, ``config.json``); an image that cannot be used skips its
+    pair (reported on stderr). Returns ``{"pairs": [record, ...], "failures", "num_pairs"}``, each
+    record as printed with ``--json``: ``index``, ``query``, ``reference``, ``similarity``,
+    ``overlay``, ``selector``, ``attributes`` (``{"name", "score"[, "share"]}``) and, with
+    correspondences, ``correspondence_method``, ``correspondence_figure`` and ``correspondences``.
     Raises ValueError for a config that cannot run (naming the field)."""
     if config.pairs and (config.query or config.reference) or not config.pairs and not (
             config.query and config.reference):
         raise ValueError("give either --query and --reference, or --pairs")
     if config.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    if config.selector not in SELECTORS:
+        raise ValueError(f"selector must be one of {SELECTORS}, got {config.selector!r}")
     if config.correspondences < 0:
         raise ValueError(f"correspondences must be >= 0, got {config.correspondences}")
     checkpoint = config.checkpoint
@@ -178,6 +219,13 @@ def run(config, workdir: str) -> dict:
     model, variables, model_config = load_trained(checkpoint)
     size = model_config["image_size"]
     embed = embed_fn(model, variables)
+    concepts = None
+    if predictor is not None and config.selector == "concept":
+        concepts_path = os.path.join(config.attributes, CONCEPTS_FILE)
+        if not os.path.exists(concepts_path):
+            raise ValueError(f"--attributes={config.attributes} has no {CONCEPTS_FILE} (the concept directions, "
+                             f"which train_attributes now saves there); retrain it, or pass --selector=pair_aware")
+        concepts = load_concepts(concepts_path, model=fingerprint(embed), num_attributes=len(names))
     if config.pairs:
         try:
             listed = read_pairs(config.pairs)
@@ -212,18 +260,20 @@ def run(config, workdir: str) -> dict:
                                          config=config_)
         line = f"{os.path.basename(query_path)} ~ {os.path.basename(reference_path)}: similarity {similarity:.4f}"
         caption = f"similarity {similarity:.3f}"
-        tops = []
+        tops, attributes = [], []
         if predictor is not None:
-            scores, aams = predict(predictor, predictor_vars, images)
-            small = resize_maps(maps, aams.shape[1])
-            explanation = select(scores[0], aams[0], small[0], thresholds, w=0.0, selector="pair_aware",
-                                 reference_scores=scores[1], reference_aams=aams[1], reference_saliency=small[1])
-            tops = [f"{names[a]} ({s:.2f})" for a, s in zip(explanation.attributes, explanation.scores)]
-            line += "; top attributes: " + (", ".join(tops) if tops else "none present in both images")
+            attributes = top_attributes(config.selector, predictor, predictor_vars, thresholds, concepts, names,
+                                        images, embeddings, maps, similarity)
+            tops = [f"{a['name']} ({a['share']:.0%} of the similarity)" if "share" in a else
+                    f"{a['name']} ({a['score']:.2f})" for a in attributes]
+            line += f"; top attributes ({config.selector} selector): " + (
+                ", ".join(tops) if tops else "none present in both images")
             caption += "\n" + "\n".join(tops)
         out = os.path.join(workdir, f"pair_{index:04d}.png")
         viz.pair_gallery(out, raw[:1], raw[1:], {config.method: maps[:1]}, captions={config.method: [caption]})
-        record = {"index": index, "similarity": similarity, "overlay": out, "attributes": tops}
+        record = {"index": index, "query": query_path, "reference": reference_path, "similarity": similarity,
+                  "overlay": out, "selector": config.selector if predictor is not None else None,
+                  "attributes": attributes}
         lines = [f"{line}; overlay {out}"]
         if config.correspondences:
             name, pair = correspondence(model, variables, embed, images, jax.random.fold_in(key, 1), config.num_masks)
@@ -238,8 +288,11 @@ def run(config, workdir: str) -> dict:
                       for rank, p in enumerate(strongest)]
             lines.append(f"  correspondence figure {figure}")
             record.update(correspondence_method=name, correspondence_figure=figure,
-                          correspondences=[p._asdict() for p in strongest])
-        print("\n".join(lines))
+                          correspondences=[{"query_box": [int(v) for v in p.query_box],
+                                            "reference_box": [int(v) for v in p.reference_box],
+                                            "contribution": float(p.contribution), "share": float(p.share)}
+                                           for p in strongest])
+        print(json.dumps(record) if config.json else "\n".join(lines), flush=True)
         explained.append(record)
     if failures:
         print(f"{failures} of {len(jobs)} pairs skipped (images that could not be used)", file=sys.stderr)

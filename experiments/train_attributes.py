@@ -35,11 +35,17 @@ from simexplain_jax.models.attributes import AttributePredictor
 from simexplain_jax.models.factory import backbone
 from simexplain_jax.models.loading import load_trained
 from simexplain_jax.train import similarity as sim
-from simexplain_jax.train.attributes import THRESHOLDS_FILE, evaluate_map, make_attribute_step, predict
-from simexplain_jax.attributes import Thresholds
+from simexplain_jax.train.attributes import (CONCEPTS_FILE, THRESHOLDS_FILE, evaluate_map, make_attribute_step,
+                                             predict)
+from simexplain_jax.attributes import Thresholds, fit_concepts, save_concepts
+from simexplain_jax.engine import apply_in_chunks
+from simexplain_jax.saliency.cache import fingerprint
 from simexplain_jax.data.datasets import attribute_names as dataset_attribute_names
 from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
+
+CONCEPT_RIDGE = 1e-2  # the concept probe's ridge penalty (explain_attributes' default)
+
 
 def predictor_config(config, attribute_names: list, image_size: int) -> dict:
     return {"model": config.model, "width": config.width, "stages": config.stages,
@@ -89,6 +95,11 @@ def train(config, workdir: str, lambdas: list) -> dict:
                              "valid": full_valid})
     val_images = normalize_images(splits["validation"].images)
     test_images = normalize_images(splits["test"].images)
+    # the similarity model's concept directions (for the concept selector of experiments.explain), from training images
+    similarity_embed = embed_fn(model, variables)
+    concepts = fit_concepts(apply_in_chunks(similarity_embed, images), train.attributes, split="train",
+                            ridge=CONCEPT_RIDGE)
+    model_fingerprint = fingerprint(similarity_embed)
     steps_per_epoch = max(len(images) // config.batch_size, 1)
     runs = []
     for lam in lambdas:
@@ -132,6 +143,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
         val_scores = predict(predictor, best, val_images)[0]
         thresholds = Thresholds.fit(val_scores, splits["validation"].attributes, split="validation")
         thresholds.save(os.path.join(checkpoint_dir, THRESHOLDS_FILE))
+        save_concepts(os.path.join(checkpoint_dir, CONCEPTS_FILE), concepts, model=model_fingerprint, ridge=CONCEPT_RIDGE)
         runs.append({"lambda": lam,
                      "test_map": 100 * evaluate_map(predictor, best, test_images, splits["test"].attributes),
                      "val_map": 100 * evaluate_map(predictor, best, val_images,

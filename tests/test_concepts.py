@@ -134,3 +134,29 @@ def test_shortcut_variant_ties_fillers_to_their_classes_in_training_only():
     plain = [shapes.sample_scene(np.random.default_rng(i), 0) for i in range(200)]  # circle class, no shortcut
     dotted = np.mean([any(o.pattern == "dotted" for o in s.objects) for s in plain])
     assert 0.6 < dotted < 0.95  # an ordinary filler: about 1 - 1/8 of scenes have a dotted object
+
+
+def test_saved_concepts_load_only_for_the_model_they_were_fitted_for(tmp_path):
+    from simexplain_jax.attributes import load_concepts, save_concepts
+
+    labels = random_labels(400, 3)
+    embeddings, _ = encoded_embeddings(labels, np.array([1.0, 0.5, 0.0]))
+    labels[:, 2] = False  # no positives: no direction
+    concepts = fit_concepts(embeddings, labels, split="train")
+    path = tmp_path / "concepts.json"
+    save_concepts(path, concepts, model="aaaa1111", ridge=0.01)
+    loaded = load_concepts(path, model="aaaa1111", num_attributes=3)
+    np.testing.assert_array_equal(loaded.directions, concepts.directions)  # float32 survives JSON exactly
+    assert loaded.valid.tolist() == [True, True, False] and loaded.split == "train"
+    q, r = embeddings[:5], embeddings[5:10]
+    np.testing.assert_array_equal(concept_relevance(loaded, q, r), concept_relevance(concepts, q, r))
+    with pytest.raises(ValueError, match="fitted for the similarity model with fingerprint aaaa1111, not for this "
+                                         r"one \(bbbb2222\)"):
+        load_concepts(path, model="bbbb2222")
+    with pytest.raises(ValueError, match="holds 3 attributes, expected 4"):
+        load_concepts(path, model="aaaa1111", num_attributes=4)
+    with pytest.raises(FileNotFoundError, match="concepts file .*missing.json not found"):
+        load_concepts(tmp_path / "missing.json", model="aaaa1111")
+    (tmp_path / "bad.json").write_text('{"model": "aaaa1111"}')
+    with pytest.raises(ValueError, match="bad.json is not a concepts JSON: KeyError"):
+        load_concepts(tmp_path / "bad.json", model="aaaa1111")

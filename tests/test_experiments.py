@@ -366,7 +366,8 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
                       f"--reference={tmp_path / 'b.jpg'}", f"--attributes={attributes}", "--num_masks=100",
                       f"--out={tmp_path / 'out1'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "similarity" in proc.stdout and "top attributes" in proc.stdout
+    assert "similarity" in proc.stdout and "top attributes (concept selector): " in proc.stdout
+    assert re.search(r"\w+:\w+ \(-?\d+% of the similarity\)", proc.stdout), proc.stdout
     assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "out1" / "pair_0000_correspondence.png").read_bytes()[:4] == b"\x89PNG"
     # the pair's line, then its three strongest correspondences (exact for the trained pooled model)
@@ -407,6 +408,44 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
         assert c["share"] == pytest.approx(c["contribution"] / first["similarity"], rel=1e-4)
         for y0, x0, y1, x1 in (c["query_box"], c["reference_box"]):
             assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+
+    # --json: one record per pair; the concept selector's shares are the attributes' parts of the similarity
+    from simexplain_jax.attributes import concept_relevance, load_concepts
+    from simexplain_jax.imageops import normalize_images
+    from simexplain_jax.models import embed_fn
+    from simexplain_jax.models.loading import load_trained
+    from simexplain_jax.saliency.cache import fingerprint
+
+    config = explain.default_config()
+    config.update(checkpoint=str(trained_similarity), query=str(tmp_path / "a.png"), reference=str(tmp_path / "c.png"),
+                  attributes=str(attributes), method="sliding_window", json=True)
+    results = explain.run(config, str(tmp_path / "out3"))
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record == json.loads(json.dumps(results["pairs"][0]))
+    assert record["selector"] == "concept" and len(record["attributes"]) == 3 and len(record["correspondences"]) == 3
+    model, variables, model_config = load_trained(str(trained_similarity / "checkpoints"))
+    embed = embed_fn(model, variables)
+    concepts = load_concepts(attributes / "concepts.json", model=fingerprint(embed))
+    images = normalize_images(np.stack([explain.load_image(str(tmp_path / n), model_config["image_size"])
+                                        for n in ("a.png", "c.png")]))
+    e = np.asarray(embed(images))
+    relevance = concept_relevance(concepts, e[:1], e[1:])[0]
+    names = json.loads((attributes / "config.json").read_text())["attribute_names"]
+    for entry in record["attributes"]:
+        assert entry["share"] == pytest.approx(relevance[names.index(entry["name"])] / record["similarity"], rel=1e-3)
+    config.update(selector="pair_aware", json=False)
+    text = explain.run(config, str(tmp_path / "out4"))
+    assert "top attributes (pair_aware selector)" in capsys.readouterr().out
+    assert all("share" not in a for a in text["pairs"][0]["attributes"])
+    # concepts fitted for another similarity model are refused, naming both fingerprints
+    other = json.loads((attributes / "concepts.json").read_text())
+    foreign = tmp_path / "foreign"
+    shutil.copytree(attributes, foreign)
+    (foreign / "concepts.json").write_text(json.dumps(dict(other, model="0123456789abcdef0123")))
+    config.update(selector="concept", attributes=str(foreign))
+    with pytest.raises(ValueError, match=f"fingerprint 0123456789abcdef0123, not for this one \\({fingerprint(embed)}\\)"):
+        explain.run(config, str(tmp_path / "out5"))
+    assert not (tmp_path / "out5").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("variant", [None, "runlocal"])

@@ -36,11 +36,14 @@ No per-pair training: a fit is one ``[D, D]`` solve; relevance is a few ``[P, D]
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import os
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from simexplain_jax.attributes.calibration import CALIBRATION_SPLITS
+from simexplain_jax.io import write_json_atomic
 
 SCORERS = ("product", "removal")
 _TINY = 1e-12
@@ -50,6 +53,58 @@ class Concepts(NamedTuple):
     directions: np.ndarray  # [A, D] unit vectors (zero where valid is False)
     valid: np.ndarray  # [A] bool: the attribute had positive and negative examples
     split: str  # the split the probe was fitted on ("train" or "validation")
+
+
+def save_concepts(path: str | os.PathLike, concepts: Concepts, *, model: str, ridge: float) -> None:
+    """Writes ``concepts`` to ``path`` (JSON, atomically) with the similarity model they were fitted for.
+
+    Args:
+      path: the file to write (``train_attributes`` writes ``concepts.json`` beside the predictor).
+      concepts: what ``fit_concepts`` returned.
+      model: the similarity model's fingerprint (``saliency.cache.fingerprint`` of its ``embed_fn``).
+      ridge: the probe's ridge penalty, recorded.
+    """
+    write_json_atomic(path, {"model": model, "split": concepts.split, "ridge": float(ridge),
+                             "valid": np.asarray(concepts.valid, bool).tolist(),
+                             "directions": np.asarray(concepts.directions, np.float32).tolist()})
+
+
+def load_concepts(path: str | os.PathLike, *, model: str, num_attributes: Optional[int] = None) -> Concepts:
+    """Reads what ``save_concepts`` wrote, for the similarity model ``model``.
+
+    Args:
+      path: the concepts file.
+      model: the fingerprint of the similarity model that will use them.
+      num_attributes: the number of attributes expected, or None.
+
+    Returns:
+      The ``Concepts``.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a malformed file, another number of attributes, or directions fitted for another
+        similarity model (both fingerprints named).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"concepts file {path} not found")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        directions = np.asarray(data["directions"], np.float32)
+        valid = np.asarray(data["valid"], bool)
+        saved, split = str(data["model"]), data["split"]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"concepts file {path} is not a concepts JSON: {type(err).__name__}: {err}") from None
+    if directions.ndim != 2 or valid.shape != directions.shape[:1] or not np.isfinite(directions).all():
+        raise ValueError(f"concepts file {path}: directions must be a finite [A, D] matrix with one valid flag each")
+    if split not in CALIBRATION_SPLITS:
+        raise ValueError(f"concepts file {path}: split must be one of {CALIBRATION_SPLITS}, got {split!r}")
+    if num_attributes is not None and len(valid) != num_attributes:
+        raise ValueError(f"concepts file {path} holds {len(valid)} attributes, expected {num_attributes}")
+    if saved != model:
+        raise ValueError(f"concepts file {path} was fitted for the similarity model with fingerprint {saved}, "
+                         f"not for this one ({model}); refit them for this model (train_attributes)")
+    return Concepts(directions, valid, split)
 
 
 def _normalise(embeddings: np.ndarray, name: str) -> np.ndarray:

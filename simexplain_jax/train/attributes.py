@@ -3,7 +3,9 @@
 Batches: ``{"image" [B, H, W, C], "attributes" [B, A], "saliency" [B, R, g, g], "valid" [B, R]}``
 with g the activation-map grid. The step is jitted with the state donated; batch norm runs in
 training mode and its statistics are carried in the state. A trained predictor's folder holds
-its checkpoints, ``config.json`` and ``THRESHOLDS_FILE`` (``attributes.Thresholds.save``).
+its checkpoints, ``config.json``, ``THRESHOLDS_FILE`` (``attributes.Thresholds.save``) and
+``CONCEPTS_FILE`` (``attributes.save_concepts``: the similarity model's concept directions,
+with that model's fingerprint).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from simexplain_jax.models.embedding import inference_fn
 from simexplain_jax.train.similarity import TrainState
 
 THRESHOLDS_FILE = "thresholds.json"
+CONCEPTS_FILE = "concepts.json"
 
 
 def make_attribute_step(*, lam: float, classification: str = "sigmoid_bce", normalize: str = "zscore") -> Callable:
