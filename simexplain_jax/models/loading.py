@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from simexplain_jax.checkpoint import Checkpointer
 from simexplain_jax.models.attributes import AttributePredictor
+from simexplain_jax.models.embedding import embed_fn
 from simexplain_jax.models.factory import backbone, similarity_model
+from simexplain_jax.models.user import SimilarityModel
 from simexplain_jax.trained_config import read_config
 
 
@@ -49,6 +51,22 @@ def load_trained(checkpoint_dir: str, which: str = "best"):
     config = read_config(checkpoint_dir)
     model = similarity_model(config, config.get("num_conditions", 0))
     return model, restore_variables(checkpoint_dir, model, config["image_size"], which), config
+
+
+def load_similarity_model(checkpoint_dir: str, which: str = "best"):
+    """A similarity model trained by ``experiments.train_similarity``, as a ``SimilarityModel``
+    (with its module and variables, and ``config.json`` as the third value).
+
+    Args:
+      checkpoint_dir: its checkpoint folder (``<workdir>/checkpoints``).
+      which: ``"best"`` or ``"last"``.
+
+    Returns:
+      ``(SimilarityModel, config)``.
+    """
+    model, variables, config = load_trained(checkpoint_dir, which)
+    return SimilarityModel(embed_fn(model, variables), config["image_size"], name=f"trained {checkpoint_dir}",
+                           module=model, variables=variables), config
 
 
 def load_attribute_predictor(checkpoint_dir: str, which: str = "best"):

@@ -1,9 +1,9 @@
 """Import torchvision-format ResNet weights (a state dict the user downloaded) into the Flax ResNet.
 
-Accepted files: a ``.pth``/``.pt`` state dict (read with PyTorch's ``weights_only`` loader, which
-refuses arbitrary pickled objects; PyTorch must be installed) or an ``.npz`` holding the same
-names (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.weight``, ...), which needs no
-PyTorch. Nothing is ever downloaded.
+Accepted files, none of which needs PyTorch: a ``.pth``/``.pt`` state dict (``torch.save``'s zip
+archive, read by ``torch_zip`` with an unpickler that refuses anything but tensors and ordered
+dicts), a ``.safetensors`` file, or an ``.npz`` holding the same names (``conv1.weight``,
+``layer1.0.bn1.running_mean``, ``fc.weight``, ...). Nothing is ever downloaded.
 
 Layout conversions: convolution kernels ``[O, I, kh, kw] -> [kh, kw, I, O]``, linear weights
 ``[O, I] -> [I, O]``; batch norm ``weight/bias`` go to params ``scale/bias`` and
@@ -19,25 +19,55 @@ from typing import Mapping, Sequence
 import numpy as np
 from flax.core import freeze, unfreeze
 
+from simexplain_jax.models.torch_zip import read_torch_zip
+
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A torchvision state dict as ``{name: float32 numpy array}`` from ``.npz`` or ``.pth``."""
+    """A torchvision state dict as ``{name: float32 numpy array}``, read without PyTorch.
+
+    Args:
+      path: ``.pth`` / ``.pt`` (``torch.save``'s zip archive, read by ``torch_zip.read_torch_zip``,
+        which refuses anything but tensors and ordered dicts), ``.safetensors`` or ``.npz``. A
+        checkpoint holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped, and a
+        ``module.`` prefix (DataParallel) dropped.
+
+    Returns:
+      Every floating or integer tensor but ``num_batches_tracked``, as float32.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: an unknown suffix, or a file that is not what its suffix says (named).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"reading {path} needs PyTorch; or convert it to .npz "
-                          "(np.savez(out, **{k: v.numpy() for k, v in state_dict.items()}))") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    return {k.removeprefix("module."): v.detach().float().numpy() for k, v in state.items()
-            if hasattr(v, "detach") and not k.endswith("num_batches_tracked")}
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not an .npz archive of arrays ({err})") from None
+    elif suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a safetensors file ({err})") from None
+    elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        state = read_torch_zip(path)
+    else:
+        raise ValueError(f"weights file {path}: unknown format {suffix!r}; use .pth/.pt (torch.save), .safetensors "
+                         "or .npz")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict (a mapping of names to tensors)")
+    return {str(k).removeprefix("module."): np.asarray(v, np.float32) for k, v in state.items()
+            if isinstance(v, np.ndarray) and v.dtype != np.bool_ and not str(k).endswith("num_batches_tracked")}
 
 
 def _flax_path(name: str) -> tuple[str, tuple[str, ...], str] | None:
