@@ -1,11 +1,21 @@
-"""Explain your own image pairs with a trained model.
+"""Explain your own image pairs with a trained model, your own model, or a pretrained ResNet.
 
     python -m experiments.explain --checkpoint=RUN/similarity --query=a.png --reference=b.jpg \
         [--method=rise] [--attributes=RUN/attributes/lambda_0/checkpoints] [--out=explanations]
     python -m experiments.explain --checkpoint=... --pairs=pairs.txt --image_dir=IMAGES [--out=...]
+    python -m experiments.explain --model=my_package.models:factory --query=a.png --reference=b.jpg
+    python -m experiments.explain --torchvision_weights=resnet18.pth --arch=resnet18 [--stages=4] \
+        --query=a.png --reference=b.jpg
+
+The similarity model is one of: ``--checkpoint``, a ``train_similarity`` run; ``--model``, a
+function of no arguments returning a ``simexplain_jax.models.SimilarityModel`` (see
+``from_linen``, ``from_nnx``, ``from_function``), with its input size and normalisation; or
+``--torchvision_weights``, an ImageNet-pretrained torchvision ResNet (``.pth``, ``.safetensors``
+or ``.npz``; no PyTorch needed) used as is, its embedding the average pool of the last kept stage.
+A model whose output is not ``[B, D]`` finite floats is refused before anything runs.
 
 Images of any size and mode are converted to RGB, resized (shorter side) and centre-cropped to the
-model's resolution, and normalised as in training. Writes one overlay PNG per pair (query,
+model's resolution, and normalised as the model expects. Writes one overlay PNG per pair (query,
 reference, the query's saliency map) and one correspondence PNG (both images' first-order maps and
 their strongest cell pairs joined by lines), and prints the similarity, the top correspondences
 (cell boxes in pixels, ``y0:y1 x0:x1``, and each one's share of the similarity) and, with
@@ -48,8 +58,9 @@ from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.data.pipeline import resize_and_center_crop
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import path_inside
-from simexplain_jax.models import embed_fn
-from simexplain_jax.models.loading import load_attribute_predictor, load_trained
+from simexplain_jax.models import check_embeddings, load_factory, torchvision_resnet
+from simexplain_jax.models.loading import load_attribute_predictor, load_similarity_model
+from simexplain_jax.models.user import ARCHS
 from simexplain_jax.saliency.cache import fingerprint
 from simexplain_jax.train.attributes import CONCEPTS_FILE, THRESHOLDS_FILE, predict
 
@@ -62,7 +73,12 @@ PRESENCE_WEIGHT = 0.05  # the concept selector's soft presence term (explain_att
 def default_config() -> ml_collections.ConfigDict:
     """``run``'s config: the command's flags but ``--out`` (the workdir) and ``--verbose``; locked."""
     config = ml_collections.ConfigDict(dict(
-        checkpoint="",  # a train_similarity workdir (or its checkpoints/ folder)
+        checkpoint="",  # a train_similarity workdir (or its checkpoints/ folder), or:
+        model="",  # package.module:factory returning a simexplain_jax.models.SimilarityModel, or:
+        torchvision_weights="",  # an ImageNet torchvision ResNet state dict (.pth, .safetensors, .npz)
+        arch="resnet18",  # its architecture
+        stages=4,  # how many of its four stages to keep
+        image_size=224,  # its input size
         query="", reference="",  # two image files, or:
         pairs="",  # a pair file (img1 img2 label), names looked up in image_dir
         image_dir=".",
@@ -80,6 +96,12 @@ def default_config() -> ml_collections.ConfigDict:
 def define_flags() -> None:
     """The command's flags (defined by the entry point only, so importing this module defines none)."""
     flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)")
+    flags.DEFINE_string("model", None, "package.module:factory returning a simexplain_jax.models.SimilarityModel")
+    flags.DEFINE_string("torchvision_weights", None, "an ImageNet-pretrained torchvision ResNet state dict "
+                        "(.pth, .safetensors or .npz) used as the similarity model")
+    flags.DEFINE_enum("arch", "resnet18", list(ARCHS), "the --torchvision_weights architecture")
+    flags.DEFINE_integer("stages", 4, "ResNet stages kept for --torchvision_weights (3: cut after layer3)")
+    flags.DEFINE_integer("image_size", 224, "input size for --torchvision_weights")
     flags.DEFINE_string("query", None, "query image file")
     flags.DEFINE_string("reference", None, "reference image file")
     flags.DEFINE_string("pairs", None, "a pair file (img1 img2 label) instead of --query/--reference")
@@ -93,7 +115,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("correspondences", 3, "strongest cell pairs printed and drawn (0: none)")
     flags.DEFINE_integer("seed", 0, "PRNG seed")
     flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl) and an error's traceback")
-    flags.mark_flag_as_required("checkpoint")
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -132,13 +153,32 @@ def resolve(name: str, folder: str) -> str:
     return path_inside(folder, name, what="image name")
 
 
-def correspondence(model, variables, embed, images: np.ndarray, key, num_masks: int):
+def similarity_model(config):
+    """The ``SimilarityModel`` of exactly one of ``checkpoint``, ``model`` and ``torchvision_weights``."""
+    given = [name for name in ("checkpoint", "model", "torchvision_weights") if config[name]]
+    if len(given) != 1:
+        raise ValueError("give one similarity model: --checkpoint (a train_similarity workdir), --model "
+                         f"(package.module:factory) or --torchvision_weights (a ResNet state dict); got {given or 'none'}")
+    if config.model:
+        return load_factory(config.model)
+    if config.torchvision_weights:
+        return torchvision_resnet(config.torchvision_weights, arch=config.arch, stages=config.stages,
+                                  image_size=config.image_size)
+    checkpoint = config.checkpoint
+    if os.path.exists(os.path.join(checkpoint, "checkpoints", "config.json")):
+        checkpoint = os.path.join(checkpoint, "checkpoints")
+    return load_similarity_model(checkpoint)[0]
+
+
+def correspondence(sim, images: np.ndarray, key, num_masks: int):
     """``(method name, PairResult)`` of the pair ``images [2, H, W, C]`` (query, reference): exact for a
     pooled model, the black-box cross estimator with ``num_masks // 2`` masks per image otherwise."""
     try:
-        pooled = sx.saliency.pooled_model(model, variables)
+        if sim.module is None:
+            raise TypeError("not a Flax module")
+        pooled = sx.saliency.pooled_model(sim.module, sim.variables)
     except (TypeError, ValueError):
-        return "rise_pair", sx.saliency.rise_pair(embed, images[0], images[1], key=key,
+        return "rise_pair", sx.saliency.rise_pair(sim.embed_fn, images[0], images[1], key=key,
                                                   num_masks=max(1, num_masks // 2))
     return "pooled_pair", sx.saliency.pooled_pair(pooled, None, images[0], images[1])
 
@@ -202,11 +242,7 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"selector must be one of {SELECTORS}, got {config.selector!r}")
     if config.correspondences < 0:
         raise ValueError(f"correspondences must be >= 0, got {config.correspondences}")
-    checkpoint = config.checkpoint
-    if not checkpoint:
-        raise ValueError("--checkpoint (a train_similarity workdir) is required")
-    if os.path.exists(os.path.join(checkpoint, "checkpoints", "config.json")):
-        checkpoint = os.path.join(checkpoint, "checkpoints")
+    sim = similarity_model(config)
     predictor = None
     if config.attributes:
         predictor, predictor_vars, attr_config = load_attribute_predictor(config.attributes)
@@ -216,9 +252,8 @@ def run(config, workdir: str) -> dict:
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--attributes={config.attributes}: {err} (train_attributes writes the presence "
                              f"thresholds there after training)") from None
-    model, variables, model_config = load_trained(checkpoint)
-    size = model_config["image_size"]
-    embed = embed_fn(model, variables)
+    check_embeddings(sim)  # [B, D] finite floats, before any long work
+    size, embed = sim.image_size, sim.embed_fn
     concepts = None
     if predictor is not None and config.selector == "concept":
         concepts_path = os.path.join(config.attributes, CONCEPTS_FILE)
@@ -251,7 +286,7 @@ def run(config, workdir: str) -> dict:
             print(f"pair {index}: skipped: {err}", file=sys.stderr)
             failures += 1
             continue
-        images = normalize_images(raw)
+        images = sim.normalize(raw)
         embeddings = np.asarray(embed(images))
         similarity = float(sx.similarity.cosine(embeddings[0], embeddings[1]))
         key = jax.random.key(config.seed)
@@ -263,7 +298,7 @@ def run(config, workdir: str) -> dict:
         tops, attributes = [], []
         if predictor is not None:
             attributes = top_attributes(config.selector, predictor, predictor_vars, thresholds, concepts, names,
-                                        images, embeddings, maps, similarity)
+                                        normalize_images(raw), embeddings, maps, similarity)
             tops = [f"{a['name']} ({a['share']:.0%} of the similarity)" if "share" in a else
                     f"{a['name']} ({a['score']:.2f})" for a in attributes]
             line += f"; top attributes ({config.selector} selector): " + (
@@ -276,7 +311,7 @@ def run(config, workdir: str) -> dict:
                   "attributes": attributes}
         lines = [f"{line}; overlay {out}"]
         if config.correspondences:
-            name, pair = correspondence(model, variables, embed, images, jax.random.fold_in(key, 1), config.num_masks)
+            name, pair = correspondence(sim, images, jax.random.fold_in(key, 1), config.num_masks)
             strongest = sx.saliency.strongest_pairs(pair.correspondence, images.shape[1:], images.shape[1:],
                                                     config.correspondences)
             figure = viz.correspondence_figure(

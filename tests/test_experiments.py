@@ -462,3 +462,53 @@ def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
         assert target == configs[os.path.basename(getattr(sane, field).split(":")[0])[:-3]]
         # sets every override, raising on one that names a field the stage's config does not have
         override(target, getattr(sane.stages, stage), where=f"sane stage {stage}")
+
+
+def readme_section(title):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index(f"## {title}"):]
+    return section[: section.index("\n## ", 1)]
+
+
+def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_attributes, monkeypatch):
+    """Every command of the README's "Explain your own pairs" (a model trained here, --model with the
+    README's NNX factory, --torchvision_weights), in a folder holding the files they name; the
+    masks are fewer and the ResNet's input smaller here (appended flags) to keep the suite fast."""
+    import shlex
+
+    from PIL import Image
+
+    from test_models import torchvision_state_dict
+    from test_user_models import state_dict_tensors, write_torch_zip
+
+    section = readme_section("Explain your own pairs")
+    (bash,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    commands = [shlex.split(c) for c in bash.replace("\\\n", " ").splitlines() if c.startswith("python -m")]
+    (factory,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(commands) == 4 and {c[2] for c in commands} == {"experiments.explain"}
+    (tmp_path / "my_models.py").write_text(factory)
+    (tmp_path / "workdir" / "demo" / "attributes" / "lambda_0").mkdir(parents=True)
+    os.symlink(trained_similarity, tmp_path / "workdir" / "demo" / "similarity")
+    os.symlink(trained_attributes / "lambda_0" / "checkpoints",
+               tmp_path / "workdir" / "demo" / "attributes" / "lambda_0" / "checkpoints")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for name, size in (("a.png", (50, 70, 3)), ("b.jpg", (40, 40, 3))):
+        Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(tmp_path / name)
+        shutil.copy(tmp_path / name, tmp_path / "images" / name)
+    (tmp_path / "pairs.txt").write_text("a.png b.jpg 1\nb.jpg a.png 0\n")
+    write_torch_zip(tmp_path / "resnet18.pth", state_dict_tensors(
+        torchvision_state_dict("basic", (2, 2, 2, 2), width=64, num_classes=1000)), monkeypatch, prefix="resnet18")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    for command in commands:
+        extra = ["--num_masks=50"] + (["--image_size=64"] if any("torchvision" in a for a in command) else [])
+        proc = subprocess.run([sys.executable, *command[1:], *extra], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        if "--json" in command:
+            records = [json.loads(line) for line in proc.stdout.splitlines()]
+            assert [r["index"] for r in records] == [0, 1]
+        else:
+            assert "a.png ~ b.jpg: similarity" in proc.stdout and "top correspondences" in proc.stdout, proc.stdout
+        if "--attributes" in " ".join(command):
+            assert "top attributes (concept selector)" in proc.stdout
