@@ -153,12 +153,18 @@ def resolve(name: str, folder: str) -> str:
     return path_inside(folder, name, what="image name")
 
 
-def similarity_model(config):
-    """The ``SimilarityModel`` of exactly one of ``checkpoint``, ``model`` and ``torchvision_weights``."""
+def model_flags(config) -> str:
+    """The one of ``checkpoint``, ``model`` and ``torchvision_weights`` that is given; a ValueError otherwise."""
     given = [name for name in ("checkpoint", "model", "torchvision_weights") if config[name]]
     if len(given) != 1:
         raise ValueError("give one similarity model: --checkpoint (a train_similarity workdir), --model "
                          f"(package.module:factory) or --torchvision_weights (a ResNet state dict); got {given or 'none'}")
+    return given[0]
+
+
+def similarity_model(config):
+    """The ``SimilarityModel`` of exactly one of ``checkpoint``, ``model`` and ``torchvision_weights``."""
+    model_flags(config)
     if config.model:
         return load_factory(config.model)
     if config.torchvision_weights:
@@ -242,7 +248,7 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"selector must be one of {SELECTORS}, got {config.selector!r}")
     if config.correspondences < 0:
         raise ValueError(f"correspondences must be >= 0, got {config.correspondences}")
-    sim = similarity_model(config)
+    model_flags(config)
     predictor = None
     if config.attributes:
         predictor, predictor_vars, attr_config = load_attribute_predictor(config.attributes)
@@ -252,6 +258,7 @@ def run(config, workdir: str) -> dict:
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--attributes={config.attributes}: {err} (train_attributes writes the presence "
                              f"thresholds there after training)") from None
+    sim = similarity_model(config)
     check_embeddings(sim)  # [B, D] finite floats, before any long work
     size, embed = sim.image_size, sim.embed_fn
     concepts = None
