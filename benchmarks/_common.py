@@ -15,6 +15,21 @@ import numpy as np
 from simexplain_jax.models import EmbeddingNet, ResNet18, SmallCNN, embed_fn
 
 
+MODELS_HELP = "resnet18 (cut after layer3, the paper's), resnet18_full or small_cnn"
+
+
+def define_model_flags(model: str, image_size: int, repeats: int | None = None,
+                       repeats_help: str = "timed calls after warm-up (best is kept)") -> None:
+    """The flags every throughput benchmark shares: ``--model``, ``--image_size`` and, when
+    ``repeats`` is given, ``--repeats`` (defined in the benchmark's module, at import)."""
+    from absl import flags
+
+    flags.DEFINE_string("model", model, MODELS_HELP)
+    flags.DEFINE_integer("image_size", image_size, "image side in pixels")
+    if repeats is not None:
+        flags.DEFINE_integer("repeats", repeats, repeats_help)
+
+
 def make_model(model: str, image_size: int, dim: int = 64, seed: int = 0):
     """A randomly initialised EmbeddingNet and its variables (random batch-norm statistics)."""
     if model == "resnet18":

@@ -19,12 +19,11 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import simexplain_jax as sx
-from benchmarks._common import emit, machine, make_embed_fn
+from benchmarks._common import define_model_flags, emit, machine, make_embed_fn
 from simexplain_jax import engine
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet18", "resnet18 (cut after layer3), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 112, "image side in pixels")
+define_model_flags("resnet18", 112)
 flags.DEFINE_integer("num_masks", 500, "N (RISE masks, and images of the floor)")
 flags.DEFINE_integer("batch_size", 250, "masks per chunk / images per batch")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds (best of each variant is kept)")

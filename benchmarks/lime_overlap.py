@@ -30,19 +30,18 @@ import numpy as np
 from absl import app, flags
 
 import simexplain_jax as sx
-from benchmarks._common import emit, machine, make_embed_fn, smooth_images
+from benchmarks._common import define_model_flags, emit, machine, make_embed_fn, smooth_images
 from simexplain_jax.saliency import _lime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "small_cnn", "resnet18 (cut after layer3), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 64, "image side in pixels")
+define_model_flags("small_cnn", 64, repeats=3,
+                   repeats_help="rounds of timed calls after warm-up (best of each variant is kept)")
 flags.DEFINE_integer("num_pairs", 32, "pairs (each with its own query)")
 flags.DEFINE_integer("num_samples", 1000, "LIME samples per query")
 flags.DEFINE_integer("num_segments", 50, "SLIC's target superpixel count")
 flags.DEFINE_integer("batch_size", 250, "perturbations per compiled chunk")
 flags.DEFINE_integer("threads", 8, "segmentation threads of the overlapped variant")
 flags.DEFINE_string("compute_dtype", "float32", "float32 or bfloat16")
-flags.DEFINE_integer("repeats", 3, "rounds of timed calls after warm-up (best of each variant is kept)")
 
 
 def best_of(fn, repeats):

@@ -14,17 +14,15 @@ import numpy as np
 from absl import app, flags
 
 import simexplain_jax as sx
-from benchmarks._common import emit, machine, make_embed_fn, timed
+from benchmarks._common import define_model_flags, emit, machine, make_embed_fn, timed
 from simexplain_jax.saliency import denormalize, superpixels
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "small_cnn", "resnet18 (cut after layer3), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 64, "image side in pixels")
+define_model_flags("small_cnn", 64, repeats=2, repeats_help="timed calls after warm-up")
 flags.DEFINE_integer("num_pairs", 16, "pairs in the batched measurement")
 flags.DEFINE_integer("lime_samples", 1000, "LIME samples per query")
 flags.DEFINE_integer("mask_steps", 500, "Adam steps of the mask method")
 flags.DEFINE_integer("batch_size", 250, "perturbations per compiled chunk (LIME)")
-flags.DEFINE_integer("repeats", 2, "timed calls after warm-up")
 
 
 def main(argv):

@@ -16,20 +16,18 @@ import numpy as np
 from absl import app, flags
 
 import simexplain_jax as sx
-from benchmarks._common import emit, machine, make_model, smooth_images, timed
+from benchmarks._common import define_model_flags, emit, machine, make_model, smooth_images, timed
 from simexplain_jax.models import embed_fn
 from simexplain_jax.saliency import integrated_cross_jacobian, pooled_pair, rise_pair
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "small_cnn", "resnet18 (cut after layer3), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 64, "image side in pixels")
+define_model_flags("small_cnn", 64, repeats=2, repeats_help="timed calls after warm-up")
 flags.DEFINE_integer("num_pairs", 16, "pairs per measured call")
 flags.DEFINE_integer("rise_masks", 2000, "N of first-order RISE (the reference row)")
 flags.DEFINE_list("pair_masks", ["250", "500"], "N per image of rise_pair (2N passes per pair)")
 flags.DEFINE_integer("cross_jacobian_steps", 8, "path points of the integrated cross-Jacobian")
 flags.DEFINE_integer("grid_size", 8, "cells per side of the black-box correspondences")
 flags.DEFINE_integer("batch_size", 256, "perturbations per compiled chunk")
-flags.DEFINE_integer("repeats", 2, "timed calls after warm-up")
 
 
 def main(argv):

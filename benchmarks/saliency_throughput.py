@@ -32,17 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import simexplain_jax as sx
-from benchmarks._common import current_rss_mb, emit, machine, make_embed_fn, peak_rss_mb, reset_peak_rss, timed
+from benchmarks._common import current_rss_mb, define_model_flags, emit, machine, make_embed_fn, peak_rss_mb, reset_peak_rss, timed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet18", "resnet18 (cut after layer3, the paper's), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 112, "image side in pixels")
+define_model_flags("resnet18", 112, repeats=2, repeats_help="timed calls after warm-up (best is kept)")
 flags.DEFINE_integer("num_masks", 2000, "N")
 flags.DEFINE_integer("batch_size", 250, "masks per chunk / images per batch")
 flags.DEFINE_integer("num_references", 20, "K for the multi-reference measurement")
 flags.DEFINE_integer("num_reference_masks", 30, "K' for the variable-reference measurement")
 flags.DEFINE_integer("reference_runs", 2, "reference-approach runs actually measured for (e)")
-flags.DEFINE_integer("repeats", 2, "timed calls after warm-up (best is kept)")
 flags.DEFINE_bool("reference_loop", True, "measure (c)")
 flags.DEFINE_bool("memory", True, "measure (f) in subprocesses")
 flags.DEFINE_string("only", "", "internal: 'memory' runs one rise call and prints peak RSS")

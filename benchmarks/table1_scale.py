@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 
 import simexplain_jax as sx
-from benchmarks._common import emit, machine, make_embed_fn, smooth_images
+from benchmarks._common import define_model_flags, emit, machine, make_embed_fn, smooth_images
 from simexplain_jax import engine
 from simexplain_jax.imageops import normalize_images, normalized_color
 
@@ -53,8 +53,7 @@ ROWS = ("rise:fixed", "rise:variable", "sliding_window:fixed", "sliding_window:v
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("pairs", 100, "P, the pairs measured")
 flags.DEFINE_integer("projected_pairs", 20000, "the projection's pair count (the paper's)")
-flags.DEFINE_string("model", "resnet18", "resnet18 (cut after layer3, the paper's), resnet18_full or small_cnn")
-flags.DEFINE_integer("image_size", 112, "image side in pixels")
+define_model_flags("resnet18", 112)
 flags.DEFINE_enum("data", "random", ["random", "shapes"], "smooth random images, or shapes/<size>px test pairs")
 flags.DEFINE_string("data_dir", "", "TFDS folder for --data=shapes (built there if missing)")
 flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the embedding forward's dtype")
