@@ -28,6 +28,7 @@ import numpy as np
 
 import simexplain_jax as sx
 from experiments import train_similarity
+from experiments.tables import markdown_table
 from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax.data import shards
 from simexplain_jax.data.datasets import explanation_pair_list
@@ -182,10 +183,7 @@ def evaluate(config, workdir: str, rows: list) -> dict:
                "first_order_insertion_auc", "first_order_deletion_auc", "reference_pointing",
                "reference_insertion_auc", "reference_deletion_auc", "passes_per_pair", "seconds_per_pair"]
     lines = [f"{dataset} {config.split}: {len(queries)} positive pairs", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in results:
-        cells = [row.get(c, "") for c in columns]
-        lines.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+             *markdown_table(columns, [[row.get(c, "") for c in columns] for row in results])]
     write_atomic(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary

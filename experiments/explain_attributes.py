@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import simexplain_jax as sx
 from experiments import train_attributes, validation
+from experiments.tables import markdown_table
 from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, concept_relevance, fit_concepts, query_removal_drop, select
@@ -191,13 +192,11 @@ def explain(config, workdir: str, weights: list) -> dict:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"{len(pairs)} positive pairs of {dataset} {config.split}; "
              f"predictor lambda={predictor_run['lambda']:g}; oracle: {results['oracle']}", "",
-             "| selector | w | scorer | presence | top-1 (ground truth) | top-3 (ground truth) | oracle agreement "
-             "| mean similarity drop | shortcut first |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['selector']} | {fmt(r['w'])} | {r['scorer'] or '-'} | {r['presence'] or '-'} | {fmt(r['gt_top1'])} | "
-              f"{fmt(r['gt_top3'])} | "
-              f"{fmt(r['oracle_agreement'])} | {r['mean_similarity_drop']:.4f} | {fmt(r['shortcut_top1'])} |"
-              for r in rows]
+             *markdown_table(["selector", "w", "scorer", "presence", "top-1 (ground truth)", "top-3 (ground truth)",
+                              "oracle agreement", "mean similarity drop", "shortcut first"],
+                             [[r["selector"], r["w"], r["scorer"], r["presence"], r["gt_top1"], r["gt_top3"],
+                               r["oracle_agreement"], r["mean_similarity_drop"], r["shortcut_top1"]] for r in rows],
+                             formats={7: "{:.4f}".format})]
     if oracle_names:
         lines += ["", f"The exact oracle names the class attribute for {oracle_names['class_attribute']:.3f} of the "
                       f"pairs, the shortcut filler for {fmt(oracle_names['shortcut'])} (of pairs whose class has one) "

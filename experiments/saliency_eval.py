@@ -39,6 +39,7 @@ from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.data.datasets import explanation_pair_list, read_images
 from simexplain_jax.models.loading import load_trained
 from experiments import train_similarity, validation
+from experiments.tables import markdown_table
 from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, flags_main
 
 ROWS_DIR = "rows"
@@ -244,11 +245,11 @@ def evaluate(config, workdir: str, rows: list):
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
     lines = [f"{num_pairs} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
              "AUC x100; pointing and mass on the key object over positive pairs", "",
-             "| method | reference | insertion AUC (higher better) | deletion AUC (lower better) | pointing accuracy "
-             "| mass on key | s / pair |", "|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines += [f"| {r['method']} | {r['reference']} | {r['insertion_auc']:.1f} | {r['deletion_auc']:.1f} | "
-              f"{fmt(r['pointing_accuracy'])} | {fmt(r['mass_on_key'])} | {r['seconds_per_pair']:.3f} |" for r in results]
+             *markdown_table(["method", "reference", "insertion AUC (higher better)", "deletion AUC (lower better)",
+                              "pointing accuracy", "mass on key", "s / pair"],
+                             [[r["method"], r["reference"], r["insertion_auc"], r["deletion_auc"],
+                               r["pointing_accuracy"], r["mass_on_key"], r["seconds_per_pair"]] for r in results],
+                             formats={2: "{:.1f}".format, 3: "{:.1f}".format})]
     write_atomic(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     viz.curves(os.path.join(workdir, "curves.png"), curves)
     viz.pair_gallery(os.path.join(workdir, "gallery.png"),
