@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import importlib.util
+import copy
 import json
 import os
 import socket
@@ -71,8 +72,9 @@ def override(config: ml_collections.ConfigDict, overrides, where: str = "config"
 
 def stage_config(config, overrides=None) -> ml_collections.ConfigDict:
     """A stage's config: ``config`` (a ConfigDict, or a spec for ``load_config``) with ``overrides``
-    set into it (a misspelt override raises, naming it)."""
-    config = load_config(config) if isinstance(config, str) else config
+    set into a copy of it (a misspelt override raises, naming it); the caller's ConfigDict is left
+    as it was."""
+    config = load_config(config) if isinstance(config, str) else copy.deepcopy(config)
     return override(config, overrides)
 
 

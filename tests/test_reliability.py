@@ -312,13 +312,14 @@ def test_a_stage_runs_in_its_parents_process_and_only_when_not_done(tmp_path):
                                                      "methods": {"rise": {"p": 0.25}}}) == str(tmp_path)
     assert calls == [(os.getpid(), dict(rows=("b:fixed", "c:fixed"), methods=dict(rise=dict(p=0.25, num_masks=10)),
                                         name=""), str(tmp_path))]  # the empty override is set, not dropped
-    ensure_stage(run, config, str(tmp_path), {})
-    assert len(calls) == 1  # done: skipped
+    assert config.rows == ("a:fixed",) and config.methods.rise.p == 0.5  # the caller's config is left as it was
+    ensure_stage(run, config, str(tmp_path), {"rows": ["b:fixed", "c:fixed"], "methods": {"rise": {"p": 0.25}}})
+    assert len(calls) == 1  # done with these settings: skipped
     with pytest.raises(KeyError, match=r"config.methods.rise.pp: the config has no such field"):
         ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"pp": 0.1}}})
     # a finished stage is not silently reused with other settings: refused, naming each difference
     with pytest.raises(ValueError, match=r"ran with other settings \(methods.rise.p: 0.25 -> 0.5\)"):
-        ensure_stage(run, config, str(tmp_path), {"methods": {"rise": {"p": 0.5}}})
+        ensure_stage(run, config, str(tmp_path), {"rows": ["b:fixed", "c:fixed"], "methods": {"rise": {"p": 0.5}}})
     assert len(calls) == 1
     # a folder the user names must exist: a mistyped similarity_workdir is not a new run there
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'typo'} does not exist"):
