@@ -325,9 +325,11 @@ def run(config, workdir: str) -> dict:
                 os.path.join(workdir, f"pair_{index:04d}_correspondence.png"), raw[:1], raw[1:], [strongest],
                 np.asarray(pair.query_map)[None], np.asarray(pair.reference_map)[None],
                 captions=[f"similarity {similarity:.3f}; {name}"])
-            lines.append(f"  top correspondences ({name}; query cell ~ reference cell: share of the similarity):")
-            lines += [f"    {rank + 1}. {describe_box(p.query_box)} ~ {describe_box(p.reference_box)}: {p.share:.1%}"
-                      for rank, p in enumerate(strongest)]
+            cell_pairs = int(np.prod(np.shape(pair.correspondence)[-4:]))  # a share of 1 / cell_pairs is average
+            lines.append(f"  top correspondences ({name}; query cell ~ reference cell: share of the similarity, "
+                         f"against the average of the {cell_pairs} cell pairs):")
+            lines += [f"    {rank + 1}. {describe_box(p.query_box)} ~ {describe_box(p.reference_box)}: {p.share:.1%} "
+                      f"({p.share * cell_pairs:.1f}x average)" for rank, p in enumerate(strongest)]
             lines.append(f"  correspondence figure {figure}")
             record.update(correspondence_method=name, correspondence_figure=figure,
                           correspondences=[{"query_box": [int(v) for v in p.query_box],

@@ -8,8 +8,9 @@ Stages run in this process, each as its experiment module's ``run(config, workdi
 loaded in-process) and ``config.stages.<name>`` set into it, and are skipped when their
 ``results.json`` exists; saliency maps are cached per query, so a run killed at any point resumes
 where it stopped. One run per workdir at a time (``<workdir>/.lock``). Writes
-``<workdir>/report.html`` (self-contained: tables, curves, galleries) and
-``<workdir>/results.json`` (every stage's results).
+``<workdir>/report.html`` (self-contained: tables, curves, galleries) before each stage that has
+to run, with the sections of the stages done so far and the stage in progress, and in full at the
+end; and ``<workdir>/results.json`` (every stage's results).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
 
 STAGES = ("similarity", "saliency", "attributes", "explanations")
+TITLE = "simexplain_jax: why do these match?"
 
 
 def _load(folder):
@@ -32,41 +34,57 @@ def _load(folder):
         return json.load(f)
 
 
-def report_sections(results: dict, folders: dict) -> list[tuple[str, str]]:
-    sim, sal, attr, expl = (results[k] for k in ("similarity", "saliency", "attributes", "explanations"))
-    sections = [("Summary", (
-        f"<p>Dataset <b>{sim['dataset']}</b>; similarity model <b>{sim['model']}</b> with test pair AUC "
-        f"<b>{sim['test_pair_auc']:.4f}</b> ({sim['steps']} steps). Saliency: {sal['num_pairs']} test pairs "
-        f"({sal['num_positive']} positive). Attribute explanations: {expl['num_pairs']} positive pairs; "
-        f"oracle: {expl['oracle']}.</p>"))]
-    selector = expl.get("gallery_selector", "pair-aware selector, w = 0.5")
-    sections.append(("Explained matches: saliency and the attribute that explains each match",
-                     f"<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
-                     f"({html.escape(selector)}) with their scores and the ground truth.</p>"
-                     + viz.image_html(os.path.join(folders["explanations"], "gallery.png"), "attribute gallery",
-                                      "60%")))
-    correspondences = expl.get("correspondences")
-    if correspondences:
-        exact = correspondences["method"] == "pooled_pair"
-        sections.append(("Which part matches which: correspondences",
-                         f"<p>For the same pairs: each image's first-order map, then the {correspondences['top_k']} "
-                         "strongest cell pairs (query cell ~ reference cell, 1 = strongest) joined by lines, with the "
-                         "strongest pair's share of the similarity. "
-                         + ("Exact: the pooled embedding's similarity split over pairs of feature cells "
-                            "(<code>pooled_pair</code>, one forward pass per image)." if exact else
-                            "Estimated by the RISE cross estimator (<code>rise_pair</code>).") + "</p>"
-                         + viz.image_html(os.path.join(folders["explanations"], correspondences["figure"]),
-                                          "correspondences", "75%")))
-    sections.append(("Saliency methods (insertion / deletion AUC x100; pointing on the key object)",
-                     viz.table_html(sal["rows"], ["method", "reference", "insertion_auc", "deletion_auc",
-                                                  "pointing_accuracy", "mass_on_key", "seconds_per_pair"])
-                     + viz.image_html(os.path.join(folders["saliency"], "curves.png"), "curves", "80%")
-                     + viz.image_html(os.path.join(folders["saliency"], "gallery.png"), "saliency gallery")))
-    sections.append(("Attribute predictor (test mAP x100, same seed)",
-                     viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
-    sections.append(("Attribute explanations (ground truth and counterfactual oracle)",
-                     viz.table_html(expl["rows"], ["selector", "w", "scorer", "presence", "gt_top1", "gt_top3",
-                                                   "oracle_agreement", "mean_similarity_drop"])))
+def report_sections(results: dict, folders: dict, running: str | None = None) -> list[tuple[str, str]]:
+    """The report's sections for the stages whose results are in ``results`` (all four: the final
+    report). ``running`` names the stage in progress, said at the top of an interim report."""
+    sim, sal, attr, expl = (results.get(k) for k in STAGES)
+    summary = []
+    if sim:
+        summary.append(f"Dataset <b>{sim['dataset']}</b>; similarity model <b>{sim['model']}</b> with test pair AUC "
+                       f"<b>{sim['test_pair_auc']:.4f}</b> ({sim['steps']} steps).")
+    if sal:
+        summary.append(f"Saliency: {sal['num_pairs']} test pairs ({sal['num_positive']} positive).")
+    if expl:
+        summary.append(f"Attribute explanations: {expl['num_pairs']} positive pairs; oracle: {expl['oracle']}.")
+    text = f"<p>{' '.join(summary)}</p>" if summary else ""
+    if running is not None:
+        done = [name for name in STAGES if results.get(name)]
+        text = (f"<p><b>In progress: stage {html.escape(running)}</b> (stages done: "
+                f"{', '.join(done) if done else 'none yet'}). This page is rewritten as each stage finishes; "
+                "reload it.</p>" + text)
+    sections = [("Summary", text)]
+    if expl:
+        selector = expl.get("gallery_selector", "pair-aware selector, w = 0.5")
+        sections.append(("Explained matches: saliency and the attribute that explains each match",
+                         f"<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
+                         f"({html.escape(selector)}) with their scores and the ground truth.</p>"
+                         + viz.image_html(os.path.join(folders["explanations"], "gallery.png"), "attribute gallery",
+                                          "60%")))
+        correspondences = expl.get("correspondences")
+        if correspondences:
+            exact = correspondences["method"] == "pooled_pair"
+            sections.append(("Which part matches which: correspondences",
+                             f"<p>For the same pairs: each image's first-order map, then the {correspondences['top_k']} "
+                             "strongest cell pairs (query cell ~ reference cell, 1 = strongest) joined by lines, with the "
+                             "strongest pair's share of the similarity. "
+                             + ("Exact: the pooled embedding's similarity split over pairs of feature cells "
+                                "(<code>pooled_pair</code>, one forward pass per image)." if exact else
+                                "Estimated by the RISE cross estimator (<code>rise_pair</code>).") + "</p>"
+                             + viz.image_html(os.path.join(folders["explanations"], correspondences["figure"]),
+                                              "correspondences", "75%")))
+    if sal:
+        sections.append(("Saliency methods (insertion / deletion AUC x100; pointing on the key object)",
+                         viz.table_html(sal["rows"], ["method", "reference", "insertion_auc", "deletion_auc",
+                                                      "pointing_accuracy", "mass_on_key", "seconds_per_pair"])
+                         + viz.image_html(os.path.join(folders["saliency"], "curves.png"), "curves", "80%")
+                         + viz.image_html(os.path.join(folders["saliency"], "gallery.png"), "saliency gallery")))
+    if attr:
+        sections.append(("Attribute predictor (test mAP x100, same seed)",
+                         viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
+    if expl:
+        sections.append(("Attribute explanations (ground truth and counterfactual oracle)",
+                         viz.table_html(expl["rows"], ["selector", "w", "scorer", "presence", "gt_top1", "gt_top3",
+                                                       "oracle_agreement", "mean_similarity_drop"])))
     return sections
 
 
@@ -113,14 +131,17 @@ def run(config, workdir: str) -> dict:
 def run_stages(plan: dict, workdir: str) -> dict:
     start = time.perf_counter()
     folders = {name: folder for name, (_, _, folder) in plan.items()}
+    results = {}
     for name in STAGES:
         run, stage, folder = plan[name]
+        if not os.path.exists(os.path.join(folder, "results.json")):  # an interim report: the stages done so far
+            viz.write_report(os.path.join(workdir, "report.html"), TITLE, report_sections(results, folders, name))
         ensure_stage(run, stage, folder)
-    results = {name: _load(folder) for name, folder in folders.items()}
-    for attributes_run in results["attributes"]["runs"]:
-        attributes_run.pop("history", None)
-    report = viz.write_report(os.path.join(workdir, "report.html"), "simexplain_jax: why do these match?",
-                              report_sections(results, folders))
+        results[name] = _load(folder)
+        if name == "attributes":
+            for attributes_run in results[name]["runs"]:
+                attributes_run.pop("history", None)
+    report = viz.write_report(os.path.join(workdir, "report.html"), TITLE, report_sections(results, folders))
     results["seconds_this_invocation"] = time.perf_counter() - start
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     print("wrote:")

@@ -373,8 +373,9 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     # the pair's line, then its three strongest correspondences (exact for the trained pooled model)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert "top attributes" in lines[0] and "top correspondences (pooled_pair" in lines[1]
-    assert [re.match(r"\s+(\d)\. y \d+:\d+ x \d+:\d+ ~ y \d+:\d+ x \d+:\d+: -?\d+\.\d%$", line).group(1)
-            for line in lines[2:5]] == ["1", "2", "3"]
+    assert [re.match(r"\s+(\d)\. y \d+:\d+ x \d+:\d+ ~ y \d+:\d+ x \d+:\d+: -?\d+\.\d% \(-?\d+\.\dx average\)$",
+                     line).group(1) for line in lines[2:5]] == ["1", "2", "3"]
+    assert "against the average of the 256 cell pairs" in lines[1]  # 4 x 4 cells on each image
     assert lines[5].strip().startswith("correspondence figure") and len(lines) == 6
     # no library INFO logs (orbax/absl wrote 31 of 32 lines for one pair)
     assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[-2000:]
