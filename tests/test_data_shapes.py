@@ -139,7 +139,7 @@ def test_a_dataset_is_one_adapter_registered_by_name(shapes32, monkeypatch):
     from simexplain_jax.data import datasets, registry
     from simexplain_jax.data.adapters.shapes import ShapesAdapter
 
-    assert simexplain_jax.data.registered() == ("awa2", "polyvore_outfits", "shapes")
+    assert simexplain_jax.data.registered() == ("attribute_folder", "awa2", "polyvore_outfits", "shapes")
     assert "shapes/32px" in simexplain_jax.data.names() and "polyvore_outfits/disjoint" in simexplain_jax.data.names()
     assert isinstance(simexplain_jax.data.get("shapes/32px"), ShapesAdapter)
     with pytest.raises(ValueError, match=r"dataset must be one of \('awa2', .*'shapes/32px'.*got 'imagenet'"):
