@@ -160,3 +160,12 @@ def test_saved_concepts_load_only_for_the_model_they_were_fitted_for(tmp_path):
     (tmp_path / "bad.json").write_text('{"model": "aaaa1111"}')
     with pytest.raises(ValueError, match="bad.json is not a concepts JSON: KeyError"):
         load_concepts(tmp_path / "bad.json", model="aaaa1111")
+
+
+def test_regret_ratios_are_the_selected_drop_over_the_best():
+    ratios = sx.metrics.regret_ratios([0.2, 0.19, -0.05, 0.0, -0.1], [0.2, 0.2, 0.1, -0.01, -0.01])
+    np.testing.assert_allclose(ratios, [1.0, 0.95, -0.5, 1.0, 0.0])  # no positive best: 1 iff as good as the best
+    with pytest.raises(ValueError, match=r"must both be \[P\]"):
+        sx.metrics.regret_ratios([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="drops must be finite"):
+        sx.metrics.regret_ratios([np.nan], [0.1])

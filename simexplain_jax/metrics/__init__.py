@@ -1,6 +1,6 @@
 """Metrics for explanations: causal insertion/deletion, pointing, correspondences, pair verification."""
 
-from simexplain_jax.metrics.attributes import average_precision, mean_average_precision
+from simexplain_jax.metrics.attributes import average_precision, mean_average_precision, regret_ratios
 from simexplain_jax.metrics.causal import (InsertionDeletion, insertion_deletion, insertion_deletion_batch,
                                            minmax_normalize, trapezoid_auc)
 from simexplain_jax.metrics.correspondence import (CorrespondencePointing, SecondOrderInsertionDeletion,
@@ -12,4 +12,4 @@ from simexplain_jax.metrics.verification import roc_auc
 __all__ = ["InsertionDeletion", "insertion_deletion", "insertion_deletion_batch", "minmax_normalize", "trapezoid_auc",
            "Pointing", "pointing", "CorrespondencePointing", "correspondence_pointing",
            "SecondOrderInsertionDeletion", "second_order_insertion_deletion", "unrelated_substrates",
-           "roc_auc", "average_precision", "mean_average_precision"]
+           "roc_auc", "average_precision", "mean_average_precision", "regret_ratios"]

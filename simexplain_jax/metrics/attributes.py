@@ -29,3 +29,28 @@ def mean_average_precision(scores, labels) -> float:
     if not columns:
         raise ValueError("no attribute has a positive example")
     return float(np.mean([average_precision(scores[:, a], labels[:, a]) for a in columns]))
+
+
+def regret_ratios(selected_drops, best_drops) -> np.ndarray:
+    """How close each pair's selected attribute comes to the one the model relies on most.
+
+    For each pair, the oracle's similarity drop when the selected attribute is removed, divided by
+    the largest drop over the candidates (the key object's attributes): 1 for the oracle's own
+    choice, near 1 for a near-tie that exact agreement would count as a miss. Where no candidate's
+    removal lowers the similarity (``best <= 0``), the ratio is 1 if the selection drops as much as
+    the best, else 0.
+
+    Args:
+      selected_drops: ``[P]`` drops of the selected attributes.
+      best_drops: ``[P]`` the largest drop among each pair's candidates.
+
+    Returns:
+      ``[P]`` float64 ratios.
+    """
+    selected, best = np.asarray(selected_drops, np.float64), np.asarray(best_drops, np.float64)
+    if selected.shape != best.shape or selected.ndim != 1:
+        raise ValueError(f"selected_drops {selected.shape} and best_drops {best.shape} must both be [P]")
+    if not (np.all(np.isfinite(selected)) and np.all(np.isfinite(best))):
+        raise ValueError("drops must be finite")
+    positive = best > 0
+    return np.where(positive, selected / np.where(positive, best, 1.0), (selected >= best).astype(np.float64))
