@@ -247,8 +247,9 @@ def correspondence_gallery(path, model, variables, embed, raw, images, pairs, se
                                                             key=jax.random.key(seed), num_masks=500)
     corr = np.asarray(result.correspondence)
     strongest = [sx.saliency.strongest_pairs(c, queries.shape[1:], references.shape[1:], top_k) for c in corr]
-    captions = [f"similarity {float(s):.3f}; strongest pair {p[0].share:.0%} of it" for s, p in
-                zip(np.asarray(result.similarity), strongest)]
+    cell_pairs = int(np.prod(corr.shape[-4:]))  # a share of 1 / cell_pairs is the average cell pair's
+    captions = [f"similarity {float(s):.3f}; strongest pair {p[0].share:.1%} of it ({p[0].share * cell_pairs:.1f}x "
+                "average)" for s, p in zip(np.asarray(result.similarity), strongest)]
     viz.correspondence_figure(path, raw[pairs[:, 0]], raw[pairs[:, 1]], strongest, np.asarray(result.query_map),
                               np.asarray(result.reference_map), captions=captions,
                               title=f"{dataset}: which part matches which ({method})")

@@ -27,6 +27,11 @@ from simexplain_jax.io import write_json_atomic
 
 STAGES = ("similarity", "saliency", "attributes", "explanations")
 TITLE = "simexplain_jax: why do these match?"
+NO_MASKS = ("<p>Pointing accuracy and mass on the key object are left out: they need each image's ground-truth "
+            "key-object mask, which only the shapes benchmark has.</p>")
+NO_TRUTH = ("<p>Ground-truth top-1 / top-3 are left out: they need the attribute that defines each class, which "
+            "only the shapes benchmark knows. The oracle here removes each candidate attribute's activation-map "
+            "region from the query and measures the similarity drop.</p>")
 
 
 def _load(folder):
@@ -55,9 +60,11 @@ def report_sections(results: dict, folders: dict, running: str | None = None) ->
     sections = [("Summary", text)]
     if expl:
         selector = expl.get("gallery_selector", "pair-aware selector, w = 0.5")
+        truth = any(r.get("gt_top1") is not None for r in expl["rows"])
         sections.append(("Explained matches: saliency and the attribute that explains each match",
                          f"<p>Query, reference, the query's RISE map against the reference, the top-3 attributes "
-                         f"({html.escape(selector)}) with their scores and the ground truth.</p>"
+                         f"({html.escape(selector)}) with their scores" + (" and the ground truth" if truth else "")
+                         + ".</p>"
                          + viz.image_html(os.path.join(folders["explanations"], "gallery.png"), "attribute gallery",
                                           "60%")))
         correspondences = expl.get("correspondences")
@@ -73,18 +80,25 @@ def report_sections(results: dict, folders: dict, running: str | None = None) ->
                              + viz.image_html(os.path.join(folders["explanations"], correspondences["figure"]),
                                               "correspondences", "75%")))
     if sal:
-        sections.append(("Saliency methods (insertion / deletion AUC x100; pointing on the key object)",
-                         viz.table_html(sal["rows"], ["method", "reference", "insertion_auc", "deletion_auc",
-                                                      "pointing_accuracy", "mass_on_key", "seconds_per_pair"])
+        located = any(r.get("pointing_accuracy") is not None for r in sal["rows"])
+        columns = ["method", "reference", "insertion_auc", "deletion_auc"]
+        columns += ["pointing_accuracy", "mass_on_key"] if located else []
+        sections.append(("Saliency methods (insertion / deletion AUC x100" + ("; pointing on the key object)"
+                                                                              if located else ")"),
+                         ("" if located else NO_MASKS)
+                         + viz.table_html(sal["rows"], columns + ["seconds_per_pair"])
                          + viz.image_html(os.path.join(folders["saliency"], "curves.png"), "curves", "80%")
                          + viz.image_html(os.path.join(folders["saliency"], "gallery.png"), "saliency gallery")))
     if attr:
         sections.append(("Attribute predictor (test mAP x100, same seed)",
                          viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
     if expl:
-        sections.append(("Attribute explanations (ground truth and counterfactual oracle)",
-                         viz.table_html(expl["rows"], ["selector", "w", "scorer", "presence", "gt_top1", "gt_top3",
-                                                       "oracle_agreement", "mean_similarity_drop"])))
+        truth = any(r.get("gt_top1") is not None for r in expl["rows"])
+        columns = ["selector", "w", "scorer", "presence"] + (["gt_top1", "gt_top3"] if truth else [])
+        sections.append(("Attribute explanations (" + ("ground truth and " if truth else "") + f"{expl['oracle']} "
+                         "oracle)", ("" if truth else NO_TRUTH)
+                         + viz.table_html(expl["rows"], columns + ["oracle_agreement", "regret_ratio",
+                                                                   "mean_similarity_drop"])))
     return sections
 
 
@@ -103,6 +117,9 @@ def stage_plan(config, workdir: str) -> dict:
     links = {"similarity": {}, "saliency": {"similarity_workdir": folders["similarity"]},
              "attributes": {"similarity_workdir": folders["similarity"]},
              "explanations": {"attributes_workdir": folders["attributes"]}}
+    manual_dir = config.get("manual_dir", "")
+    if manual_dir:  # the user's folder (attribute_folder, awa2, polyvore_outfits), for every stage
+        links = {name: dict(link, manual_dir=os.path.abspath(manual_dir)) for name, link in links.items()}
     plan = {}
     for name in STAGES:
         run, field, check = STAGE_RUNS[name]

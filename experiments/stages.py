@@ -196,10 +196,24 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
+def packaged_config_flag(arg: str) -> str:
+    """``--config=experiments/configs/NAME.py[:ARG]`` given outside the repository (no such file
+    here) names the packaged config file, so the README's commands work from any folder."""
+    if not arg.startswith("--config="):
+        return arg
+    path, sep, rest = arg[len("--config="):].partition(":")
+    folder = os.path.join("experiments", "configs")
+    if os.path.dirname(os.path.normpath(path)) != folder or os.path.exists(path):
+        return arg
+    packaged = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), os.path.basename(path))
+    return f"--config={packaged}{sep}{rest}" if os.path.isfile(packaged) else arg
+
+
 def parse_flags(argv: list) -> list:
     """absl's flag parsing (``app.parse_flags_with_usage``), with a ``--config.x=...`` override of a
     field the config does not have reported by name (ml_collections raises a bare AttributeError
     or KeyError); exits with status 1 as absl does for any flag error."""
+    argv = [packaged_config_flag(a) for a in argv]
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as err:

@@ -17,9 +17,10 @@ ATTRIBUTES = ["person", "animal", "cup", "orange", "dark"]
 PHOTOS = {"astronaut": ("person", (1, 0, 0, 1)), "chelsea": ("cat", (0, 1, 0, 1)), "coffee": ("cup", (0, 0, 1, 0))}
 
 
-def make_attribute_folder(root, per_label=12, split_column=True, label_column=True):
+def make_attribute_folder(root, per_label=12, split_column=True, label_column=True, held_out=2):
     """``root`` with ``photos/<photo>_<k>.{jpg,png}`` (random crops and flips) and attributes.csv: the
-    photo's attributes, ``dark`` set by the crop's brightness; 8 train, 2 validation, 2 test per label."""
+    photo's attributes, ``dark`` set by the crop's brightness; ``held_out`` validation and test images
+    per label, the rest train."""
     from skimage import data
 
     rng = np.random.default_rng(0)
@@ -38,7 +39,8 @@ def make_attribute_folder(root, per_label=12, split_column=True, label_column=Tr
             pil = Image.fromarray(np.ascontiguousarray(crop))
             (pil.convert("L") if k == 5 else pil).save(root / name)  # one greyscale image per photo
             dark = int(crop.mean() < 110)
-            split = "train" if k < per_label - 4 else "validation" if k < per_label - 2 else "test"
+            split = ("train" if k < per_label - 2 * held_out else "validation" if k < per_label - held_out
+                     else "test")
             rows.append([name, *fixed, dark] + ([label] if label_column else []) + ([split] if split_column else []))
     with open(root / "attributes.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)

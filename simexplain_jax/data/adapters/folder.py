@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from simexplain_jax.data.adapter import AttributeSplit, DatasetAdapter
@@ -27,6 +29,12 @@ class FolderAdapter(DatasetAdapter):
     def group(self, record, index):
         label = record["label"].decode() if isinstance(record["label"], bytes) else str(record["label"])
         return label if label else f"image {index}"  # no label: every image its own group
+
+    def check(self, manual_dir: str = "", test_pairs: str = "") -> None:
+        if not manual_dir or not os.path.isfile(os.path.join(manual_dir, "attributes.csv")):
+            raise FileNotFoundError(f"dataset {self.dataset!r} needs config.manual_dir, your image folder with an "
+                                    f"attributes.csv (got {manual_dir!r})")
+        super().check(manual_dir, test_pairs)
 
     def _need_labels(self, builder, what: str) -> None:
         if not builder.info.metadata.get("has_labels"):
