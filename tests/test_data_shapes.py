@@ -142,7 +142,7 @@ def test_a_dataset_is_one_adapter_registered_by_name(shapes32, monkeypatch):
     assert simexplain_jax.data.registered() == ("attribute_folder", "awa2", "polyvore_outfits", "shapes")
     assert "shapes/32px" in simexplain_jax.data.names() and "polyvore_outfits/disjoint" in simexplain_jax.data.names()
     assert isinstance(simexplain_jax.data.get("shapes/32px"), ShapesAdapter)
-    with pytest.raises(ValueError, match=r"dataset must be one of \('awa2', .*'shapes/32px'.*got 'imagenet'"):
+    with pytest.raises(ValueError, match=r"dataset must be one of \('attribute_folder/64px', .*'awa2', .*'shapes/32px'.*got 'imagenet'"):
         simexplain_jax.data.get("imagenet")
     with pytest.raises(ValueError, match="dataset must be one of"):
         datasets.check_dataset("shapes/7px")
