@@ -119,3 +119,14 @@ def trained_similarity(tmp_path_factory, shapes32_dir):
     train_similarity.run(stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir),
                          str(workdir))
     return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_attributes(tmp_path_factory, shapes32_dir, trained_similarity):
+    """The runlocal attribute predictors (lambda 0 and 0.1), trained once for the session's experiment tests."""
+    from experiments import train_attributes
+
+    workdir = tmp_path_factory.mktemp("attributes")
+    train_attributes.run(stage_config("experiments/configs/attributes_shapes.py:runlocal", data_dir=shapes32_dir,
+                                      similarity_workdir=str(trained_similarity)), str(workdir))
+    return workdir

@@ -1,0 +1,172 @@
+"""``experiments.explain`` from the command line and in-process on the session's trained model and
+attribute predictor, and the README's "Explain your own pairs" commands."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_module
+
+
+def png_header(width, height):
+    """A PNG that declares ``width x height`` 8-bit RGB pixels and holds none (enough for PIL to open it)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_attributes, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (90, 40, 3), dtype=np.uint8)).save(tmp_path / "b.jpg", format="JPEG")
+    Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8), mode="L").save(tmp_path / "c.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    attributes = trained_attributes / "lambda_0" / "checkpoints"
+    proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--query={tmp_path / 'a.png'}",
+                      f"--reference={tmp_path / 'b.jpg'}", f"--attributes={attributes}", "--num_masks=100",
+                      f"--out={tmp_path / 'out1'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "similarity" in proc.stdout and "top attributes (concept selector): " in proc.stdout
+    assert re.search(r"\w+:\w+ \(-?\d+% of the similarity\)", proc.stdout), proc.stdout
+    assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out1" / "pair_0000_correspondence.png").read_bytes()[:4] == b"\x89PNG"
+    # the pair's line, then its three strongest correspondences (exact for the trained pooled model)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert "top attributes" in lines[0] and "top correspondences (pooled_pair" in lines[1]
+    assert [re.match(r"\s+(\d)\. y \d+:\d+ x \d+:\d+ ~ y \d+:\d+ x \d+:\d+: -?\d+\.\d% \(-?\d+\.\dx average\)$",
+                     line).group(1) for line in lines[2:5]] == ["1", "2", "3"]
+    assert "against the average of the 256 cell pairs" in lines[1]  # 4 x 4 cells on each image
+    assert lines[5].strip().startswith("correspondence figure") and len(lines) == 6
+    # no library INFO logs (orbax/absl wrote 31 of 32 lines for one pair)
+    assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[-2000:]
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        shutil.copy(tmp_path / name, tmp_path / "images" / name)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "images" / "bomb.png").write_bytes(png_header(20000, 20000))  # 400 Mpx: PIL's DecompressionBombError
+    grey16 = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "images" / "g16.png")  # 16-bit greyscale
+    (tmp_path / "pairs.txt").write_text("\ufeffa b 1\nbroken c 0\nc a 0\nbomb a 1\n../a.png c 0\ng16 a 0\n")
+    from experiments import explain
+
+    capsys.readouterr()
+    config = explain.default_config()
+    config.update(checkpoint=str(trained_similarity), pairs=str(tmp_path / "pairs.txt"),
+                  image_dir=str(tmp_path / "images"), method="sliding_window")
+    results = explain.run(config, str(tmp_path / "out2"))
+    out, err = capsys.readouterr()
+    assert results["failures"] == 3 and results["num_pairs"] == 6 and len(results["pairs"]) == 3
+    assert "broken.png" in err and len(re.findall(r": similarity -?\d", out)) == 3
+    assert "bomb.png: DecompressionBombError" in err and "'../a.png' leaves its folder" in err
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [
+        f"pair_{i:04d}{suffix}.png" for i in (0, 2, 5) for suffix in ("", "_correspondence")]
+    # the printed shares are the exact decomposition's: the strongest cell pairs' entries over the similarity
+    first = results["pairs"][0]
+    assert first["correspondence_method"] == "pooled_pair" and len(first["correspondences"]) == 3
+    contributions = [c["contribution"] for c in first["correspondences"]]
+    assert contributions == sorted(contributions, reverse=True)
+    for c in first["correspondences"]:
+        assert c["share"] == pytest.approx(c["contribution"] / first["similarity"], rel=1e-4)
+        for y0, x0, y1, x1 in (c["query_box"], c["reference_box"]):
+            assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+
+    # --json: one record per pair; the concept selector's shares are the attributes' parts of the similarity
+    from simexplain_jax.attributes import concept_relevance, load_concepts
+    from simexplain_jax.imageops import normalize_images
+    from simexplain_jax.models import embed_fn
+    from simexplain_jax.models.loading import load_trained
+    from simexplain_jax.saliency.cache import fingerprint
+
+    config = explain.default_config()
+    config.update(checkpoint=str(trained_similarity), query=str(tmp_path / "a.png"), reference=str(tmp_path / "c.png"),
+                  attributes=str(attributes), method="sliding_window", json=True)
+    results = explain.run(config, str(tmp_path / "out3"))
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record == json.loads(json.dumps(results["pairs"][0]))
+    assert record["selector"] == "concept" and len(record["attributes"]) == 3 and len(record["correspondences"]) == 3
+    model, variables, model_config = load_trained(str(trained_similarity / "checkpoints"))
+    embed = embed_fn(model, variables)
+    concepts = load_concepts(attributes / "concepts.json", model=fingerprint(embed))
+    images = normalize_images(np.stack([explain.load_image(str(tmp_path / n), model_config["image_size"])
+                                        for n in ("a.png", "c.png")]))
+    e = np.asarray(embed(images))
+    relevance = concept_relevance(concepts, e[:1], e[1:])[0]
+    names = json.loads((attributes / "config.json").read_text())["attribute_names"]
+    for entry in record["attributes"]:
+        assert entry["share"] == pytest.approx(relevance[names.index(entry["name"])] / record["similarity"], rel=1e-3)
+    config.update(selector="pair_aware", json=False)
+    text = explain.run(config, str(tmp_path / "out4"))
+    assert "top attributes (pair_aware selector)" in capsys.readouterr().out
+    assert all("share" not in a for a in text["pairs"][0]["attributes"])
+    # concepts fitted for another similarity model are refused, naming both fingerprints
+    other = json.loads((attributes / "concepts.json").read_text())
+    foreign = tmp_path / "foreign"
+    shutil.copytree(attributes, foreign)
+    (foreign / "concepts.json").write_text(json.dumps(dict(other, model="0123456789abcdef0123")))
+    config.update(selector="concept", attributes=str(foreign))
+    with pytest.raises(ValueError, match=f"fingerprint 0123456789abcdef0123, not for this one \\({fingerprint(embed)}\\)"):
+        explain.run(config, str(tmp_path / "out5"))
+    assert not (tmp_path / "out5").exists()  # refused before anything was written
+
+
+def readme_section(title):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index(f"## {title}"):]
+    return section[: section.index("\n## ", 1)]
+
+
+def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_attributes, monkeypatch):
+    """Every command of the README's "Explain your own pairs" (a model trained here, --model with the
+    README's NNX factory, --torchvision_weights), in a folder holding the files they name; the
+    masks are fewer and the ResNet's input smaller here (appended flags) to keep the suite fast."""
+    import shlex
+
+    from PIL import Image
+
+    from test_models import torchvision_state_dict
+    from test_user_models import state_dict_tensors, write_torch_zip
+
+    section = readme_section("Explain your own pairs")
+    (bash,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    commands = [shlex.split(c) for c in bash.replace("\\\n", " ").splitlines() if c.startswith("python -m")]
+    (factory,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(commands) == 4 and {c[2] for c in commands} == {"experiments.explain"}
+    (tmp_path / "my_models.py").write_text(factory)
+    (tmp_path / "workdir" / "demo" / "attributes" / "lambda_0").mkdir(parents=True)
+    os.symlink(trained_similarity, tmp_path / "workdir" / "demo" / "similarity")
+    os.symlink(trained_attributes / "lambda_0" / "checkpoints",
+               tmp_path / "workdir" / "demo" / "attributes" / "lambda_0" / "checkpoints")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for name, size in (("a.png", (50, 70, 3)), ("b.jpg", (40, 40, 3))):
+        Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(tmp_path / name)
+        shutil.copy(tmp_path / name, tmp_path / "images" / name)
+    (tmp_path / "pairs.txt").write_text("a.png b.jpg 1\nb.jpg a.png 0\n")
+    write_torch_zip(tmp_path / "resnet18.pth", state_dict_tensors(
+        torchvision_state_dict("basic", (2, 2, 2, 2), width=64, num_classes=1000)), monkeypatch, prefix="resnet18")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    for command in commands:
+        extra = ["--num_masks=50"] + (["--image_size=64"] if any("torchvision" in a for a in command) else [])
+        proc = subprocess.run([sys.executable, *command[1:], *extra], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        if "--json" in command:
+            records = [json.loads(line) for line in proc.stdout.splitlines()]
+            assert [r["index"] for r in records] == [0, 1]
+        else:
+            assert "a.png ~ b.jpg: similarity" in proc.stdout and "top correspondences" in proc.stdout, proc.stdout
+        if "--attributes" in " ".join(command):
+            assert "top attributes (concept selector)" in proc.stdout
