@@ -44,7 +44,7 @@ demo: $(STAMP)
 # The suite runs in two processes: the library's tests, then the tests that share the session's dataset and
 # trained model (the experiments). One process for all of them accumulated enough compiled programs to
 # crash XLA's CPU compiler (a segfault, then an abort, both near the end of a 24-minute run).
-EXPERIMENT_TESTS := tests/test_correspondence_eval.py tests/test_data_shapes.py tests/test_experiments.py tests/test_explain_command.py tests/test_sane_folder.py \
+EXPERIMENT_TESTS := tests/test_correspondence_eval.py tests/test_data_shapes.py tests/test_experiments.py tests/test_explain_command.py tests/test_sane_folder.py tests/test_own_model_stages.py \
 	tests/test_experiments_scale.py tests/test_multiprocess.py tests/test_reference_files.py
 
 # The HTML report test screenshots the page in Debian's chromium: installed here when missing and

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 import simexplain_jax as sx
-from experiments import train_attributes, validation
+from experiments import similarity_source, train_attributes, validation
 from experiments.tables import markdown_table
 from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax import viz
@@ -43,10 +43,9 @@ from simexplain_jax.attributes.saliency_cache import resize_maps
 from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import write_atomic, write_json_atomic
-from simexplain_jax.models import embed_fn
 from simexplain_jax.train.attributes import THRESHOLDS_FILE, predict
 from simexplain_jax.data.datasets import attribute_names, attribute_splits, explanation_pairs
-from simexplain_jax.models.loading import load_attribute_predictor, load_trained
+from simexplain_jax.models.loading import load_attribute_predictor
 
 def choose_run(runs, which):
     if which == "best":
@@ -70,20 +69,22 @@ def explain(config, workdir: str, weights: list) -> dict:
     attr_dir = ensure_stage(train_attributes.run, config.attributes_config,
                             config.attributes_workdir or os.path.join(workdir, "attributes"),
                             {"data_dir": data_dir, "manual_dir": config.manual_dir,
-                             "similarity_workdir": config.similarity_workdir},
+                             "similarity_workdir": config.similarity_workdir,
+                             "similarity_model": config.similarity_model},
                             given=bool(config.attributes_workdir))
     with open(os.path.join(attr_dir, "results.json")) as f:
         attr_results = json.load(f)
     predictor_run = choose_run(attr_results["runs"], config.run)
     predictor, predictor_vars, _ = load_attribute_predictor(predictor_run["checkpoint_dir"])
-    model, variables, sim_config = load_trained(os.path.join(attr_results["similarity_workdir"], "checkpoints"))
-    embed = embed_fn(model, variables)
-    dataset = sim_config["dataset"]
+    dataset = attr_results["dataset"]
     names = attribute_names(dataset, data_dir=data_dir, manual_dir=config.manual_dir)
     thresholds = Thresholds.load(os.path.join(predictor_run["checkpoint_dir"], THRESHOLDS_FILE), len(names))
 
     data = explanation_pairs(dataset, data_dir=data_dir, manual_dir=config.manual_dir, split=config.split,
                              num_pairs=2 * config.num_pairs, seed=config.seed)
+    # the model the attribute predictor was trained against (its folder, or the model of your own it names)
+    sim_model = similarity_source.load(attr_results, data.images.shape[1])
+    embed = sim_model.embed
     pairs = data.pairs[data.labels == 1][: config.num_pairs]
     images = normalize_images(data.images)
     both = np.concatenate([pairs, pairs[:, ::-1]])  # q against r, then r against q
@@ -228,7 +229,8 @@ def explain(config, workdir: str, weights: list) -> dict:
     viz.pair_gallery(os.path.join(workdir, "gallery.png"), data.images[pairs[shown, 0]], data.images[pairs[shown, 1]],
                      {"saliency + top-3": maps[shown]}, captions={"saliency + top-3": captions},
                      title=f"{dataset}: why do these match?")
-    results["correspondences"] = correspondence_gallery(os.path.join(workdir, "correspondences.png"), model, variables,
+    results["correspondences"] = correspondence_gallery(os.path.join(workdir, "correspondences.png"), sim_model.module,
+                                                        sim_model.variables,
                                                         embed, data.images, images, pairs[shown], config.seed, dataset)
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     print("\n".join(lines))
@@ -240,6 +242,8 @@ def correspondence_gallery(path, model, variables, embed, raw, images, pairs, se
     (``pooled_pair``) for a pooled model, ``rise_pair`` otherwise. Returns what the report needs."""
     queries, references = images[pairs[:, 0]], images[pairs[:, 1]]
     try:
+        if model is None:
+            raise TypeError("no Flax module that takes these images as they are")
         pooled = sx.saliency.pooled_model(model, variables)
         method, result = "pooled_pair", sx.saliency.pooled_pair(pooled, None, queries, references)
     except (TypeError, ValueError):  # not an affine head on a mean-pooled feature map

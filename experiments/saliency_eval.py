@@ -4,6 +4,10 @@ game and the saliency mass on the key object (positive pairs).
 
     python -m experiments.saliency_eval --config=experiments/configs/saliency_shapes.py:runlocal --workdir=DIR
 
+The similarity model is the one trained in ``similarity_workdir`` (trained there first when absent)
+or a model of your own, ``--config.similarity_model.factory=package.module:factory`` or
+``--config.similarity_model.torchvision_weights=FILE`` (``experiments.similarity_source``).
+
 Maps are cached per method under ``<workdir>/cache`` (one file per query, recording the model,
 key, options, dataset and split; a cache made with anything else raises, or with
 ``--config.replace_stale_cache=True`` is moved aside), and every finished row is recorded under
@@ -35,12 +39,10 @@ from simexplain_jax.io import write_atomic, write_json_atomic
 from simexplain_jax.saliency.cache import describe, differences, fingerprint
 from simexplain_jax.data.preprocess import normalized_color
 from simexplain_jax.engine import apply_in_chunks
-from simexplain_jax.models import condition_embed_fn, embed_fn
 from simexplain_jax.data.datasets import explanation_pair_list, read_images
-from simexplain_jax.models.loading import load_trained
-from experiments import train_similarity, validation
+from experiments import similarity_source, validation
 from experiments.tables import markdown_table
-from experiments.stages import LOCK_FILE, WorkdirLock, ensure_stage, flags_main
+from experiments.stages import LOCK_FILE, WorkdirLock, flags_main
 
 ROWS_DIR = "rows"
 parse_rows = validation.parse_rows
@@ -121,19 +123,14 @@ def evaluate(config, workdir: str, rows: list):
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
 
     def prepare():  # the similarity model (trained if missing) and the pair list (the dataset built if missing)
-        sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
-                               config.similarity_workdir or os.path.join(workdir, "similarity"),
-                               {"data_dir": data_dir, "manual_dir": config.manual_dir},
-                               given=bool(config.similarity_workdir))
-        with open(os.path.join(sim_dir, "checkpoints", "config.json")) as f:
-            dataset = json.load(f)["dataset"]
-        return sim_dir, explanation_pair_list(dataset, data_dir=data_dir, manual_dir=config.manual_dir,
+        dataset, record = similarity_source.prepare(config, workdir, data_dir)
+        return record, explanation_pair_list(dataset, data_dir=data_dir, manual_dir=config.manual_dir,
                                               split=config.split, num_pairs=config.num_pairs, seed=config.seed,
                                               test_pairs=config.test_pairs)
 
     # process 0 trains / builds what is missing first; the others then find it done (shared folders)
     if jax.process_index() == 0:
-        sim_dir, listed = prepare()
+        record, listed = prepare()
     if jax.process_count() > 1:
         from orbax.checkpoint import multihost
 
@@ -142,15 +139,16 @@ def evaluate(config, workdir: str, rows: list):
         multihost.sync_global_processes("saliency_eval_model_and_dataset_ready", timeout=24 * 3600,
                                         processes=set(range(jax.process_count())))
         if jax.process_index() != 0:
-            sim_dir, listed = prepare()
-    # every process together: orbax synchronises the processes while restoring
-    model, variables, sim_config = load_trained(os.path.join(sim_dir, "checkpoints"))
+            record, listed = prepare()
     num_pairs = len(listed.pairs)
     # this process's share of the pairs (every pair in a one-process run), read through grain
     key_masks = "key_mask" in listed.query_keys
     shard = shards.read_pair_shard(listed.source, listed.source, listed.pairs, preprocess=listed.preprocess,
                                    query_keys=("key_mask",) if key_masks else ())
     pairs = shard.pairs  # rows of shard.queries / shard.references
+    # every process together (orbax synchronises the processes while restoring a trained model)
+    sim = similarity_source.load(record, shard.image_shape[0])
+    dataset = sim.dataset
     all_conditions = listed.conditions if listed.conditions is not None else np.full(num_pairs, -1)
     conditions = all_conditions[shard.positions]
     positive = listed.labels[shard.positions] == 1
@@ -160,20 +158,17 @@ def evaluate(config, workdir: str, rows: list):
     background = normalized_color(config.background)
     key = jax.random.key(config.seed)
     main_process = jax.process_index() == 0
-    model_id = fingerprint(variables)  # the trained parameters: caches and rows of another model are never reused
+    model_id = sim.cache_id  # caches and rows of another model are never reused
     # what every row depends on besides its method: a row record or cache made with anything else is not reused
-    evaluation = {"dataset": sim_config["dataset"], "split": config.split, "model": model_id,
+    evaluation = {"dataset": dataset, "split": config.split, "model": model_id,
                   "pairs": fingerprint([np.asarray(listed.pairs), np.asarray(listed.labels), all_conditions]),
                   "background": describe(config.background), "insertion_steps": config.insertion_steps,
                   "gallery": shown.tolist(), "seed": config.seed}
     evaluation = json.loads(json.dumps(evaluation, sort_keys=True))
     # cache files are named by the query's index in this split: record which split that is
-    cache_meta = {"ids": "dataset index", "dataset": sim_config["dataset"], "split": config.split, "model": model_id}
+    cache_meta = {"ids": "dataset index", "dataset": dataset, "split": config.split, "model": model_id}
     # a finished row is reused as it is (one process; several always recompute, from the map caches)
     reuse_rows = jax.process_count() == 1
-
-    def embed_for(condition):
-        return condition_embed_fn(model, variables, int(condition)) if condition >= 0 else embed_fn(model, variables)
 
     for method, reference, name in rows:
         options = sx.saliency.options_for(name, **validation.method_config(config, name))
@@ -189,7 +184,7 @@ def evaluate(config, workdir: str, rows: list):
         for condition in np.unique(conditions):
             chosen = np.flatnonzero(conditions == condition)
             cache_dir = os.path.join(workdir, "cache", name if condition < 0 else f"{name}_c{condition}")
-            maps[chosen] = sx.saliency.explain_pairs(options, embed_for(condition), shard.queries, shard.references,
+            maps[chosen] = sx.saliency.explain_pairs(options, sim.embed_for(condition), shard.queries, shard.references,
                                                      key=key, pairs=pairs[chosen], progress=bar.update,
                                                      cache_dir=cache_dir, mesh=mesh, query_ids=shard.query_ids,
                                                      reference_ids=shard.reference_ids,
@@ -203,7 +198,7 @@ def evaluate(config, workdir: str, rows: list):
         measured = np.full((len(pairs), 2 * steps + 2), np.nan, np.float32)
         for condition in np.unique(conditions):  # every pair's 2 x S perturbed queries, batched (and sharded)
             chosen = np.flatnonzero(conditions == condition)
-            f = embed_for(condition)
+            f = sim.embed_for(condition)
             scores = sx.metrics.insertion_deletion_batch(
                 f, shard.queries[pairs[chosen, 0]], apply_in_chunks(f, shard.references[pairs[chosen, 1]]), maps[chosen],
                 background=background, num_steps=steps, mesh=mesh)
@@ -239,11 +234,11 @@ def evaluate(config, workdir: str, rows: list):
     curves = {name: (c[0], c[1]) for name, _, c, _ in reported}
     gallery_maps = {name: g for name, _, _, g in reported}
     summary = {"rows": results, "num_pairs": int(num_pairs), "num_positive": int(len(positives)),
-               "dataset": sim_config["dataset"], "split": config.split, "similarity_workdir": sim_dir,
+               "dataset": dataset, "split": config.split, **sim.record,
                "background": config.background, "insertion_steps": config.insertion_steps,
                "num_processes": jax.process_count(), "devices_per_process": mesh.devices.size if mesh else 1}
     write_json_atomic(os.path.join(workdir, "results.json"), summary)
-    lines = [f"{num_pairs} pairs ({len(positives)} positive) of {sim_config['dataset']} {config.split}; "
+    lines = [f"{num_pairs} pairs ({len(positives)} positive) of {dataset} {config.split}; "
              "AUC x100; pointing and mass on the key object over positive pairs", "",
              *markdown_table(["method", "reference", "insertion AUC (higher better)", "deletion AUC (lower better)",
                               "pointing accuracy", "mass on key", "s / pair"],
@@ -255,7 +250,7 @@ def evaluate(config, workdir: str, rows: list):
     viz.pair_gallery(os.path.join(workdir, "gallery.png"),
                      read_images(listed.source, listed.pairs[shown, 0], listed.image_size),
                      read_images(listed.source, listed.pairs[shown, 1], listed.image_size), gallery_maps,
-                     title=f"{sim_config['dataset']}: positive pairs, every method's map over the query")
+                     title=f"{dataset}: positive pairs, every method's map over the query")
     print("\n".join(lines))
     return summary
 

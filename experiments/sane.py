@@ -7,7 +7,9 @@ Stages run in this process, each as its experiment module's ``run(config, workdi
 ``<workdir>/{similarity,saliency,attributes,explanations}`` with its own config (``*_config``,
 loaded in-process) and ``config.stages.<name>`` set into it, and are skipped when their
 ``results.json`` exists; saliency maps are cached per query, so a run killed at any point resumes
-where it stopped. One run per workdir at a time (``<workdir>/.lock``). Writes
+where it stopped. With a model of your own (``--config.similarity_model.factory`` or
+``.torchvision_weights``) there is no similarity stage and every stage explains that model. One
+run per workdir at a time (``<workdir>/.lock``). Writes
 ``<workdir>/report.html`` (self-contained: tables, curves, galleries) before each stage that has
 to run, with the sections of the stages done so far and the stage in progress, and in full at the
 end; and ``<workdir>/results.json`` (every stage's results).
@@ -20,7 +22,8 @@ import json
 import os
 import time
 
-from experiments import explain_attributes, saliency_eval, train_attributes, train_similarity, validation
+from experiments import (explain_attributes, saliency_eval, similarity_source, train_attributes, train_similarity,
+                         validation)
 from experiments.stages import WorkdirLock, ensure_stage, flags_main, override, stage_config
 from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
@@ -47,6 +50,10 @@ def report_sections(results: dict, folders: dict, running: str | None = None) ->
     if sim:
         summary.append(f"Dataset <b>{sim['dataset']}</b>; similarity model <b>{sim['model']}</b> with test pair AUC "
                        f"<b>{sim['test_pair_auc']:.4f}</b> ({sim['steps']} steps).")
+    own = next((r for r in (sal, attr) if r and "similarity_model" in r), None)
+    if own:
+        summary.append(f"Dataset <b>{html.escape(own['dataset'])}</b>; similarity model of your own, not trained "
+                       f"here: <b>{html.escape(own_model_name(own))}</b>.")
     if sal:
         summary.append(f"Saliency: {sal['num_pairs']} test pairs ({sal['num_positive']} positive).")
     if expl:
@@ -102,6 +109,14 @@ def report_sections(results: dict, folders: dict, running: str | None = None) ->
     return sections
 
 
+def own_model_name(results: dict) -> str:
+    """What a stage's results say of the model of your own it explained."""
+    group = results["similarity_model"]
+    if group["factory"]:
+        return group["factory"]
+    return f"torchvision {group['arch']} ({group['stages']} stages) from {os.path.basename(group['torchvision_weights'])}"
+
+
 # each stage: its experiment's run, the config field naming its config, and its check (run before any stage)
 STAGE_RUNS = {"similarity": (train_similarity.run, "similarity_config", validation.check_similarity_config),
               "saliency": (saliency_eval.run, "saliency_config", validation.check_saliency_config),
@@ -117,11 +132,23 @@ def stage_plan(config, workdir: str) -> dict:
     links = {"similarity": {}, "saliency": {"similarity_workdir": folders["similarity"]},
              "attributes": {"similarity_workdir": folders["similarity"]},
              "explanations": {"attributes_workdir": folders["attributes"]}}
+    names = STAGES
+    if similarity_source.given(config):  # a model of your own: no similarity stage; every stage explains it
+        group = config.similarity_model.to_dict()
+        try:
+            validation.check_similarity_model(config)
+            group["dataset"] = group["dataset"] or stage_config(config.similarity_config,
+                                                                config.stages.similarity).dataset
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            raise ValueError(f"config.similarity_model: {err.args[0] if err.args else err}") from None
+        names = STAGES[1:]
+        links = {"saliency": {"similarity_model": group}, "attributes": {"similarity_model": group},
+                 "explanations": {"attributes_workdir": folders["attributes"], "similarity_model": group}}
     manual_dir = config.get("manual_dir", "")
     if manual_dir:  # the user's folder (attribute_folder, awa2, polyvore_outfits), for every stage
         links = {name: dict(link, manual_dir=os.path.abspath(manual_dir)) for name, link in links.items()}
     plan = {}
-    for name in STAGES:
+    for name in names:
         run, field, check = STAGE_RUNS[name]
         where = f"config.stages.{name}"
         try:
@@ -149,7 +176,7 @@ def run_stages(plan: dict, workdir: str) -> dict:
     start = time.perf_counter()
     folders = {name: folder for name, (_, _, folder) in plan.items()}
     results = {}
-    for name in STAGES:
+    for name in plan:
         run, stage, folder = plan[name]
         if not os.path.exists(os.path.join(folder, "results.json")):  # an interim report: the stages done so far
             viz.write_report(os.path.join(workdir, "report.html"), TITLE, report_sections(results, folders, name))
@@ -165,8 +192,9 @@ def run_stages(plan: dict, workdir: str) -> dict:
     for name, folder in folders.items():
         print(f"  {name:13s} {folder}")
     print(f"  report        {report}\n  results       {os.path.join(workdir, 'results.json')}")
-    print(f"similarity test AUC {results['similarity']['test_pair_auc']:.4f}; "
-          f"{time.perf_counter() - start:.0f} s this run")
+    quality = (f"similarity test AUC {results['similarity']['test_pair_auc']:.4f}; " if "similarity" in results
+               else f"similarity model: {own_model_name(results['saliency'])}; ")
+    print(f"{quality}{time.perf_counter() - start:.0f} s this run")
     return results
 
 

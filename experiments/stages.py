@@ -31,6 +31,12 @@ STAGE_RECORD = "stage_config.json"  # the settings a stage run by ensure_stage f
 # reused whatever they are now
 EXECUTION_FIELDS = ("mesh_devices", "mesh_masks", "distributed", "param_sharding")
 CONFIGS_PACKAGE = "experiments.configs"
+# fields added to the stage configs after runs were recorded, each with the value that means what those runs did:
+# a finished stage whose record lacks one is reused when the field is requested at that value
+ADDED_FIELDS = {
+    # a similarity model of your own (experiments.similarity_source); empty: the trained one, as before
+    "similarity_model": {"factory": "", "torchvision_weights": "", "arch": "resnet18", "stages": 4, "dataset": ""},
+}
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -85,8 +91,9 @@ def ensure_stage(run: Callable, config, workdir: str, overrides=None, *, given: 
 
     A finished stage of the caller's own (``given`` False: a folder it chose, e.g.
     ``<workdir>/similarity``) is reused only with the settings it ran with (``STAGE_RECORD``,
-    written when it finishes; ``EXECUTION_FIELDS`` aside): otherwise a ValueError names every field
-    that differs. ``given``:
+    written when it finishes; ``EXECUTION_FIELDS`` aside; a field of ``ADDED_FIELDS`` that the record
+    lacks counts as recorded at its value there): otherwise a ValueError names every field that
+    differs. ``given``:
     the user (or a parent stage) named ``workdir`` (e.g. ``similarity_workdir``): it must exist, so
     a mistyped path is an error instead of a new run there, and what it holds is used as it is.
     Returns ``workdir``."""
@@ -100,6 +107,7 @@ def ensure_stage(run: Callable, config, workdir: str, overrides=None, *, given: 
         if not given and os.path.exists(record):
             with open(record, encoding="utf-8") as f:
                 recorded = json.load(f)
+            recorded = {**{k: v for k, v in ADDED_FIELDS.items() if k in requested}, **recorded}
             changed = _differences({k: v for k, v in recorded.items() if k not in EXECUTION_FIELDS},
                                    {k: v for k, v in requested.items() if k not in EXECUTION_FIELDS})
             if changed:

@@ -2,7 +2,8 @@
 
     python -m experiments.train_attributes --config=experiments/configs/attributes_shapes.py:runlocal --workdir=DIR
 
-Stages: the similarity model (``similarity_workdir``, trained first when absent), the training
+Stages: the similarity model (``similarity_workdir``, trained first when absent, or a model of your
+own: ``similarity_model``, see ``experiments.similarity_source``), the training
 saliency cache (``<workdir>/saliency_cache``, resumable shards), then one run per lambda
 (``<workdir>/lambda_<value>/checkpoints``, best by validation mAP). ``results.json``:
 ``{"runs": [{"lambda", "test_map", "val_map", "best_epoch", "checkpoint_dir"}], "seed", ...}``
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from experiments import train_similarity, validation
-from experiments.stages import WorkdirLock, ensure_stage, flags_main
+from experiments import similarity_source, validation
+from experiments.stages import WorkdirLock, flags_main
 from simexplain_jax.attributes.saliency_cache import training_saliency
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
@@ -30,16 +31,13 @@ from simexplain_jax.data.pipeline import Preprocess, make_loader
 from simexplain_jax.data.sources import InMemorySource
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.io import write_json_atomic
-from simexplain_jax.models import embed_fn
 from simexplain_jax.models.attributes import AttributePredictor
 from simexplain_jax.models.factory import backbone
-from simexplain_jax.models.loading import load_trained
 from simexplain_jax.train import similarity as sim
 from simexplain_jax.train.attributes import (CONCEPTS_FILE, THRESHOLDS_FILE, evaluate_map, make_attribute_step,
                                              predict)
 from simexplain_jax.attributes import Thresholds, fit_concepts, save_concepts
 from simexplain_jax.engine import apply_in_chunks
-from simexplain_jax.saliency.cache import fingerprint
 from simexplain_jax.data.datasets import attribute_names as dataset_attribute_names
 from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
@@ -64,16 +62,13 @@ def run(config, workdir: str) -> dict:
 def train(config, workdir: str, lambdas: list) -> dict:
     start_time = time.perf_counter()
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
-    sim_dir = ensure_stage(train_similarity.run, config.similarity_config,
-                           config.similarity_workdir or os.path.join(workdir, "similarity"),
-                           {"data_dir": data_dir, "manual_dir": config.manual_dir},
-                           given=bool(config.similarity_workdir))
-    model, variables, sim_config = load_trained_similarity(sim_dir)
-    splits = attribute_splits(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir)
+    dataset, record = similarity_source.prepare(config, workdir, data_dir)
+    splits = attribute_splits(dataset, data_dir=data_dir, manual_dir=config.manual_dir)
     train = splits["train"]
     images = normalize_images(train.images)
+    sim_model = similarity_source.load(record, images.shape[1])
     num_attributes = train.attributes.shape[1]
-    attribute_names = dataset_attribute_names(sim_config["dataset"], data_dir=data_dir, manual_dir=config.manual_dir)
+    attribute_names = dataset_attribute_names(dataset, data_dir=data_dir, manual_dir=config.manual_dir)
 
     # the training saliency cache (query-major through explain_pairs), for the first cache_images images
     references = positive_references(groups_from_labels(train.groups.tolist()), len(images), config.max_references,
@@ -82,7 +77,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
     probe = AttributePredictor(backbone(config.model, width=config.width, stages=config.stages), num_attributes)
     grid = jax.eval_shape(probe.init_with_output, jax.random.key(0), jnp.zeros((1, *images.shape[1:])))[0][1].shape[1]
     bar = tqdm(total=cached, desc="training saliency", unit="image")
-    maps, valid = training_saliency(config.saliency_method, embed_fn(model, variables), images,
+    maps, valid = training_saliency(config.saliency_method, sim_model.embed, images,
                                     references[:cached], key=jax.random.key(config.seed),
                                     config=config.saliency.to_dict(), grid=grid, max_references=config.max_references,
                                     directory=os.path.join(workdir, "saliency_cache"), shard_size=config.shard_size,
@@ -96,10 +91,9 @@ def train(config, workdir: str, lambdas: list) -> dict:
     val_images = normalize_images(splits["validation"].images)
     test_images = normalize_images(splits["test"].images)
     # the similarity model's concept directions (for the concept selector of experiments.explain), from training images
-    similarity_embed = embed_fn(model, variables)
-    concepts = fit_concepts(apply_in_chunks(similarity_embed, images), train.attributes, split="train",
+    concepts = fit_concepts(apply_in_chunks(sim_model.embed, images), train.attributes, split="train",
                             ridge=CONCEPT_RIDGE)
-    model_fingerprint = fingerprint(similarity_embed)
+    model_fingerprint = sim_model.fingerprint
     steps_per_epoch = max(len(images) // config.batch_size, 1)
     runs = []
     for lam in lambdas:
@@ -150,7 +144,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
                                                    splits["validation"].attributes),
                      "best_epoch": best_step // steps_per_epoch, "checkpoint_dir": checkpoint_dir, "history": history})
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "history"}), flush=True)
-    results = {"runs": runs, "seed": config.seed, "dataset": sim_config["dataset"], "similarity_workdir": sim_dir,
+    results = {"runs": runs, "seed": config.seed, "dataset": dataset, **sim_model.record,
                "saliency_method": config.saliency_method, "num_cache_images": cached,
                "classification": config.classification, "saliency_normalization": config.saliency_normalization,
                "seconds": time.perf_counter() - start_time}
@@ -159,10 +153,6 @@ def train(config, workdir: str, lambdas: list) -> dict:
     for r in runs:
         print(f"| {r['lambda']:g} | {r['test_map']:.2f} | {r['val_map']:.2f} | {r['best_epoch']} |")
     return results
-
-
-def load_trained_similarity(sim_dir):
-    return load_trained(os.path.join(sim_dir, "checkpoints"))
 
 
 def main():

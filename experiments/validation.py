@@ -17,6 +17,7 @@ from simexplain_jax import parallel
 from simexplain_jax.data import reference_files
 from simexplain_jax.imageops import normalized_color
 from simexplain_jax.models.factory import BACKBONES
+from simexplain_jax.models.user import ARCHS
 from simexplain_jax.data.datasets import check_dataset
 from simexplain_jax.train.triplet import MININGS
 
@@ -79,6 +80,28 @@ def check_similarity_config(config) -> None:
         reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
 
 
+def check_similarity_model(config) -> None:
+    """A model of your own (``experiments.similarity_source``): refuses a ``similarity_model`` group
+    that names two models, a bad ``arch`` or ``stages``, a missing weights file, or a model of your
+    own together with ``similarity_workdir``."""
+    group = config.get("similarity_model")
+    if group is None:
+        return
+    if group.factory and group.torchvision_weights:
+        raise ValueError("config.similarity_model names two models: give factory or torchvision_weights, not both")
+    if group.arch not in ARCHS:
+        raise ValueError(f"config.similarity_model.arch must be one of {ARCHS}, got {group.arch!r}")
+    if isinstance(group.stages, bool) or not isinstance(group.stages, int) or not 1 <= group.stages <= 4:
+        raise ValueError(f"config.similarity_model.stages must be an integer in 1..4, got {group.stages!r}")
+    if group.torchvision_weights and not os.path.isfile(group.torchvision_weights):
+        raise FileNotFoundError(f"config.similarity_model.torchvision_weights {group.torchvision_weights!r} does not exist")
+    if group.factory and ":" not in group.factory:
+        raise ValueError(f"config.similarity_model.factory must be package.module:factory, got {group.factory!r}")
+    if (group.factory or group.torchvision_weights) and config.get("similarity_workdir"):
+        raise ValueError("config.similarity_model and config.similarity_workdir both name a similarity model: "
+                         "give one")
+
+
 def sequence(value, name: str) -> list:
     """``value`` (a list or tuple, as configs hold them) as a list; a string or anything else raises
     naming the field (a comma string is no longer split by hand)."""
@@ -113,6 +136,7 @@ def method_config(config, name: str) -> dict:
 def check_saliency_config(config) -> list[tuple[str, str, str]]:
     """saliency_eval; returns the parsed rows."""
     rows = parse_rows(config.rows)
+    check_similarity_model(config)
     if config.test_pairs:  # a packaged pair list ("reference:NAME") or an existing file
         reference_files.check_pair_file(config.test_pairs, "config.test_pairs")
     if config.split not in SPLITS:
@@ -149,6 +173,7 @@ def check_attributes_config(config) -> list[float]:
                           for lam in lambdas):
         raise ValueError(f"config.lambdas must be non-negative numbers (at least one), got {config.lambdas!r}")
     lambdas = [float(lam) for lam in lambdas]
+    check_similarity_model(config)
     if config.model not in BACKBONES:
         raise ValueError(f"config.model must be one of {BACKBONES}, got {config.model!r}")
     number(config.learning_rate, "learning_rate", 0.0, low_open=True)
@@ -176,6 +201,7 @@ def check_explain_attributes_config(config) -> list[float]:
     if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1 for w in weights):
         raise ValueError(f"config.weights must be numbers in [0, 1] (at least one), got {config.weights!r}")
     weights = [float(w) for w in weights]
+    check_similarity_model(config)
     if config.split not in SPLITS:
         raise ValueError(f"config.split must be one of {SPLITS}, got {config.split!r}")
     integer(config.num_pairs, "num_pairs", 1)

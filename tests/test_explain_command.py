@@ -140,7 +140,7 @@ def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_a
     from test_user_models import state_dict_tensors, write_torch_zip
 
     section = readme_section("Explain your own pairs")
-    (bash,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    bash = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
     commands = [shlex.split(c) for c in bash.replace("\\\n", " ").splitlines() if c.startswith("python -m")]
     (factory,) = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(commands) == 4 and {c[2] for c in commands} == {"experiments.explain"}
@@ -170,3 +170,27 @@ def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_a
             assert "a.png ~ b.jpg: similarity" in proc.stdout and "top correspondences" in proc.stdout, proc.stdout
         if "--attributes" in " ".join(command):
             assert "top attributes (concept selector)" in proc.stdout
+
+
+def test_the_readmes_saliency_eval_command_explains_the_readmes_factory(tmp_path, shapes32_dir):
+    """The README's ``saliency_eval`` command with ``--config.similarity_model.factory`` (the README's
+    NNX factory, 64 px input, fed the 32 px benchmark resized), on the small benchmark with one row."""
+    import shlex
+
+    section = readme_section("Explain your own pairs")
+    experiments_block = re.findall(r"```bash\n(.*?)```", section, re.S)[1]
+    commands = [shlex.split(c) for c in experiments_block.replace("\\\n", " ").splitlines() if c.startswith("python -m")]
+    assert [c[2] for c in commands] == ["experiments.saliency_eval", "experiments.sane"]
+    assert any(a.startswith("--config.similarity_model.torchvision_weights=") for a in commands[1])
+    (factory,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (tmp_path / "my_models.py").write_text(factory)
+    command = [a + ":runlocal" if a.startswith("--config=") else a for a in commands[0][1:]]
+    proc = subprocess.run([sys.executable, *command, f"--config.data_dir={shapes32_dir}", "--config.rows=rise:fixed",
+                           "--config.num_pairs=4", "--config.insertion_steps=11"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT])))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "workdir" / "my_model_saliency" / "results.json") as f:
+        results = json.load(f)
+    assert results["similarity_model"]["factory"] == "my_models:factory" and results["dataset"] == "shapes/32px"
+    assert [r["method"] for r in results["rows"]] == ["rise"] and not (tmp_path / "workdir" / "my_model_saliency" /
+                                                                        "similarity").exists()

@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from simexplain_jax.models import (SimilarityModel, check_embeddings, from_function, from_linen, from_nnx,
                                    load_factory, read_state_dict, torchvision_resnet)
+from simexplain_jax.imageops import normalize_images
 from simexplain_jax.models.torch_zip import read_torch_zip
 from test_models import np_resnet, torchvision_state_dict
 
@@ -290,3 +291,38 @@ def test_model_factories_by_name(tmp_path, monkeypatch):
                           ("my_models:wrong", r"wrong\(\) must return a simexplain_jax.models.SimilarityModel")]:
         with pytest.raises(ValueError, match=message):
             load_factory(spec)
+
+
+def _patch_embed(w, images):
+    b, s = images.shape[0], images.shape[1]
+    return images.reshape(b, s // 4, 4, s // 4, 4, 3).mean(axis=(2, 4)).reshape(b, -1) @ w
+
+
+def test_embed_fn_for_renormalises_and_resizes_the_datasets_images():
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(6 * 6 * 3, 5)), jnp.float32)
+    model = from_function(_patch_embed, w, image_size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    data = jnp.asarray(normalize_images(pixels))  # the library's images: ImageNet-normalised, 32 px
+    adapted = model.embed_fn_for(32)
+    # written out: back to pixels, the model's normalisation, then resized to its side
+    own = (np.asarray(pixels, np.float32) / 255.0 - np.asarray(model.mean)) / np.asarray(model.std)
+    expected = _patch_embed(w, jax.image.resize(jnp.asarray(own, jnp.float32), (3, 24, 24, 3), "linear",
+                                                antialias=True))
+    np.testing.assert_allclose(adapted(data), expected, rtol=1e-5, atol=1e-5)
+    # at its own size and normalisation nothing is adapted; at its size with other statistics only renormalised
+    assert model.embed_fn_for(24, model.mean, model.std) is model.embed_fn
+    assert model.same_input(24, model.mean, model.std) and not model.same_input(24)
+    own24 = (np.asarray(pixels[:, :24, :24], np.float32) / 255.0 - np.asarray(model.mean)) / np.asarray(model.std)
+    np.testing.assert_allclose(model.embed_fn_for(24)(normalize_images(pixels[:, :24, :24])),
+                               _patch_embed(w, jnp.asarray(own24, jnp.float32)), rtol=1e-5, atol=1e-5)
+    # the weights stay traced: two models of the same shapes through one jitted function trace once
+    other = from_function(_patch_embed, w + 1.0, image_size=24, mean=model.mean, std=model.std)
+    traces = []
+
+    @jax.jit
+    def embed(f, images):
+        traces.append(1)
+        return f(images)
+
+    first, second = embed(model.embed_fn_for(32), data), embed(other.embed_fn_for(32), data)
+    assert len(traces) == 1 and not np.allclose(first, second)

@@ -5,7 +5,7 @@ python -m experiments.train_attributes --config=experiments/configs/attributes_s
 
 import ml_collections
 
-from experiments.configs.common import parse_arg
+from experiments.configs.common import parse_arg, similarity_model
 
 
 def get_config(arg=None):
@@ -13,6 +13,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.similarity_config = "experiments/configs/similarity_shapes.py"
     config.similarity_workdir = ""  # empty: <workdir>/similarity (trained there when absent)
+    config.similarity_model = similarity_model()  # or a model of your own (factory or torchvision_weights)
     config.data_dir = ""
     config.manual_dir = ""
     config.seed = 0

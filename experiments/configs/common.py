@@ -33,6 +33,14 @@ def parse_arg(arg, **spec) -> ml_collections.ConfigDict:
     return result
 
 
+def similarity_model() -> ml_collections.ConfigDict:
+    """The ``similarity_model`` group: a model of your own instead of the trained one
+    (``experiments.similarity_source``); empty by default (the trained model)."""
+    from experiments.stages import ADDED_FIELDS
+
+    return ml_collections.ConfigDict(dict(ADDED_FIELDS["similarity_model"]))
+
+
 def real_similarity_config(arg, dataset: str, test_pairs: str, num_steps: int):
     """A similarity config at the paper's settings (ResNet-18 cut after layer3, 64-d, lr 5e-5, 112 px)
     on a downloaded dataset; ``runlocal`` shrinks it to a few steps of a slim network."""

@@ -6,7 +6,7 @@ python -m experiments.explain_attributes --config=experiments/configs/explain_at
 
 import ml_collections
 
-from experiments.configs.common import parse_arg
+from experiments.configs.common import parse_arg, similarity_model
 
 
 def get_config(arg=None):
@@ -15,6 +15,7 @@ def get_config(arg=None):
     config.attributes_config = "experiments/configs/attributes_shapes.py"
     config.attributes_workdir = ""  # empty: <workdir>/attributes (trained there when absent)
     config.similarity_workdir = ""  # passed to the attributes stage when it has to run
+    config.similarity_model = similarity_model()  # the same, a model of your own
     config.data_dir = ""
     config.manual_dir = ""
     config.split = "test"

@@ -8,7 +8,7 @@ has no results.json, this experiment trains it first with ``similarity_config``.
 
 import ml_collections
 
-from experiments.configs.common import parse_arg
+from experiments.configs.common import parse_arg, similarity_model
 
 ROWS = (("rise", "fixed"), ("rise", "variable"), ("sliding_window", "fixed"), ("sliding_window", "variable"),
         ("lime", "fixed"), ("lime", "variable"), ("perturbation", "fixed"), ("perturbation", "variable"),
@@ -20,6 +20,8 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.similarity_config = "experiments/configs/similarity_shapes.py"
     config.similarity_workdir = ""
+    # or a model of your own, not trained here: factory="package.module:factory" or torchvision_weights=FILE
+    config.similarity_model = similarity_model()
     config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
     config.manual_dir = ""
     config.split = "test"

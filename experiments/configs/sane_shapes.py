@@ -9,7 +9,7 @@ that the whole demo runs in about 10 minutes on a 2-core CPU).
 
 import ml_collections
 
-from experiments.configs.common import parse_arg
+from experiments.configs.common import parse_arg, similarity_model
 
 
 def get_config(arg=None):
@@ -18,6 +18,8 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.data_dir = ""  # TFDS data folder; empty: <workdir>/tfds
     config.similarity_config = "experiments/configs/similarity_shapes.py" + suffix
+    # a model of your own (factory="package.module:factory" or torchvision_weights=FILE): no similarity stage
+    config.similarity_model = similarity_model()
     config.saliency_config = "experiments/configs/saliency_shapes.py" + suffix
     config.attributes_config = "experiments/configs/attributes_shapes.py" + suffix
     config.explain_config = "experiments/configs/explain_attributes_shapes.py" + suffix

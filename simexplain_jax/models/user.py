@@ -82,6 +82,49 @@ class SimilarityModel:
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         return ((np.asarray(images, np.float32) / 255.0) - mean) / std
 
+    def same_input(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> bool:
+        """Whether images of side ``image_size`` normalised with ``mean`` and ``std`` are what the
+        model takes as they are."""
+        return (int(image_size) == self.image_size and np.allclose(self.mean, mean, rtol=0, atol=1e-7)
+                and np.allclose(self.std, std, rtol=0, atol=1e-7))
+
+    def embed_fn_for(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
+        """``embed_fn`` for images prepared otherwise: square, of side ``image_size``, normalised
+        with ``mean`` and ``std`` (a dataset's images, e.g. the library's ImageNet-normalised ones).
+
+        Each batch is renormalised to the model's ``mean`` and ``std`` and resized (linear,
+        antialiased) to its ``image_size``; ``embed_fn`` itself when nothing differs. The result
+        is a ``jax.tree_util.Partial`` whose weights stay traced.
+
+        Args:
+          image_size: the side of the images that will be passed.
+          mean: their per-channel mean (pixels in [0, 1]).
+          std: their per-channel standard deviation.
+
+        Returns:
+          ``images [B, image_size, image_size, 3] -> [B, D]``.
+        """
+        if self.same_input(image_size, mean, std):
+            return self.embed_fn
+        data_mean, data_std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        own_mean, own_std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        # x_data = (p - m_data) / s_data and x_own = (p - m_own) / s_own, so x_own = x_data * scale + shift
+        scale, shift = data_std / own_std, (data_mean - own_mean) / own_std
+        return Partial(_Renormalize(self.image_size), self.embed_fn, jnp.asarray(scale), jnp.asarray(shift))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Renormalize:
+    """``embed_fn(resize(images * scale + shift))``, resized only when the side differs (static)."""
+    image_size: int
+
+    def __call__(self, embed_fn, scale, shift, images):
+        images = images * scale + shift
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            images = jax.image.resize(images, (images.shape[0], self.image_size, self.image_size, images.shape[3]),
+                                      "linear", antialias=True)
+        return embed_fn(images)
+
 
 @dataclasses.dataclass(frozen=True)
 class _LinenApply:
