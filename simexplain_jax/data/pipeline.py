@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from simexplain_jax.data.preprocess import normalize_images
+from simexplain_jax.data.sources import InMemorySource
 
 PAPER_IMAGE_SIZE = 112
 
@@ -131,7 +132,11 @@ def make_loader(
                                           num_epochs=num_epochs, seed=seed)
     operations = ([] if preprocess is None else [preprocess]) + [grain.transforms.Batch(batch_size,
                                                                                          drop_remainder=drop_remainder)]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=worker_count)
+    # an in-memory source is read in this thread: grain's read threads and their prefetch bookkeeping
+    # (it polls every buffered future per record) cost more than copying a record from an array
+    read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if isinstance(source, InMemorySource) else None
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=worker_count,
+                            read_options=read_options)
 
 
 def load_all(source, preprocess: Preprocess = Preprocess(), batch_size: int = 512) -> dict:
