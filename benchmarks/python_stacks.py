@@ -91,9 +91,9 @@ def summarize(path: str) -> None:
     for measure, label in (("floor", "floor: plain batched forward, seconds"),
                            ("rise_one_reference", "`sx.saliency.rise`, one pair: seconds")):
         print(f"| {label} | " + " | ".join(f"{c[measure]:.3f}" for c in columns) + " |")
-        print(f"| speed-up over the first column | "
+        print("| speed-up over the first column | "
               + " | ".join(f"{columns[0][measure] / c[measure]:.2f}" for c in columns) + " |")
-    print(f"| runs per stack (best kept) | " + " | ".join(str(c["runs"]) for c in columns) + " |")
+    print("| runs per stack (best kept) | " + " | ".join(str(c["runs"]) for c in columns) + " |")
 
 
 def main(argv):
