@@ -260,7 +260,8 @@ def rise_masks(image_shape: Sequence[int], *, key: jax.Array, num_masks: int = 2
 
     ``image_shape`` is ``(H, W)`` or ``(H, W, C)``. Equal to the masks the saliency engine
     generates from the same key and sampler, so ``rise(..., key=k)`` equals
-    ``rise(..., masks=rise_masks(query.shape, key=k, ...))``.
+    ``rise(..., masks=rise_masks(query.shape, key=k, sampler="orthogonal", ...))`` (``Rise``'s
+    default sampler; this function's default stays ``"iid"``, the original RISE masks).
     """
     num_masks, grid_size, p = check_rise_options(num_masks, grid_size, p)
     shape = _check_image_shape(image_shape)

@@ -52,7 +52,8 @@ def test_key_equals_the_masks_it_generates(linear_model):
     ref = embed(query[None])[0]
     key = jax.random.key(7)
     from_key = sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4).maps
-    masks = sx.masks.rise_masks((16, 16), key=key, num_masks=40, grid_size=4, p=0.4)
+    # Rise's default sampler is the orthogonal one (rise_masks' default stays the original i.i.d. recipe)
+    masks = sx.masks.rise_masks((16, 16), key=key, num_masks=40, grid_size=4, p=0.4, sampler="orthogonal")
     np.testing.assert_allclose(from_key, sx.saliency.rise(embed, query, ref, masks=masks, p=0.4).maps, rtol=1e-6)
     np.testing.assert_array_equal(from_key, sx.saliency.rise(embed, query, ref, key=key, num_masks=40, grid_size=4, p=0.4).maps)
 
@@ -169,8 +170,9 @@ def test_rise_variable_equals_mean_of_naive_maps(linear_model):
                                          grid_size=4).maps
     explicit = sx.saliency.rise_variable(
         embed, query, reference, masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 0), num_masks=40,
-                                                           grid_size=4),
-        reference_masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=5, grid_size=4)).maps
+                                                           grid_size=4, sampler="orthogonal"),
+        reference_masks=sx.masks.rise_masks((16, 16), key=jax.random.fold_in(key, 1), num_masks=5, grid_size=4,
+                                            sampler="orthogonal")).maps
     np.testing.assert_allclose(from_key, explicit, rtol=1e-6)
 
 

@@ -42,7 +42,7 @@ def get_config(arg=None):
         rise_pair_500_orthogonal=dict(method="rise_pair", num_masks=500, sampler="orthogonal"),
         rise_pair_1000=dict(method="rise_pair", num_masks=1000, sampler="iid"),
         integrated_cross_jacobian=dict(method="integrated_cross_jacobian", num_steps=8),  # 8 x 64 VJPs per image
-        rise=dict(method="rise", num_masks=2000),
+        rise=dict(method="rise", num_masks=2000, sampler="iid"),  # RISE as published (the default: orthogonal)
         random=dict(method="random"),
     ))
     if args.runlocal:

@@ -40,7 +40,8 @@ def get_config(arg=None):
     # multi-host: "host:port" with num_processes and process_id per host, or "auto" where JAX detects the cluster
     config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     config.methods = ml_collections.ConfigDict(dict(
-        # sampler: sx.masks.SAMPLERS; tolerance: stop once the map's standard error is below this
+        # sampler: sx.masks.SAMPLERS ("iid": RISE as published, for the paper's table; the library's
+        # default is "orthogonal"); tolerance: stop once the map's standard error is below this
         # fraction of its range (num_masks is then the maximum), e.g. --config.methods.rise.tolerance=0.02
         rise=dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250, sampler="iid",
                   tolerance=ml_collections.config_dict.placeholder(float)),
