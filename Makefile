@@ -18,7 +18,7 @@ ifeq ($(origin PYTHON),undefined)
 PYTHON = $(eval PYTHON := $(shell .ci/find_python))$(PYTHON)
 endif
 
-.PHONY: demo test bench bench-stacks clean FORCE
+.PHONY: demo demo-full test bench bench-stacks clean FORCE
 
 # Holds the chosen interpreter's version; rewritten (making the stamp stale) only when it changes.
 # A venv built by another version is removed first.
@@ -40,6 +40,10 @@ $(STAMP): pyproject.toml $(PYTHON_RECORD)
 
 demo: $(STAMP)
 	$(BIN)/python -m experiments.sane --config=experiments/configs/sane_shapes.py --workdir=workdir/demo
+
+# every stage at its full size (the protocol of the numbers in docs/)
+demo-full: $(STAMP)
+	$(BIN)/python -m experiments.sane --config=experiments/configs/sane_shapes.py:full --workdir=workdir/demo-full
 
 # The suite runs in two processes: the library's tests, then the tests that share the session's dataset and
 # trained model (the experiments). One process for all of them accumulated enough compiled programs to

@@ -36,6 +36,7 @@ CONFIGS_PACKAGE = "experiments.configs"
 ADDED_FIELDS = {
     # a similarity model of your own (experiments.similarity_source); empty: the trained one, as before
     "similarity_model": {"factory": "", "torchvision_weights": "", "arch": "resnet18", "stages": 4, "dataset": ""},
+    "patience": 0,  # early stopping of the training stages; 0: off, as before
 }
 
 

@@ -128,7 +128,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
                                                             splits["validation"].attributes)}
         state, history = fit(state, step, iterator, num_steps=num_steps, checkpointer=checkpointer,
                              evaluate=evaluate, eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch,
-                             on_step=on_step)
+                             on_step=on_step, patience=config.patience)
         bar.close()
         best_step = checkpointer.best_step()
         best = checkpointer.restore_variables(state.variables())
@@ -142,7 +142,8 @@ def train(config, workdir: str, lambdas: list) -> dict:
                      "test_map": 100 * evaluate_map(predictor, best, test_images, splits["test"].attributes),
                      "val_map": 100 * evaluate_map(predictor, best, val_images,
                                                    splits["validation"].attributes),
-                     "best_epoch": best_step // steps_per_epoch, "checkpoint_dir": checkpoint_dir, "history": history})
+                     "best_epoch": best_step // steps_per_epoch, "epochs": int(state.step) // steps_per_epoch,
+                     "checkpoint_dir": checkpoint_dir, "history": history})
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "history"}), flush=True)
     results = {"runs": runs, "seed": config.seed, "dataset": dataset, **sim_model.record,
                "saliency_method": config.saliency_method, "num_cache_images": cached,

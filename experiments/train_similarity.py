@@ -5,7 +5,9 @@
 Outputs in the workdir: ``checkpoints/`` (the latest step and the best by validation pair AUC,
 ``config.json``), ``results.json`` with ``test_pair_auc`` (of the best checkpoint),
 ``validation_pair_auc``, ``best_step``, ``steps``, ``seconds`` (this invocation's wall clock),
-``checkpoint_dir``, ``history`` (validation AUC over steps), ``model`` and ``dataset``. Run the
+``checkpoint_dir``, ``history`` (validation AUC over steps), ``model`` and ``dataset``. With
+``patience`` > 0 training stops once that many evaluations in a row have not improved the
+validation AUC (``stopped_early``). Run the
 same command again after an interruption: it resumes from the last checkpoint. A NaN or infinite
 loss stops the run with an error naming the step (nothing trained through it is saved); one run
 per workdir at a time (``<workdir>/.lock``).
@@ -67,8 +69,9 @@ def train(config, workdir: str) -> dict:
         state = parallel.place_state(state, mesh, config.param_sharding)
         train_step = parallel.data_parallel(train_step, mesh)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
-    saved_config = dict(config.to_dict(), num_conditions=data.num_conditions, image_size=data.image_size,
-                        steps_per_epoch=steps_per_epoch)
+    # patience says when to stop, not what a step computes: a run may resume under another one
+    saved_config = dict({k: v for k, v in config.to_dict().items() if k != "patience"},
+                        num_conditions=data.num_conditions, image_size=data.image_size, steps_per_epoch=steps_per_epoch)
     checkpointer = Checkpointer(checkpoint_dir, metric="val_auc", config=saved_config)
 
     def evaluate(state):
@@ -83,7 +86,7 @@ def train(config, workdir: str) -> dict:
 
     state, history = fit(state, train_step, iterator, num_steps=config.num_steps, checkpointer=checkpointer,
                          evaluate=evaluate, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-                         on_step=on_step)
+                         on_step=on_step, patience=config.patience)
     bar.close()
     best_step = checkpointer.best_step()
     best = checkpointer.restore_variables(state.variables()) if best_step is not None else state.variables()
@@ -94,6 +97,7 @@ def train(config, workdir: str) -> dict:
         "validation_pair_auc": sim.evaluate_pairs(model, best, data.validation),
         "best_step": best_step,
         "steps": int(state.step),
+        "stopped_early": int(state.step) < config.num_steps,
         "seconds": time.perf_counter() - start_time,
         "checkpoint_dir": checkpoint_dir,
         "num_test_pairs": int(len(data.test.labels)),

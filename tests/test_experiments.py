@@ -347,3 +347,20 @@ def test_every_config_loads_and_sane_overrides_name_real_fields(variant):
         assert target == configs[os.path.basename(getattr(sane, field).split(":")[0])[:-3]]
         # sets every override, raising on one that names a field the stage's config does not have
         override(target, getattr(sane.stages, stage), where=f"sane stage {stage}")
+
+
+def test_the_full_demo_runs_every_stage_at_its_own_configs_size(tmp_path):
+    from experiments import sane
+    from experiments.stages import load_config
+
+    plan = sane.stage_plan(load_config("experiments/configs/sane_shapes.py:full"), str(tmp_path))
+    for name, field in (("similarity", "similarity_shapes"), ("saliency", "saliency_shapes"),
+                        ("attributes", "attributes_shapes"), ("explanations", "explain_attributes_shapes")):
+        own = load_config(field).to_dict()
+        planned = plan[name][1].to_dict()
+        # only the links sane sets (the data folder and the earlier stages' folders) differ
+        assert {k for k in own if own[k] != planned[k]} <= {"data_dir", "similarity_workdir", "attributes_workdir"}
+    demo = sane.stage_plan(load_config("experiments/configs/sane_shapes.py"), str(tmp_path))
+    assert demo["saliency"][1].num_pairs < plan["saliency"][1].num_pairs
+    with pytest.raises(ValueError, match="runlocal and full exclude each other"):
+        load_config("experiments/configs/sane_shapes.py:runlocal,full")

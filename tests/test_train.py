@@ -277,3 +277,39 @@ def test_write_atomic_replaces_whole_files_or_leaves_them(tmp_path):
     assert json.loads((tmp_path / "j.json").read_text()) == {"a": [1.5], "b": 1}
     with pytest.raises(TypeError, match="content must be"):
         write_atomic(tmp_path / "n", 3)
+
+
+@pytest.mark.parametrize("values, mode, patience, expected", [
+    ([0.5, 0.7, 0.6, 0.65], "max", 2, True), ([0.5, 0.7, 0.6, 0.71], "max", 2, False),
+    ([0.5, 0.7, 0.7], "max", 1, True), ([0.5, 0.7, 0.6], "max", 0, False), ([0.5, 0.7], "max", 2, False),
+    ([0.5, 0.3, 0.4, 0.35], "min", 2, True), ([0.5, 0.3, 0.4, 0.2], "min", 2, False)])
+def test_stalled_counts_evaluations_without_improvement(values, mode, patience, expected):
+    from simexplain_jax.train.loop import stalled
+
+    history = [{"step": i, "m": v} for i, v in enumerate(values)]
+    assert stalled(history, "m", mode, patience) is expected
+
+
+def test_early_stopping_stops_after_patience_evaluations_and_a_resume_stops_there_too(tmp_path):
+    rng = np.random.default_rng(0)
+    source = InMemorySource({"image": rng.integers(0, 255, (64, 16, 16, 3), dtype=np.uint8),
+                             "label": np.repeat(np.arange(4), 16)})
+    scores = {2: 0.5, 4: 0.8, 6: 0.7, 8: 0.75, 10: 0.9, 12: 0.95}  # best at 4, then two evaluations without gain
+
+    def run(num_steps, patience):
+        model, _, state = small_setup()  # the step donates its state: a new one per run
+        iterator = iter(make_loader(source, batch_size=16, preprocess=Preprocess(keys=("label",)), seed=0,
+                                    num_epochs=None, drop_remainder=True, shard_index=0, shard_count=1))
+        checkpointer = Checkpointer(str(tmp_path / f"p{patience}"), metric="val_auc", config={"test": True})
+        out = fit(state, sim.make_train_step(model), iterator, num_steps=num_steps, checkpointer=checkpointer,
+                  evaluate=lambda s: {"val_auc": scores[int(s.step)]}, eval_every=2, patience=patience)
+        best = checkpointer.best_step()
+        checkpointer.close()
+        return out, best
+
+    (stopped, history), best = run(12, patience=2)
+    assert int(stopped.step) == 8 and [h["step"] for h in history] == [2, 4, 6, 8] and best == 4
+    (again, history_again), _ = run(12, patience=2)  # rerun on the same folder: stopped already, no step taken
+    assert int(again.step) == 8 and history_again == history
+    (full, history_full), best_full = run(12, patience=0)  # no patience: every step, as before
+    assert int(full.step) == 12 and best_full == 12 and len(history_full) == 6

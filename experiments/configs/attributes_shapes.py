@@ -25,6 +25,7 @@ def get_config(arg=None):
     config.lambdas = (0.0, 0.005, 0.1)  # one run each; override e.g. --config.lambdas="(0.0, 0.1)"
     config.batch_size = 128
     config.num_epochs = 10
+    config.patience = 0  # > 0: stop once that many epochs in a row have not improved the validation mAP
     config.learning_rate = 5e-4
     config.lr_decay_rate = 0.985
     config.saliency_method = "rise"

@@ -29,5 +29,5 @@ def get_config(arg=None):
         config.stages.saliency.num_pairs = 6
         config.stages.explanations.num_pairs = 4
     else:
-        config.stages.similarity = dict(dataset=dataset, num_steps=1000, num_eval_pairs=200)
+        config.stages.similarity = dict(dataset=dataset, num_steps=1000, num_eval_pairs=200, patience=2)
     return config

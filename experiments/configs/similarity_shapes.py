@@ -27,6 +27,7 @@ def base_config():
     config.margin = 0.2
     config.mining = "semi_hard"
     config.eval_every = 250
+    config.patience = 0  # > 0: stop once that many evaluations in a row have not improved the validation AUC
     config.checkpoint_every = 500
     config.num_eval_pairs = 2000
     config.seed = 0

@@ -48,9 +48,20 @@ def restore_or_init(checkpointer: Checkpointer, state, iterator) -> tuple[object
     return state, int(meta["step"]), list(meta.get("history", []))
 
 
+def stalled(history: list, metric: str, mode: str, patience: int) -> bool:
+    """Whether none of the last ``patience`` evaluations of ``history`` improved on the best
+    ``metric`` before them (``mode``: ``"max"`` or ``"min"``; a tie is no improvement); never with
+    ``patience`` 0."""
+    values = [h[metric] for h in history if metric in h]
+    if patience < 1 or len(values) <= patience:
+        return False
+    earlier, recent = values[:-patience], values[-patience:]
+    return max(recent) <= max(earlier) if mode == "max" else min(recent) >= min(earlier)
+
+
 def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: Checkpointer,
         evaluate: Optional[Callable[[object], dict]] = None, eval_every: int = 0, checkpoint_every: int = 0,
-        on_step: Optional[Callable[[int, dict], None]] = None):
+        on_step: Optional[Callable[[int, dict], None]] = None, patience: int = 0):
     """Runs ``train_step`` from the checkpointed step (or 0) up to ``num_steps``.
 
     Every ``eval_every`` steps (and at the end) ``evaluate(state)`` returns metrics (holding the
@@ -63,9 +74,16 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
     ``train_step``'s metrics must hold ``"loss"``: a non-finite loss raises ``FloatingPointError``
     naming the first such step, before anything trained through it is evaluated or saved; so do
     non-finite parameters, checked before each evaluation and save.
+
+    ``patience`` > 0 stops early: after an evaluation, when the checkpointer's metric has not
+    improved on its best for that many evaluations in a row (the state is saved at that step; a
+    resumed run that finds it so in the restored history stops at once). The best checkpoint is
+    the one the full run would have chosen so far.
     """
     state, step, history = restore_or_init(checkpointer, state, iterator)
     first_bad = jnp.asarray(-1, jnp.int32)
+    if stalled(history, checkpointer.metric, checkpointer.mode, patience):
+        return state, history
 
     def check_finite():
         bad = int(first_bad)
@@ -107,6 +125,8 @@ def fit(state, train_step: Callable, iterator, *, num_steps: int, checkpointer: 
             history.append({"step": step, **results})
         if results is not None or (checkpoint_every and step % checkpoint_every == 0) or last:
             checkpointer.save(step, state, meta(step), metrics=results)
+        if results is not None and stalled(history, checkpointer.metric, checkpointer.mode, patience):
+            break
     jax.block_until_ready(state)
     check_finite()
     return state, history
