@@ -21,8 +21,9 @@ their strongest cell pairs joined by lines), and prints the similarity, the top 
 (cell boxes in pixels, ``y0:y1 x0:x1``, and each one's share of the similarity) and, with
 ``--attributes``, the three attributes that best explain the match. They are ranked by the concept
 selector (each attribute's direction in the similarity model's embedding, fitted by
-``train_attributes`` and saved beside the predictor as ``concepts.json``, with a soft presence
-term from the predictor), and each one's share of the similarity is printed. ``--selector`` picks
+``train_attributes`` and saved beside the predictor as ``concepts.json``, scored by the similarity
+lost when it is removed from both embeddings, with a soft presence term from the predictor), and
+that loss is printed as a share of the similarity. ``--selector`` picks
 ``pair_aware`` or ``paper`` (the activation maps against the saliency maps) instead. ``--json``
 prints one JSON record per pair (similarity, attributes with scores, correspondences, output
 files) instead of the text, for scripts. The correspondences are exact
@@ -68,6 +69,7 @@ FLAGS = flags.FLAGS
 METHODS = ("rise", "sliding_window", "lime", "gradient", "integrated_gradients")
 SELECTORS = ("concept", "pair_aware", "paper")
 PRESENCE_WEIGHT = 0.05  # the concept selector's soft presence term (explain_attributes' default)
+CONCEPT_SCORER = "removal"  # the concept selector's scorer (explain_attributes' first, chosen on validation pairs)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -192,13 +194,13 @@ def correspondence(sim, images: np.ndarray, key, num_masks: int):
 def top_attributes(selector, predictor, predictor_vars, thresholds, concepts, names, images, embeddings, maps,
                    similarity, top_k=3) -> list[dict]:
     """The ``top_k`` attributes explaining the pair ``images [2, ...]`` (query, reference): ``{"name",
-    "score"}`` each, and for the concept selector ``"share"``, the attribute's part of the similarity
-    (the product of both embeddings' projections on its direction) over the similarity."""
+    "score"}`` each, and for the concept selector ``"share"``, the similarity lost when the attribute's
+    direction is removed from both embeddings, over the similarity."""
     scores, aams = predict(predictor, predictor_vars, images)
     small = resize_maps(maps, aams.shape[1])
     relevance = None
     if selector == "concept":
-        relevance = concept_relevance(concepts, embeddings[:1], embeddings[1:2], scorer="product")[0]
+        relevance = concept_relevance(concepts, embeddings[:1], embeddings[1:2], scorer=CONCEPT_SCORER)[0]
     explanation = select(scores[0], aams[0], small[0], thresholds, w=0.0, selector=selector,
                          reference_scores=scores[1], reference_aams=aams[1], reference_saliency=small[1],
                          relevance=relevance, presence="soft", presence_weight=PRESENCE_WEIGHT, top_k=top_k)

@@ -30,6 +30,8 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
+from jax.tree_util import Partial
 from tqdm import tqdm
 
 import simexplain_jax as sx
@@ -37,7 +39,8 @@ from experiments import similarity_source, train_attributes, validation
 from experiments.tables import markdown_table
 from experiments.stages import WorkdirLock, ensure_stage, flags_main
 from simexplain_jax import viz
-from simexplain_jax.attributes import Thresholds, concept_relevance, fit_concepts, query_removal_drop, select
+from simexplain_jax.attributes import (Thresholds, cell_concept_relevance, concept_relevance, fit_concepts,
+                                       fit_edit_concepts, query_removal_drop, select)
 from simexplain_jax.attributes.removal import removal_drops
 from simexplain_jax.attributes.saliency_cache import resize_maps
 from simexplain_jax.engine import apply_in_chunks
@@ -100,11 +103,46 @@ def explain(config, workdir: str, weights: list) -> dict:
     query_embeddings = apply_in_chunks(embed, images[pairs[:, 0]])
     # concept directions in the similarity embedding, fitted on the training (or validation) split, never test
     fit_split = attribute_splits(dataset, data_dir=data_dir, manual_dir=config.manual_dir)[config.concept_split]
-    concepts = fit_concepts(apply_in_chunks(embed, normalize_images(fit_split.images)), fit_split.attributes,
-                            split=config.concept_split, ridge=config.concept_ridge)
-    scorers = list(config.concept_scorers)
-    relevance = {scorer: concept_relevance(concepts, query_embeddings, ref_embeddings, scorer=scorer)
-                 for scorer in scorers}
+    methods, skipped = list(config.concept_methods), {}
+    if "edits" in methods and fit_split.scenes is None:  # nothing to re-render: the other fits still run
+        skipped["edits"] = f"{dataset} has no scenes to re-render"
+        methods.remove("edits")
+        logging.warning("concept fit 'edits' skipped: %s", skipped["edits"])
+    if not methods:
+        raise ValueError(f"config.concept_methods: 'edits' re-renders training scenes, which {dataset} does not have; "
+                         "name another fit for this dataset")
+    fitted, fit_embeddings = {}, None
+    for method in methods:
+        if method == "edits":  # counterfactual re-renders of training scenes: what the model is sensitive to
+            from simexplain_jax.attributes.counterfactual import scene_edits
+            from simexplain_jax.data import shapes
+
+            scenes = [shapes.Scene.from_json(t) for t in fit_split.scenes[: config.edit_scenes]]
+            with tqdm(total=len(scenes), desc="concept edits", unit="scene") as edits_bar:
+                original, edited, removed = scene_edits(embed, scenes, names, data.images.shape[1],
+                                                        progress=edits_bar.update)
+            fitted[method] = fit_edit_concepts(original, edited, removed, len(names), split=config.concept_split)
+        else:
+            if fit_embeddings is None:
+                fit_embeddings = apply_in_chunks(embed, normalize_images(fit_split.images))
+            fitted[method] = fit_concepts(fit_embeddings, fit_split.attributes, split=config.concept_split,
+                                          ridge=config.concept_ridge, method=method)
+    concepts = fitted[methods[0]]
+    cells = None
+    if "cells" in config.concept_scorers:  # spatially resolved: the exact split of a pooled model's similarity
+        try:
+            pooled = sx.saliency.pooled_model(sim_model.module, sim_model.variables)
+            cell_fn = Partial(sx.saliency.cell_embeddings, pooled)
+            cells = [apply_in_chunks(cell_fn, images[pairs[:, k]]) for k in (0, 1)]
+            cells = [c.reshape(len(c), -1, c.shape[-1]) for c in cells]
+        except (TypeError, ValueError):
+            cells = None  # not a pooled model: no cells rows
+    combos = [(m, x) for m in methods for x in config.concept_scorers if supports(fitted[m], m, x, methods, cells)]
+    relevance = {}
+    for method, scorer in combos:
+        relevance[(method, scorer)] = (
+            cell_concept_relevance(fitted[method], *cells, fraction=config.cell_fraction) if scorer == "cells" else
+            concept_relevance(fitted[method], query_embeddings, ref_embeddings, scorer=scorer))
     embedding_drops = query_removal_drop(concepts, query_embeddings, ref_embeddings)
 
     shapes_data = data.scenes is not None
@@ -149,18 +187,21 @@ def explain(config, workdir: str, weights: list) -> dict:
             best_drops.append(max(values) if len(values) else None)
 
     rows, chosen = [], {}
-    settings = ([("paper", w, None, None) for w in weights] + [("pair_aware", w, None, None) for w in weights]
-                + [("concept", w, scorer, "soft") for scorer in scorers for w in weights]
-                + [("concept", weights[0], scorer, "both") for scorer in scorers] + [("random", None, None, None)])
+    # the hard presence rule only for the first concept fit (it caps every scorer alike)
+    settings = ([("paper", w, None, None, None) for w in weights] + [("pair_aware", w, None, None, None) for w in weights]
+                + [("concept", w, method, scorer, "soft") for method, scorer in combos for w in weights]
+                + [("concept", weights[0], method, scorer, "both") for method, scorer in combos if method == methods[0]
+                   and scorer != "cells"] + [("random", None, None, None, None)])
     rng = np.random.default_rng(config.seed)
-    for selector, w, scorer, presence in settings:
+    for selector, w, method, scorer, presence in settings:
         top1, top3, agree, drops, shortcut_top1 = [], [], [], [], []
         for i, (q, r) in enumerate(pairs):
             explanation = select(scores[q], aams[q], q_maps[i], thresholds, w=0.5 if w is None else w,
                                  selector=selector, reference_scores=scores[r], reference_aams=aams[r],
-                                 reference_saliency=r_maps[i], relevance=relevance[scorer][i] if scorer else None,
+                                 reference_saliency=r_maps[i],
+                                 relevance=relevance[(method, scorer)][i] if scorer else None,
                                  presence=presence or "soft", presence_weight=config.presence_weight, top_k=3, rng=rng)
-            chosen[(selector, w, scorer, presence, i)] = explanation
+            chosen[(selector, w, method, scorer, presence, i)] = explanation
             picked = explanation.attributes
             if shapes_data:
                 truth = names.index(truths[i])
@@ -174,7 +215,7 @@ def explain(config, workdir: str, weights: list) -> dict:
         scored = [i for i, b in enumerate(best_drops) if b is not None]
         regret = (sx.metrics.regret_ratios([drops[i] for i in scored], [best_drops[i] for i in scored])
                   if scored else np.zeros(0))
-        rows.append({"selector": selector, "w": w, "scorer": scorer, "presence": presence,
+        rows.append({"selector": selector, "w": w, "concept": method, "scorer": scorer, "presence": presence,
                      "gt_top1": float(np.mean(top1)) if top1 else None, "gt_top3": float(np.mean(top3)) if top3 else None,
                      "oracle_agreement": float(np.mean(agree)), "mean_similarity_drop": float(np.mean(drops)),
                      "regret_ratio": float(np.mean(regret)) if len(regret) else None,
@@ -192,11 +233,13 @@ def explain(config, workdir: str, weights: list) -> dict:
         faithfulness = {name: float(np.mean(np.asarray(choice) == np.asarray(oracles)))
                         for name, choice in proxies.items()}
 
-    gallery_selector = (f"concept selector ({scorers[0]} scorer, soft presence)" if scorers else
-                        f"pair-aware selector, w = {0.5 if 0.5 in weights else weights[0]:g}")
+    gallery_selector = (f"concept selector ({combos[0][0]} directions, {combos[0][1]} scorer, soft presence)" if combos
+                        else f"pair-aware selector, w = {0.5 if 0.5 in weights else weights[0]:g}")
     results = {"gallery_selector": gallery_selector, "rows": rows, "oracle_names": oracle_names, "faithfulness": faithfulness,
                "concepts": {"split": concepts.split, "fitted": int(concepts.valid.sum()), "ridge": config.concept_ridge,
-                            "presence_weight": config.presence_weight},
+                            "presence_weight": config.presence_weight, "methods": methods,
+                            "fitted_by_method": {m: int(c.valid.sum()) for m, c in fitted.items()}, "skipped": skipped,
+                            "cell_fraction": config.cell_fraction if cells is not None else None},
                "map": {f"lambda={r['lambda']:g}": {"test_map": r["test_map"], "val_map": r["val_map"]}
                                      for r in attr_results["runs"]},
                "predictor_lambda": predictor_run["lambda"], "num_pairs": int(len(pairs)), "dataset": dataset,
@@ -205,13 +248,13 @@ def explain(config, workdir: str, weights: list) -> dict:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"{len(pairs)} positive pairs of {dataset} {config.split}; "
              f"predictor lambda={predictor_run['lambda']:g}; oracle: {results['oracle']}", "",
-             *markdown_table(["selector", "w", "scorer", "presence", "top-1 (ground truth)", "top-3 (ground truth)",
-                              "oracle agreement", "regret ratio", "regret ratio >= 0.9", "mean similarity drop",
-                              "shortcut first"],
-                             [[r["selector"], r["w"], r["scorer"], r["presence"], r["gt_top1"], r["gt_top3"],
-                               r["oracle_agreement"], r["regret_ratio"], r["regret_at_least_0.9"],
+             *markdown_table(["selector", "w", "concepts", "scorer", "presence", "top-1 (ground truth)",
+                              "top-3 (ground truth)", "oracle agreement", "regret ratio", "regret ratio >= 0.9",
+                              "mean similarity drop", "shortcut first"],
+                             [[r["selector"], r["w"], r["concept"], r["scorer"], r["presence"], r["gt_top1"],
+                               r["gt_top3"], r["oracle_agreement"], r["regret_ratio"], r["regret_at_least_0.9"],
                                r["mean_similarity_drop"], r["shortcut_top1"]] for r in rows],
-                             formats={9: "{:.4f}".format})]
+                             formats={10: "{:.4f}".format})]
     if oracle_names:
         lines += ["", f"The exact oracle names the class attribute for {oracle_names['class_attribute']:.3f} of the "
                       f"pairs, the shortcut filler for {fmt(oracle_names['shortcut'])} (of pairs whose class has one) "
@@ -222,8 +265,8 @@ def explain(config, workdir: str, weights: list) -> dict:
     shown = np.arange(min(config.gallery_pairs, len(pairs)))
     captions = []
     for i in shown:
-        explanation = (chosen[("concept", weights[0], scorers[0], "soft", int(i))] if scorers else
-                       chosen[("pair_aware", 0.5 if 0.5 in weights else weights[0], None, None, int(i))])
+        explanation = (chosen[("concept", weights[0], *combos[0], "soft", int(i))] if combos else
+                       chosen[("pair_aware", 0.5 if 0.5 in weights else weights[0], None, None, None, int(i))])
         text = "\n".join(f"{names[a]} {s:.2f}" for a, s in zip(explanation.attributes, explanation.scores))
         captions.append(text + (f"\n(truth: {truths[i]})" if shapes_data else ""))
     viz.pair_gallery(os.path.join(workdir, "gallery.png"), data.images[pairs[shown, 0]], data.images[pairs[shown, 1]],
@@ -235,6 +278,17 @@ def explain(config, workdir: str, weights: list) -> dict:
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     print("\n".join(lines))
     return results
+
+
+def supports(concepts, method: str, scorer: str, methods: list, cells) -> bool:
+    """Whether the (concept fit, scorer) row is run: ``leace`` erases what the labels' probe finds,
+    the same for every label fit (so once, with the first); ``shift`` needs a fit that keeps shifts;
+    ``cells`` needs a pooled model."""
+    if scorer == "leace":
+        return concepts.probe is not None and method == next(m for m in methods if m != "edits")
+    if scorer == "shift":
+        return concepts.shifts is not None
+    return scorer != "cells" or cells is not None
 
 
 def correspondence_gallery(path, model, variables, embed, raw, images, pairs, seed, dataset, top_k=3) -> dict:

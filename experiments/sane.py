@@ -101,12 +101,26 @@ def report_sections(results: dict, folders: dict, running: str | None = None) ->
                          viz.table_html(attr["runs"], ["lambda", "test_map", "val_map", "best_epoch"], digits=2)))
     if expl:
         truth = any(r.get("gt_top1") is not None for r in expl["rows"])
-        columns = ["selector", "w", "scorer", "presence"] + (["gt_top1", "gt_top3"] if truth else [])
+        columns = ["selector", "w", "concept", "scorer", "presence"] + (["gt_top1", "gt_top3"] if truth else [])
+        rows, note = shown_rows(expl["rows"]), ""
+        if len(rows) < len(expl["rows"]):
+            note = (f"<p>{len(rows)} of {len(expl['rows'])} rows: the concept selector's other fits and scorers at "
+                    "the first w only; results.md of the stage has them all.</p>")
         sections.append(("Attribute explanations (" + ("ground truth and " if truth else "") + f"{expl['oracle']} "
-                         "oracle)", ("" if truth else NO_TRUTH)
-                         + viz.table_html(expl["rows"], columns + ["oracle_agreement", "regret_ratio",
-                                                                   "mean_similarity_drop"])))
+                         "oracle)", ("" if truth else NO_TRUTH) + note
+                         + viz.table_html(rows, columns + ["oracle_agreement", "regret_ratio", "mean_similarity_drop"])))
     return sections
+
+
+def shown_rows(rows: list) -> list:
+    """The report's rows: every row but the concept selector's, whose first (fit, scorer) is shown at every w
+    and the others at the first w only."""
+    concept = [r for r in rows if r["selector"] == "concept"]
+    if not concept:
+        return rows
+    first = (concept[0].get("concept"), concept[0]["scorer"])
+    return [r for r in rows if r["selector"] != "concept" or (r.get("concept"), r["scorer"]) == first
+            or r["w"] == concept[0]["w"]]
 
 
 def own_model_name(results: dict) -> str:

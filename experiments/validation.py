@@ -210,9 +210,16 @@ def check_explain_attributes_config(config) -> list[float]:
     integer(config.gallery_pairs, "gallery_pairs", 1)
     number(config.removal_fraction, "removal_fraction", 0.0, 1.0, low_open=True)
     scorers = sequence(config.concept_scorers, "concept_scorers")
-    if any(x not in sx.attributes.concepts.SCORERS for x in scorers):
-        raise ValueError(f"config.concept_scorers must name scorers of {sx.attributes.concepts.SCORERS}, "
+    if any(x not in sx.attributes.concepts.SCORERS + ("cells",) for x in scorers):
+        raise ValueError(f"config.concept_scorers must name scorers of {sx.attributes.concepts.SCORERS + ('cells',)}, "
                          f"got {config.concept_scorers!r}")
+    methods = sequence(config.concept_methods, "concept_methods")
+    known = sx.attributes.concepts.METHODS + ("edits",)
+    if not methods or any(m not in known for m in methods) or len(set(methods)) < len(methods):
+        raise ValueError(f"config.concept_methods must name distinct fits of {known} (at least one), "
+                         f"got {config.concept_methods!r}")
+    number(config.cell_fraction, "cell_fraction", 0.0, 1.0, low_open=True)
+    integer(config.edit_scenes, "edit_scenes", 1)
     if config.concept_split not in ("train", "validation"):
         raise ValueError(f"config.concept_split must be 'train' or 'validation' (never test), got {config.concept_split!r}")
     if not float(config.concept_ridge) > 0 or not float(config.presence_weight) >= 0:

@@ -169,3 +169,170 @@ def test_regret_ratios_are_the_selected_drop_over_the_best():
         sx.metrics.regret_ratios([0.1, 0.2], [0.1])
     with pytest.raises(ValueError, match="drops must be finite"):
         sx.metrics.regret_ratios([np.nan], [0.1])
+
+
+def shortcut_labels(n=4000, seed=2):
+    """Attribute 0 (encoded) and attribute 1 (not encoded) occur together 90% of the time, as a
+    shortcut filler does with its class; attribute 2 is independent and encoded."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n, 3)) < 0.5
+    labels[:, 1] = np.where(rng.random(n) < 0.9, labels[:, 0], ~labels[:, 0])
+    return labels
+
+
+STRENGTHS = np.array([1.0, 0.0, 0.5])
+
+
+def _pair_sharing_0_and_1():
+    pair = np.array([[1, 1, 0], [1, 1, 1]], bool)  # both carry attribute 0 (encoded) and 1 (not)
+    e, _ = encoded_embeddings(pair, STRENGTHS, noise=0.0)
+    return e[:1], e[1:]
+
+
+def test_a_probe_of_the_labels_cannot_tell_an_encoded_attribute_from_its_correlate():
+    # the limit the pattern and edit fits exist for: attribute 1 is decoded from attribute 0's axis
+    labels = shortcut_labels()
+    embeddings, basis = encoded_embeddings(labels, STRENGTHS)
+    q, r = _pair_sharing_0_and_1()
+    for method in ("ridge", "fastcav"):
+        concepts = fit_concepts(embeddings, labels, split="train", method=method)
+        assert abs(float(concepts.directions[1] @ basis[0])) > 0.9, method
+        for scorer in ("product", "leace"):
+            relevance = concept_relevance(concepts, q, r, scorer=scorer)[0]
+            assert relevance[1] > 0.5 * relevance[0] > 0, (method, scorer, relevance)
+
+
+def test_the_pattern_fit_recovers_the_encoded_attribute_not_its_correlate():
+    # through its shift: the unencoded attribute's pattern is near zero, but its unit direction is
+    # what is left of the penalty's leak along attribute 0, so the unit-direction scorers tie
+    scorer = "shift"
+    labels = shortcut_labels()
+    embeddings, basis = encoded_embeddings(labels, STRENGTHS)
+    concepts = fit_concepts(embeddings, labels, split="train", method="pattern")
+    assert abs(float(concepts.directions[0] @ basis[0])) > 0.99
+    assert np.linalg.norm(concepts.shifts[1]) < 0.05 * np.linalg.norm(concepts.shifts[0])
+    q, r = _pair_sharing_0_and_1()
+    relevance = concept_relevance(concepts, q, r, scorer=scorer)[0]
+    assert relevance[0] > 5 * abs(relevance[1]), relevance
+    product = concept_relevance(concepts, q, r, scorer="product")[0]
+    assert product[1] > 0.5 * product[0], product
+
+
+@pytest.mark.parametrize("scorer", ["product", "removal", "shift"])
+def test_edit_directions_recover_the_encoded_attribute_not_its_correlate(scorer):
+    labels = shortcut_labels(n=600)
+    embeddings, basis = encoded_embeddings(labels, STRENGTHS)
+    rows, edited, which = [], [], []
+    for a in range(3):  # remove a from every image that has it; the embedding follows the encoding
+        carriers = np.flatnonzero(labels[:, a])
+        without = labels[carriers].copy()
+        without[:, a] = False
+        rows.append(embeddings[carriers])
+        edited.append(encoded_embeddings(without, STRENGTHS, seed=0)[0] + (embeddings[carriers] -
+                      encoded_embeddings(labels[carriers], STRENGTHS, seed=0)[0]))  # the same noise
+        which.append(np.full(len(carriers), a))
+    concepts = sx.attributes.fit_edit_concepts(np.concatenate(rows), np.concatenate(edited), np.concatenate(which),
+                                               3, split="train")
+    assert concepts.valid.tolist() == [True, False, True]  # removing attribute 1 changes nothing
+    assert abs(float(concepts.directions[0] @ basis[0])) > 0.99
+    q, r = _pair_sharing_0_and_1()
+    relevance = concept_relevance(concepts, q, r, scorer=scorer)[0]
+    assert relevance[0] > 0 and relevance[1] == -np.inf, relevance
+
+
+def test_leace_and_shift_equal_a_direct_computation():
+    rng = np.random.default_rng(4)
+    labels = random_labels(800, 3)
+    embeddings = rng.normal(size=(800, 6)) + labels @ rng.normal(size=(3, 6))
+    concepts = fit_concepts(embeddings, labels, split="train", ridge=1e-9, method="pattern")
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    q, r = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    leace = concept_relevance(concepts, q, r, scorer="leace")
+    shift = concept_relevance(concepts, q, r, scorer="shift")
+
+    def cos(a, b):
+        return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+    for a in range(3):
+        # LEACE written out: whiten, project out the whitened cross-covariance, unwhiten
+        mean = x.mean(0)
+        sigma = np.cov(x.T, bias=True)
+        cross = (x - mean).T @ (labels[:, a] - labels[:, a].mean()) / len(x)
+        root = np.real(scipy_sqrtm(sigma))
+        white = np.linalg.inv(root)
+        projection = np.outer(white @ cross, white @ cross) / float(cross @ np.linalg.inv(sigma) @ cross)
+
+        def erase(v):
+            return v - root @ projection @ white @ (v - mean)
+
+        erased = np.array([erase(v) for v in x])
+        assert np.abs((erased - erased.mean(0)).T @ (labels[:, a] - labels[:, a].mean())).max() < 1e-6  # no linear trace
+        for p in range(4):
+            qn, rn = q[p] / np.linalg.norm(q[p]), r[p] / np.linalg.norm(r[p])
+            assert leace[p, a] == pytest.approx(cos(qn, rn) - cos(erase(qn), erase(rn)), abs=1e-5)
+            assert shift[p, a] == pytest.approx(cos(qn, rn) - cos(qn - concepts.shifts[a], rn), abs=1e-5)
+
+
+def scipy_sqrtm(matrix):
+    values, vectors = np.linalg.eigh(matrix)
+    return vectors @ np.diag(np.sqrt(values)) @ vectors.T
+
+
+def test_cell_relevance_with_every_cell_pair_equals_the_product_and_follows_the_matching_cells():
+    rng = np.random.default_rng(5)
+    labels = random_labels(500, 3)
+    concepts = fit_concepts(rng.normal(size=(500, 6)) + labels @ rng.normal(size=(3, 6)), labels, split="train")
+    q_cells, r_cells = rng.normal(size=(4, 9, 6)) + 0.3, rng.normal(size=(4, 16, 6)) + 0.3
+    every = sx.attributes.cell_concept_relevance(concepts, q_cells, r_cells, fraction=1.0)
+    product = concept_relevance(concepts, q_cells.mean(1), r_cells.mean(1), scorer="product")
+    np.testing.assert_allclose(every, product, atol=1e-12)
+    # by hand: the 10% strongest cell pairs of each pair
+    top = sx.attributes.cell_concept_relevance(concepts, q_cells, r_cells, fraction=0.1)
+    u = concepts.directions.astype(np.float64)
+    for p in range(4):
+        c = q_cells[p] @ r_cells[p].T
+        keep = np.zeros(c.size, bool)
+        keep[np.argsort(-c.ravel())[: round(0.1 * c.size)]] = True
+        scale = 9 * 16 * np.linalg.norm(q_cells[p].mean(0)) * np.linalg.norm(r_cells[p].mean(0))
+        expected = [sum((q_cells[p][i] @ u[a]) * (r_cells[p][j] @ u[a]) for i, j in zip(*np.nonzero(keep.reshape(c.shape))))
+                    / scale for a in range(3)]
+        np.testing.assert_allclose(top[p], expected, atol=1e-12)
+
+    # an attribute present in both images but in cells that do not correspond earns no credit
+    basis = np.eye(4)
+    concepts = sx.attributes.Concepts(basis[:2].astype(np.float32), np.array([True, True]), "train")
+    query = np.stack([basis[0] + basis[2], basis[1] + basis[3]])[None]  # cell 0: attr 0 + shared key; cell 1: attr 1
+    reference = np.stack([basis[0] + basis[2], basis[1] - basis[3]])[None]  # attr 1's cells are anti-aligned
+    half = sx.attributes.cell_concept_relevance(concepts, query, reference, fraction=0.25)[0]
+    assert half[0] > 0 and half[1] == 0.0
+    assert concept_relevance(concepts, query.mean(1), reference.mean(1))[0, 1] > 0  # the pooled product credits both
+
+
+def test_new_fits_and_scorers_refuse_bad_input(tmp_path):
+    labels = random_labels(50, 2)
+    embeddings = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_concepts(embeddings, labels, split="train", method="cav")
+    ridge = fit_concepts(embeddings, labels, split="train")
+    with pytest.raises(ValueError, match="shift scorer needs"):
+        concept_relevance(ridge, embeddings[:2], embeddings[2:4], scorer="shift")
+    edits = sx.attributes.fit_edit_concepts(embeddings[:4], embeddings[4:8], np.array([0, 0, 1, 1]), 2, split="train")
+    with pytest.raises(ValueError, match="leace scorer needs"):
+        concept_relevance(edits, embeddings[:2], embeddings[2:4], scorer="leace")
+    with pytest.raises(ValueError, match=r"index 0..1"):
+        sx.attributes.fit_edit_concepts(embeddings[:2], embeddings[2:4], np.array([0, 2]), 2, split="train")
+    with pytest.raises(ValueError, match="not 'test'"):
+        sx.attributes.fit_edit_concepts(embeddings[:2], embeddings[2:4], np.array([0, 1]), 2, split="test")
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        sx.attributes.cell_concept_relevance(ridge, np.ones((1, 4, 3)), np.ones((1, 4, 3)), fraction=0.0)
+    with pytest.raises(ValueError, match="D=3"):
+        sx.attributes.cell_concept_relevance(ridge, np.ones((1, 4, 5)), np.ones((1, 4, 5)))
+    # every fit survives save and load, with what its scorers need
+    from simexplain_jax.attributes import load_concepts, save_concepts
+    pattern = fit_concepts(embeddings, labels, split="train", method="pattern")
+    for concepts in (pattern, edits):
+        save_concepts(tmp_path / "c.json", concepts, model="m", ridge=0.01)
+        loaded = load_concepts(tmp_path / "c.json", model="m")
+        for scorer in ("product", "shift") + (("leace",) if concepts.probe is not None else ()):
+            np.testing.assert_array_equal(concept_relevance(loaded, embeddings[:3], embeddings[3:6], scorer=scorer),
+                                          concept_relevance(concepts, embeddings[:3], embeddings[3:6], scorer=scorer))

@@ -195,12 +195,17 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
                                         data_dir=shapes32_dir, attributes_workdir=str(trained_attributes)),
                            str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
-    settings = [(r["selector"], r["w"], r["scorer"], r["presence"]) for r in results["rows"]]
+    settings = [(r["selector"], r["w"], r["concept"], r["scorer"], r["presence"]) for r in results["rows"]]
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert settings == ([("paper", w, None, None) for w in weights] + [("pair_aware", w, None, None) for w in weights]
-                        + [("concept", w, scorer, "soft") for scorer in ("product", "removal") for w in weights]
-                        + [("concept", 0.0, scorer, "both") for scorer in ("product", "removal")]
-                        + [("random", None, None, None)])
+    # each fit with the scorers it supports: leace once (label fits erase the same), shift where the fit keeps shifts
+    combos = ([("pattern", x) for x in ("removal", "product", "leace", "shift", "cells")]
+              + [(m, x) for m in ("ridge", "fastcav") for x in ("removal", "product", "cells")]
+              + [("edits", x) for x in ("removal", "product", "shift", "cells")])
+    assert settings == ([("paper", w, None, None, None) for w in weights]
+                        + [("pair_aware", w, None, None, None) for w in weights]
+                        + [("concept", w, m, x, "soft") for m, x in combos for w in weights]
+                        + [("concept", 0.0, "pattern", x, "both") for x in ("removal", "product", "leace", "shift")]
+                        + [("random", None, None, None, None)])
     for r in results["rows"]:
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
         # agreeing with the oracle is a ratio of 1: at least as many pairs reach 0.9 as agree
@@ -211,6 +216,9 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     assert names["class_attribute"] + names["other"] == pytest.approx(1.0) and names["shortcut"] is None
     assert set(results["faithfulness"]) == {"embedding_removal", "region_removal"}
     assert results["concepts"]["split"] == "train" and results["concepts"]["fitted"] > 0  # never test
+    assert set(results["concepts"]["fitted_by_method"]) == {"ridge", "fastcav", "pattern", "edits"}
+    assert results["gallery_selector"] == "concept selector (pattern directions, removal scorer, soft presence)"
+    assert results["concepts"]["cell_fraction"] == 0.1
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
     # the gallery's pairs, explained as correspondences: exact for the trained pooled model

@@ -83,7 +83,7 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
         for y0, x0, y1, x1 in (c["query_box"], c["reference_box"]):
             assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
 
-    # --json: one record per pair; the concept selector's shares are the attributes' parts of the similarity
+    # --json: one record per pair; the concept selector's shares are the similarity each attribute's removal loses
     from simexplain_jax.attributes import concept_relevance, load_concepts
     from simexplain_jax.imageops import normalize_images
     from simexplain_jax.models import embed_fn
@@ -103,7 +103,8 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     images = normalize_images(np.stack([explain.load_image(str(tmp_path / n), model_config["image_size"])
                                         for n in ("a.png", "c.png")]))
     e = np.asarray(embed(images))
-    relevance = concept_relevance(concepts, e[:1], e[1:])[0]
+    relevance = concept_relevance(concepts, e[:1], e[1:], scorer="removal")[0]
+    assert concepts.shifts is not None  # train_attributes fits pattern directions
     names = json.loads((attributes / "config.json").read_text())["attribute_names"]
     for entry in record["attributes"]:
         assert entry["share"] == pytest.approx(relevance[names.index(entry["name"])] / record["similarity"], rel=1e-3)

@@ -52,3 +52,15 @@ def test_the_report_fills_in_as_stages_finish(tmp_path):
     pages.clear()
     sane.run_stages(plan, str(tmp_path))
     assert pages == {} and (tmp_path / "report.html").read_text() == final
+
+
+def test_the_report_shows_the_first_concept_fit_at_every_w_and_the_others_at_the_first():
+    from experiments.sane import shown_rows
+
+    def row(selector, w, concept=None, scorer=None):
+        return {"selector": selector, "w": w, "concept": concept, "scorer": scorer}
+
+    rows = ([row("paper", w) for w in (0.0, 0.5)] + [row("concept", w, "ridge", "product") for w in (0.0, 0.5)]
+            + [row("concept", w, "pattern", "shift") for w in (0.0, 0.5)] + [row("random", None)])
+    assert shown_rows(rows) == rows[:5] + rows[6:]
+    assert shown_rows(rows[:2]) == rows[:2]  # no concept rows: all of them

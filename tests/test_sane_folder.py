@@ -30,6 +30,10 @@ def test_sane_runs_end_to_end_on_an_image_folder(tmp_path):
     assert rows and all(r["pointing_accuracy"] is None for r in rows)  # no ground-truth masks
     assert all(r["gt_top1"] is None and r["regret_ratio"] is not None for r in results["explanations"]["rows"])
     assert results["explanations"]["oracle"] == "activation-map region removal"
+    # no scenes to re-render: the edit directions are skipped, saying why, and the label fits run
+    concepts = results["explanations"]["concepts"]
+    assert concepts["skipped"] == {"edits": "attribute_folder/64px has no scenes to re-render"}
+    assert set(concepts["fitted_by_method"]) == {"pattern", "ridge", "fastcav"}
     page = (tmp_path / "workdir" / "my_images" / "report.html").read_text()
     assert "Pointing accuracy and mass on the key object are left out" in page
     assert "Ground-truth top-1 / top-3 are left out" in page and "<th>gt_top1</th>" not in page

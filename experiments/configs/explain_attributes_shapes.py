@@ -26,7 +26,15 @@ def get_config(arg=None):
     config.saliency_method = "rise"
     # RISE as published, as docs/attributes_shapes64.md measured it (the library's default sampler: orthogonal)
     config.saliency = ml_collections.ConfigDict(dict(num_masks=2000, grid_size=8, p=0.5, batch_size=250, sampler="iid"))
-    config.concept_scorers = ("product", "removal")  # concept selector rows (sx.attributes.concept_relevance)
+    # concept selector rows: each fit (sx.attributes.fit_concepts methods, and "edits": counterfactual re-renders of
+    # training scenes) with each scorer it supports (sx.attributes.concept_relevance; "cells": cell_concept_relevance,
+    # pooled models only); the first fit and scorer are the selector of the gallery, the report and `explain`
+    # (pattern with removal at w = 0, the best map-free selector on validation pairs, is what train_attributes
+    # saves for `explain`; docs/attributes_shapes64.md)
+    config.concept_methods = ("pattern", "ridge", "fastcav", "edits")
+    config.concept_scorers = ("removal", "product", "leace", "shift", "cells")
+    config.cell_fraction = 0.1  # "cells": the share of the most corresponding cell pairs that earn credit
+    config.edit_scenes = 500  # "edits": training scenes re-rendered (one edit per attribute they carry)
     config.concept_ridge = 1e-2  # the concept probe's ridge penalty per example
     config.concept_split = "train"  # where the concept probe is fitted ("train" or "validation"; never test)
     config.presence_weight = 0.05  # the concept selector's soft presence term
@@ -37,6 +45,7 @@ def get_config(arg=None):
         config.num_pairs = 8
         config.saliency.num_masks = 200
         config.gallery_pairs = 3
+        config.edit_scenes = 40
     if args.shortcut:  # the similarity model trained on the shortcut variant
         config.attributes_config += (",shortcut" if ":" in config.attributes_config else ":shortcut")
     return config

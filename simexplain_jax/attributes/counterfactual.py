@@ -1,6 +1,7 @@
 """The counterfactual oracle on the shapes benchmark: which attribute's removal from the query
 drops the similarity most (docs/method.md, "Evaluating attribute explanations"; exact because
-scenes re-render)."""
+scenes re-render), and counterfactual edits of training scenes, from which
+``concepts.fit_edit_concepts`` fits directions to what the model is sensitive to."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simexplain_jax.data import shapes
+from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.imageops import normalize_images
 from simexplain_jax.similarity import cosine
 
@@ -42,3 +44,35 @@ def oracle(embed_fn, scene: shapes.Scene, reference_embedding, image_size: int,
         candidates = list(scene.objects[shapes.key_index(scene)].attribute_names())
     drops = similarity_drops(embed_fn, scene, reference_embedding, candidates, image_size)
     return candidates[int(np.argmax(drops))], dict(zip(candidates, drops.tolist()))
+
+
+def scene_edits(embed_fn, scenes: Sequence[shapes.Scene], attribute_names: Sequence[str], image_size: int,
+                batch_size: int = 256, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each scene against itself with one of its attributes removed (``without``), for every
+    attribute any of its objects carries; the arguments of ``concepts.fit_edit_concepts``.
+
+    Args:
+      embed_fn: the similarity model's ``embed_fn``.
+      scenes: training (or validation) scenes; never test.
+      attribute_names: the dataset's attribute names ("type:value"), in label order.
+      image_size: the render size.
+      batch_size: images embedded at a time.
+      progress: called with the number of scenes done after each scene, or None.
+
+    Returns:
+      ``(original [E, D], edited [E, D], attributes [E])``: the embeddings of each scene and of
+      its edit, and the index of the attribute removed.
+    """
+    index = {name: i for i, name in enumerate(attribute_names)}
+    originals, edits, removed = [], [], []
+    for scene in scenes:
+        present = sorted({name for obj in scene.objects for name in obj.attribute_names()}, key=index.__getitem__)
+        originals.append(shapes.render(scene, image_size))
+        for name in present:
+            edits.append(shapes.render(without(scene, name), image_size))
+            removed.append((len(originals) - 1, index[name]))
+        if progress is not None:
+            progress(1)
+    embed = lambda images: apply_in_chunks(embed_fn, normalize_images(np.stack(images)), batch_size)  # noqa: E731
+    rows = np.asarray([r for r, _ in removed])
+    return embed(originals)[rows], embed(edits), np.asarray([a for _, a in removed])

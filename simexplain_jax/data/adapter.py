@@ -93,6 +93,7 @@ class AttributeSplit:
     attributes: np.ndarray  # bool [N, A]
     groups: np.ndarray  # [N]: class label, or the first outfit (Polyvore), for positive references
     ids: list
+    scenes: Optional[list] = None  # shapes: each image's scene JSON (counterfactual edits re-render them)
 
 
 def read_images(source, indices, image_size: Optional[int], records=None) -> np.ndarray:

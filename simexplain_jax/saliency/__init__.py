@@ -46,7 +46,7 @@ from simexplain_jax.saliency._occlusion import (SlidingWindow, SlidingWindowVari
 from simexplain_jax.saliency._options import MethodOptions, SaliencyResult
 from simexplain_jax.saliency._perturbation import (Perturbation, PerturbationVariable, perturbation, perturbation_batch,
                                                    perturbation_variable, perturbation_variable_batch)
-from simexplain_jax.saliency._pooled import PooledModel, PooledPair, pooled_model, pooled_pair
+from simexplain_jax.saliency._pooled import PooledModel, PooledPair, cell_embeddings, pooled_model, pooled_pair
 from simexplain_jax.saliency._random import Random, random
 from simexplain_jax.saliency._rise import Rise, RiseVariable, rise, rise_split_masks, rise_variable
 from simexplain_jax.saliency._rise_pair import RisePair, rise_pair
@@ -61,7 +61,7 @@ __all__ = ["rise", "rise_variable", "rise_split_masks", "sliding_window", "slidi
            "Rise", "RiseVariable", "SlidingWindow", "SlidingWindowVariable", "Lime", "LimeVariable", "Perturbation",
            "PerturbationVariable", "Gradient", "IntegratedGradients", "Random", "MethodOptions", "SaliencyResult",
            "explain_pairs", "explain_pairs_distributed", "options_for", "METHODS", "OPTIONS", "SECOND_ORDER",
-           "pooled_pair", "PooledPair", "PooledModel", "pooled_model", "rise_pair", "RisePair",
+           "pooled_pair", "PooledPair", "PooledModel", "pooled_model", "cell_embeddings", "rise_pair", "RisePair",
            "integrated_cross_jacobian", "IntegratedCrossJacobian", "PairResult", "first_order_maps",
            "top_correspondences", "strongest_pairs", "CellPair", "cell_box"]
 

@@ -26,6 +26,6 @@ class ShapesAdapter(DatasetAdapter):
         return train, Preprocess(keys=("label",)), "labels", 0
 
     def attribute_split(self, builder, split):
-        arrays = load_arrays(self.source(builder, split), ["image", "attributes", "label", "image_id"])
+        arrays = load_arrays(self.source(builder, split), ["image", "attributes", "label", "image_id", "scene"])
         return AttributeSplit(arrays["image"], arrays["attributes"], arrays["label"],
-                              [i.decode() for i in arrays["image_id"]])
+                              [i.decode() for i in arrays["image_id"]], [t.decode() for t in arrays["scene"]])
