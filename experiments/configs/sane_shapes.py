@@ -51,5 +51,6 @@ def get_config(arg=None):
                                          "perturbation": {"num_steps": 200}}}
         config.stages.attributes = {"lambdas": (0.0, 0.005), "num_epochs": 6, "patience": 2, "cache_images": 500,
                                     "saliency": {"num_masks": 150, "sampler": "orthogonal"}}
-        config.stages.explanations = {"num_pairs": 40, "saliency": {"num_masks": 500, "sampler": "orthogonal"}}
+        config.stages.explanations = {"num_pairs": 40, "saliency": {"num_masks": 500, "sampler": "orthogonal"},
+                                      "edit_scenes": 100}
     return config
