@@ -5,8 +5,10 @@
 Selectors: ``paper`` (w * confidence + (1 - w) * map match, each w of ``config.weights``),
 ``pair_aware`` (the attribute must be present and salient in both images), ``concept`` (present
 in both images, ranked by its share of the similarity in the model's embedding: concept
-directions fitted on the validation split, ``sx.attributes.concept_relevance``; each scorer of
-``config.concept_scorers``) and ``random`` (a random present attribute). The presence thresholds
+directions fitted on the training or validation split, never test, by each fit of
+``config.concept_methods``, scored by each scorer of ``config.concept_scorers`` that the fit
+supports; ``sx.attributes.concept_relevance`` and ``cell_concept_relevance``) and ``random`` (a
+random present attribute). The presence thresholds
 are those train_attributes calibrated on the validation split. On the shapes benchmark: top-1 /
 top-3 accuracy against the class-defining attribute and the counterfactual oracle (re-render the
 query with each key-object attribute changed; the largest similarity drop); elsewhere the
@@ -18,8 +20,8 @@ Exact agreement counts a near-tie as a miss, so each row also reports the regret
 (``sx.metrics.regret_ratios``): the oracle's similarity drop for the selected attribute over the
 largest drop among the candidates, its mean and the share of pairs at >= 0.9.
 
-``results.json``: ``{"rows": [{"selector", "w", "scorer", "gt_top1", "gt_top3", "oracle_agreement",
-"regret_ratio", "regret_at_least_0.9", "mean_similarity_drop", "shortcut_top1"}], "oracle_names":
+``results.json``: ``{"rows": [{"selector", "w", "concept", "scorer", "presence", "gt_top1", "gt_top3",
+"oracle_agreement", "regret_ratio", "regret_at_least_0.9", "mean_similarity_drop", "shortcut_top1"}], "oracle_names":
 {...}, "faithfulness": {...}, "map": {...}, ...}`` plus ``results.md`` and ``gallery.png``.
 """
 
