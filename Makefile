@@ -70,4 +70,4 @@ bench-stacks: $(STAMP)
 	bash benchmarks/python_stacks.sh $(STACKS)
 
 clean:
-	rm -rf $(VENV) workdir .pytest_cache
+	rm -rf $(VENV) workdir .pytest_cache .cache

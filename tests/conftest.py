@@ -2,9 +2,13 @@
 shapes/32px dataset and the runlocal similarity model, each made once per session (in-process).
 
 The devices are set once here, before any test touches a backend, so sharded code is tested
-in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first). There is no
-persistent compilation cache: with jax 0.12 on this CPU, writing one of the suite's executables to
-it crashed the interpreter (a segmentation fault in ``compilation_cache.put_executable_and_time``).
+in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first).
+
+JAX's persistent compilation cache is on for the session, in ``.cache/jax-tests`` (or the folder
+``SIMEXPLAIN_TEST_JAX_CACHE`` names; empty turns it off). Set through the environment too, so the
+subprocesses of the tests share it: a program compiled once is read back by the second pytest
+process, by every command-line test and after ``jax.clear_caches()`` between modules, and a rerun
+of the suite starts warm.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+JAX_CACHE = os.environ.get("SIMEXPLAIN_TEST_JAX_CACHE", os.path.join(ROOT, ".cache", "jax-tests"))
+if JAX_CACHE:
+    # (no size limit: jax enforces one only with the filelock package, and warns on every read without it)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
