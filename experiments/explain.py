@@ -308,7 +308,7 @@ def run(config, workdir: str) -> dict:
         if predictor is not None:
             attributes = top_attributes(config.selector, predictor, predictor_vars, thresholds, concepts, names,
                                         normalize_images(raw), embeddings, maps, similarity)
-            tops = [f"{a['name']} ({a['share']:.0%} of the similarity)" if "share" in a else
+            tops = [f"{a['name']} (removing it: {-a['share']:+.0%} of the similarity)" if "share" in a else
                     f"{a['name']} ({a['score']:.2f})" for a in attributes]
             line += f"; top attributes ({config.selector} selector): " + (
                 ", ".join(tops) if tops else "none present in both images")
