@@ -21,8 +21,12 @@ Exact agreement counts a near-tie as a miss, so each row also reports the regret
 largest drop among the candidates, its mean and the share of pairs at >= 0.9.
 
 ``results.json``: ``{"rows": [{"selector", "w", "concept", "scorer", "presence", "gt_top1", "gt_top3",
-"oracle_agreement", "regret_ratio", "regret_at_least_0.9", "mean_similarity_drop", "shortcut_top1"}], "oracle_names":
-{...}, "faithfulness": {...}, "map": {...}, ...}`` plus ``results.md`` and ``gallery.png``.
+"oracle_agreement", "regret_ratio", "regret_at_least_0.9", "mean_similarity_drop", "shortcut_top1",
+"shortcut_followed", "shortcut_followed_pairs"}], "oracle_names": {...}, "faithfulness": {...}, "map": {...},
+...}`` plus ``results.md`` and ``gallery.png``. On the shortcut variant, ``shortcut_top1`` is how often
+the shortcut filler is named first over the pairs of the classes that have one, and
+``shortcut_followed`` the same over only those pairs where the oracle names the shortcut (the
+model relies on it there; ``shortcut_followed_pairs`` of them).
 """
 
 from __future__ import annotations
@@ -196,7 +200,7 @@ def explain(config, workdir: str, weights: list) -> dict:
                    and scorer != "cells"] + [("random", None, None, None, None)])
     rng = np.random.default_rng(config.seed)
     for selector, w, method, scorer, presence in settings:
-        top1, top3, agree, drops, shortcut_top1 = [], [], [], [], []
+        top1, top3, agree, drops, shortcut_top1, shortcut_followed = [], [], [], [], [], []
         for i, (q, r) in enumerate(pairs):
             explanation = select(scores[q], aams[q], q_maps[i], thresholds, w=0.5 if w is None else w,
                                  selector=selector, reference_scores=scores[r], reference_aams=aams[r],
@@ -211,6 +215,8 @@ def explain(config, workdir: str, weights: list) -> dict:
                 top3.append(truth in picked)
                 if shortcuts[i] is not None:
                     shortcut_top1.append(bool(picked) and picked[0] == names.index(shortcuts[i]))
+                    if oracles[i] == names.index(shortcuts[i]):  # the model relies on the shortcut here
+                        shortcut_followed.append(bool(picked) and picked[0] == oracles[i])
             agree.append(bool(picked) and picked[0] == oracles[i])
             drops.append(drop(i, picked[0]) if picked else 0.0)
         # near-ties: the selection's drop over the best candidate's (pairs with candidates)
@@ -222,7 +228,9 @@ def explain(config, workdir: str, weights: list) -> dict:
                      "oracle_agreement": float(np.mean(agree)), "mean_similarity_drop": float(np.mean(drops)),
                      "regret_ratio": float(np.mean(regret)) if len(regret) else None,
                      "regret_at_least_0.9": float(np.mean(regret >= 0.9)) if len(regret) else None,
-                     "shortcut_top1": float(np.mean(shortcut_top1)) if shortcut_top1 else None})
+                     "shortcut_top1": float(np.mean(shortcut_top1)) if shortcut_top1 else None,
+                     "shortcut_followed": float(np.mean(shortcut_followed)) if shortcut_followed else None,
+                     "shortcut_followed_pairs": len(shortcut_followed)})
         print(json.dumps(rows[-1]), flush=True)
 
     oracle_names, faithfulness = {}, {}
@@ -252,10 +260,10 @@ def explain(config, workdir: str, weights: list) -> dict:
              f"predictor lambda={predictor_run['lambda']:g}; oracle: {results['oracle']}", "",
              *markdown_table(["selector", "w", "concepts", "scorer", "presence", "top-1 (ground truth)",
                               "top-3 (ground truth)", "oracle agreement", "regret ratio", "regret ratio >= 0.9",
-                              "mean similarity drop", "shortcut first"],
+                              "mean similarity drop", "shortcut first", "shortcut first where the oracle names it"],
                              [[r["selector"], r["w"], r["concept"], r["scorer"], r["presence"], r["gt_top1"],
                                r["gt_top3"], r["oracle_agreement"], r["regret_ratio"], r["regret_at_least_0.9"],
-                               r["mean_similarity_drop"], r["shortcut_top1"]] for r in rows],
+                               r["mean_similarity_drop"], r["shortcut_top1"], r["shortcut_followed"]] for r in rows],
                              formats={10: "{:.4f}".format})]
     if oracle_names:
         lines += ["", f"The exact oracle names the class attribute for {oracle_names['class_attribute']:.3f} of the "

@@ -210,6 +210,7 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
         # agreeing with the oracle is a ratio of 1: at least as many pairs reach 0.9 as agree
         assert r["oracle_agreement"] <= r["regret_at_least_0.9"] <= 1 and r["regret_ratio"] is not None
+        assert r["shortcut_followed"] is None and r["shortcut_followed_pairs"] == 0  # no shortcut in this dataset
     assert "| regret ratio | regret ratio >= 0.9 |" in (tmp_path / "results.md").read_text()
     # the oracle names one of the key object's attributes; its proxies are scored against it
     names = results["oracle_names"]
