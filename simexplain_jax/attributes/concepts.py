@@ -55,8 +55,10 @@ measures how much of ``s(q, r)`` each attribute's direction in the embedding acc
    summed over the most corresponding cell pairs only, so an attribute earns credit only where
    the two images match; with every cell pair kept it equals ``"product"``.
 
-   The defaults (``ridge``, ``product``, ``ridge = 0.01``) were chosen on validation pairs of the
-   64 px shapes benchmark (``docs/attributes_shapes64.md`` has the numbers and the commands).
+   The function defaults (``method="ridge"``, ``scorer="product"``, ``ridge = 0.01``) are the
+   first selector's. On validation pairs of the 64 px shapes benchmark ``pattern`` directions did
+   better, and ``train_attributes`` / ``explain`` use them with ``removal``
+   (``docs/attributes_shapes64.md`` has the numbers and the commands).
 3. ``query_removal_drop``: a faithfulness check that needs no re-rendering, so it runs on any
    dataset: the similarity drop when ``u_a``'s component is removed from the query's embedding
    alone, ``s - cos(P_a q, r) = s - (s - p_q p_r) / sqrt(1 - p_q^2)``.
@@ -85,7 +87,7 @@ from simexplain_jax.attributes.calibration import CALIBRATION_SPLITS
 from simexplain_jax.io import write_json_atomic
 
 SCORERS = ("product", "removal", "leace", "shift")
-METHODS = ("ridge", "fastcav", "pattern")  # label fits; fit_edit_concepts is the third kind
+METHODS = ("ridge", "fastcav", "pattern")  # the fits from labels; fit_edit_concepts fits from edits
 _TINY = 1e-12
 _ARRAYS = ("mean", "cross", "probe", "shifts")
 
@@ -176,6 +178,11 @@ def _unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix / np.maximum(norms, _TINY)[:, None], norms > _TINY
 
 
+def _masked(valid: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows [A, ...]`` as float32, zero where ``valid`` is False."""
+    return np.where(valid[:, None], rows, 0.0).astype(np.float32)
+
+
 def _check_split(split: str) -> None:
     if split not in CALIBRATION_SPLITS:
         raise ValueError(f"concepts are fitted on {CALIBRATION_SPLITS} data only, not {split!r}")
@@ -223,9 +230,8 @@ def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method:
         shifts = np.linalg.solve(ys.T @ ys + ridge * len(x) * np.eye(y.shape[1]), ys.T @ xc) / std[:, None]  # [A, D]
         directions, pattern_ok = _unit_rows(shifts)
         valid &= pattern_ok
-    zero = lambda m: np.where(valid[:, None], m, 0.0).astype(np.float32)  # noqa: E731
-    return Concepts(zero(directions), valid, split, mean.astype(np.float32), zero(cross), zero(probe),
-                    None if shifts is None else zero(shifts))
+    return Concepts(_masked(valid, directions), valid, split, mean.astype(np.float32), _masked(valid, cross),
+                    _masked(valid, probe), None if shifts is None else _masked(valid, shifts))
 
 
 def fit_edit_concepts(original, edited, attributes, num_attributes: int, *, split: str) -> Concepts:
@@ -261,8 +267,7 @@ def fit_edit_concepts(original, edited, attributes, num_attributes: int, *, spli
     shifts = sums / np.maximum(counts, 1)[:, None]
     directions, valid = _unit_rows(shifts)
     valid &= counts > 0
-    return Concepts(np.where(valid[:, None], directions, 0.0).astype(np.float32), valid, split,
-                    shifts=np.where(valid[:, None], shifts, 0.0).astype(np.float32))
+    return Concepts(_masked(valid, directions), valid, split, shifts=_masked(valid, shifts))
 
 
 def _projections(concepts: Concepts, query_embeddings, reference_embeddings):
