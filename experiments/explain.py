@@ -23,7 +23,7 @@ their strongest cell pairs joined by lines), and prints the similarity, the top 
 selector (each attribute's direction in the similarity model's embedding, fitted by
 ``train_attributes`` and saved beside the predictor as ``concepts.json``, scored by the similarity
 lost when it is removed from both embeddings, with a soft presence term from the predictor), and
-that loss is printed as a share of the similarity. ``--selector`` picks
+the similarity's relative change without it is printed (``color:red (-4.2% without it)``). ``--selector`` picks
 ``pair_aware`` or ``paper`` (the activation maps against the saliency maps) instead. ``--json``
 prints one JSON record per pair (similarity, attributes with scores, correspondences, output
 files) instead of the text, for scripts. The correspondences are exact
@@ -308,7 +308,8 @@ def run(config, workdir: str) -> dict:
         if predictor is not None:
             attributes = top_attributes(config.selector, predictor, predictor_vars, thresholds, concepts, names,
                                         normalize_images(raw), embeddings, maps, similarity)
-            tops = [f"{a['name']} (removing it: {-a['share']:+.0%} of the similarity)" if "share" in a else
+            # the similarity's relative change without the attribute (short enough for the overlay's caption)
+            tops = [f"{a['name']} ({-a['share']:+.1%} without it)" if "share" in a else
                     f"{a['name']} ({a['score']:.2f})" for a in attributes]
             line += f"; top attributes ({config.selector} selector): " + (
                 ", ".join(tops) if tops else "none present in both images")

@@ -40,7 +40,7 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
                       f"--out={tmp_path / 'out1'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "similarity" in proc.stdout and "top attributes (concept selector): " in proc.stdout
-    assert re.search(r"\w+:\w+ \(removing it: [+-]\d+% of the similarity\)", proc.stdout), proc.stdout
+    assert re.search(r"\w+:\w+ \([+-]\d+\.\d% without it\)", proc.stdout), proc.stdout
     assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "out1" / "pair_0000_correspondence.png").read_bytes()[:4] == b"\x89PNG"
     # the pair's line, then its three strongest correspondences (exact for the trained pooled model)
