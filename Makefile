@@ -45,11 +45,11 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(BIN)/python -m experiments.sane --config=experiments/configs/sane_shapes.py:full --workdir=workdir/demo-full
 
-# The suite runs in two processes: the library's tests, then the tests that share the session's dataset and
-# trained model (the experiments). One process for all of them accumulated enough compiled programs to
-# crash XLA's CPU compiler (a segfault, then an abort, both near the end of a 24-minute run).
-EXPERIMENT_TESTS := tests/test_correspondence_eval.py tests/test_data_shapes.py tests/test_experiments.py tests/test_explain_command.py tests/test_sane_folder.py tests/test_own_model_stages.py \
-	tests/test_experiments_scale.py tests/test_multiprocess.py tests/test_reference_files.py
+# The suite runs in TEST_WORKERS processes (pytest-xdist; 2 for this 2-core machine): one takes the modules
+# that share the session's dataset and trained model (tests/conftest.py, SESSION_MODULES), the other the rest.
+# Each process holds only its own compiled programs (one process for the whole suite once accumulated enough
+# to crash XLA's CPU compiler).
+TEST_WORKERS ?= 2
 
 # The HTML report test screenshots the page in Debian's chromium: installed here when missing and
 # possible (root with apt-get); otherwise that one test skips and says why.
@@ -57,8 +57,7 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { echo "installing chromium for the report test"; apt-get update -qq >/dev/null 2>&1; \
 	    apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium could not be installed: its test will skip"; }; } || true
-	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(EXPERIMENT_TESTS))
-	$(BIN)/python -m pytest -q $(EXPERIMENT_TESTS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.saliency_throughput

@@ -6,9 +6,15 @@ in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the firs
 
 JAX's persistent compilation cache is on for the session, in ``.cache/jax-tests`` (or the folder
 ``SIMEXPLAIN_TEST_JAX_CACHE`` names; empty turns it off). Set through the environment too, so the
-subprocesses of the tests share it: a program compiled once is read back by the second pytest
-process, by every command-line test and after ``jax.clear_caches()`` between modules, and a rerun
+subprocesses of the tests share it: a program compiled once is read back by the other pytest
+worker, by every command-line test and after ``jax.clear_caches()`` between modules, and a rerun
 of the suite starts warm.
+
+The tests compile with XLA's backend optimisation level 0 (``XLA_TEST_FLAGS``, also passed to the
+subprocesses; an ``XLA_FLAGS`` that sets a level keeps its own): the suite compiles hundreds of
+small programs and runs each for milliseconds, so LLVM's optimisation cost more than it saved
+(the suite's compile-bound modules took half the time). The programs compute the same values to
+float rounding, and every assertion holds as it did at the default level.
 """
 
 from __future__ import annotations
@@ -26,15 +32,49 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 JAX_CACHE = os.environ.get("SIMEXPLAIN_TEST_JAX_CACHE", os.path.join(ROOT, ".cache", "jax-tests"))
 if JAX_CACHE:
-    # (no size limit: jax enforces one only with the filelock package, and warns on every read without it)
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-    jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    # No size limit: with one, jax locks the folder (the filelock package) around every read and write, which
+    # made the two pytest workers 1.5x slower. Without the lock, a process that reads an entry while another
+    # writes it gets a warning and compiles the program itself.
+    settings = dict(jax_compilation_cache_dir=JAX_CACHE, jax_persistent_cache_min_compile_time_secs=0,
+                    jax_persistent_cache_min_entry_size_bytes=-1, jax_compilation_cache_max_size=-1)
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)
+        jax.config.update(name, value)
+
+XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    # read when the backend starts, which no import above does
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+SESSION_FIXTURES = {"shapes32_dir", "trained_similarity", "trained_attributes"}
+# The modules whose tests use them: under ``make test`` (``pytest -n 2``, pytest-xdist) one worker
+# runs these modules, so the dataset and the models are built once, while the other runs the rest.
+SESSION_MODULES = {f"tests/{name}.py" for name in (
+    "test_correspondence_eval", "test_data_shapes", "test_experiments", "test_experiments_scale",
+    "test_explain_command", "test_own_model_stages", "test_reference_files")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SESSION_FIXTURES & set(item.fixturenames) and item.nodeid.split("::")[0] not in SESSION_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses a session fixture: add its module to SESSION_MODULES "
+                                    "in tests/conftest.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist load``, except that SESSION_MODULES are one unit of work, handed out first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SessionModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "session" if nodeid.split("::")[0] in SESSION_MODULES else nodeid
+
+    return SessionModulesTogether(config, log)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,12 +145,19 @@ def shapes32_dir(tmp_path_factory):
     return data_dir
 
 
+def subprocess_env(devices=None):
+    """The environment for a test's subprocess: this one's, with ``devices`` fake CPU devices (None:
+    one, as a user's shell has) and the tests' XLA flags."""
+    flags = [f for f in os.environ["XLA_FLAGS"].split() if not f.startswith("--xla_force_host_platform_device_count")]
+    if devices:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), **({"JAX_PLATFORMS": "cpu"} if devices else {}))
+
+
 def run_module(module, *args, devices=None):
     """``python -m module ARGS`` from the repo root (``devices``: that many fake CPU devices). For the
     tests whose subject is the process boundary: the command line, several processes, a kill."""
-    env = dict(os.environ)
-    if devices:
-        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=env)
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, stage_config
+from conftest import ROOT, stage_config, subprocess_env
 
 SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
 
@@ -63,7 +63,7 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
     common = ["--config=experiments/configs/saliency_shapes.py:runlocal",
               f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed",
               "--config.rows=random:fixed"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=2)
     workers = [subprocess.Popen(  # no dataset yet: process 0 builds it while process 1 waits
         [sys.executable, "-m", "experiments.saliency_eval", *common, f"--workdir={tmp_path / 'two'}",
          f"--config.distributed.coordinator_address=localhost:{port}", "--config.distributed.num_processes=2",

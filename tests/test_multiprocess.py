@@ -3,7 +3,6 @@ the same maps as one process (this one), each process reading (through grain) an
 its shard."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,8 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, subprocess_env
 
 WORKER = textwrap.dedent("""
     import json, sys, jax, numpy as np
@@ -67,7 +65,7 @@ def free_port():
 
 
 def test_two_processes_equal_one(tmp_path, monkeypatch):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=4)
     port = str(free_port())
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, str(tmp_path / f"p{i}.npy")], cwd=ROOT,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from test_data_folder import make_attribute_folder
 
 
@@ -20,7 +20,7 @@ def test_sane_runs_end_to_end_on_an_image_folder(tmp_path):
     (command,) = [shlex.split(c) for c in bash.replace("\\\n", " ").splitlines() if c.startswith("python -m")]
     command = [a + ":runlocal" if a.startswith("--config=") else a for a in command]
     make_attribute_folder(tmp_path / "my_images", per_label=16, held_out=4)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the user's shell has
+    env = subprocess_env()  # one CPU device, as the user's shell has
     proc = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=1800,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
