@@ -12,9 +12,9 @@ of the suite starts warm.
 
 The tests compile with XLA's backend optimisation level 0 (``XLA_TEST_FLAGS``, also passed to the
 subprocesses; an ``XLA_FLAGS`` that sets a level keeps its own): the suite compiles hundreds of
-small programs and runs each for milliseconds, so LLVM's optimisation cost more than it saved
-(the suite's compile-bound modules took half the time). The programs compute the same values to
-float rounding, and every assertion holds as it did at the default level.
+small programs and runs each for milliseconds, so LLVM's optimisation costs more than it saves.
+The programs compute the same values to float rounding, and every assertion holds as it does at
+the default level.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAX_CACHE = os.environ.get("SIMEXPLAIN_TEST_JAX_CACHE", os.path.join(ROOT, ".cache", "jax-tests"))
 if JAX_CACHE:
     # No size limit: with one, jax locks the folder (the filelock package) around every read and write, which
-    # made the two pytest workers 1.5x slower. Without the lock, a process that reads an entry while another
-    # writes it gets a warning and compiles the program itself.
+    # slowed the two pytest workers more than the cache saved. Without the lock, a process that reads an entry
+    # while another writes it gets a warning and compiles the program itself.
     settings = dict(jax_compilation_cache_dir=JAX_CACHE, jax_persistent_cache_min_compile_time_secs=0,
                     jax_persistent_cache_min_entry_size_bytes=-1, jax_compilation_cache_max_size=-1)
     for name, value in settings.items():
@@ -59,6 +59,8 @@ SESSION_MODULES = {f"tests/{name}.py" for name in (
 
 
 def pytest_collection_modifyitems(config, items):
+    """Refuses a test that uses a session fixture from a module outside SESSION_MODULES (under
+    ``-n 2`` it would build the dataset and train the models a second time)."""
     for item in items:
         if SESSION_FIXTURES & set(item.fixturenames) and item.nodeid.split("::")[0] not in SESSION_MODULES:
             raise pytest.UsageError(f"{item.nodeid} uses a session fixture: add its module to SESSION_MODULES "
