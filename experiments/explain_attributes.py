@@ -132,7 +132,7 @@ def explain(config, workdir: str, weights: list) -> dict:
             if fit_embeddings is None:
                 fit_embeddings = apply_in_chunks(embed, normalize_images(fit_split.images))
             fitted[method] = fit_concepts(fit_embeddings, fit_split.attributes, split=config.concept_split,
-                                          ridge=config.concept_ridge, method=method)
+                                          ridge=config.concept_ridge, method=method, seed=config.seed)
     concepts = fitted[methods[0]]
     cells = None
     if "cells" in config.concept_scorers:  # spatially resolved: the exact split of a pooled model's similarity
@@ -293,11 +293,13 @@ def explain(config, workdir: str, weights: list) -> dict:
 def supports(concepts, method: str, scorer: str, methods: list, cells) -> bool:
     """Whether the (concept fit, scorer) row is run: ``leace`` erases what the labels' probe finds,
     the same for every label fit (so once, with the first); ``shift`` needs a fit that keeps shifts;
-    ``cells`` needs a pooled model."""
+    ``gradient`` the ``mlp`` fit's network; ``cells`` needs a pooled model."""
     if scorer == "leace":
         return concepts.probe is not None and method == next(m for m in methods if m != "edits")
     if scorer == "shift":
         return concepts.shifts is not None
+    if scorer == "gradient":
+        return concepts.network is not None
     return scorer != "cells" or cells is not None
 
 

@@ -43,7 +43,7 @@ from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
 CONCEPT_RIDGE = 1e-2  # the concept fit's ridge penalty (explain_attributes' default)
-CONCEPT_METHOD = "pattern"  # the concept fit (explain_attributes' first, chosen on validation pairs)
+CONCEPT_METHOD = "mlp"  # the concept fit (explain_attributes' first, chosen on validation pairs)
 
 
 def predictor_config(config, attribute_names: list, image_size: int) -> dict:
@@ -93,7 +93,7 @@ def train(config, workdir: str, lambdas: list) -> dict:
     test_images = normalize_images(splits["test"].images)
     # the similarity model's concept directions (for the concept selector of experiments.explain), from training images
     concepts = fit_concepts(apply_in_chunks(sim_model.embed, images), train.attributes, split="train",
-                            ridge=CONCEPT_RIDGE, method=CONCEPT_METHOD)
+                            ridge=CONCEPT_RIDGE, method=CONCEPT_METHOD, seed=config.seed)
     model_fingerprint = sim_model.fingerprint
     steps_per_epoch = max(len(images) // config.batch_size, 1)
     runs = []

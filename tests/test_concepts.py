@@ -336,3 +336,86 @@ def test_new_fits_and_scorers_refuse_bad_input(tmp_path):
         for scorer in ("product", "shift") + (("leace",) if concepts.probe is not None else ()):
             np.testing.assert_array_equal(concept_relevance(loaded, embeddings[:3], embeddings[3:6], scorer=scorer),
                                           concept_relevance(concepts, embeddings[:3], embeddings[3:6], scorer=scorer))
+
+
+def xor_encoded(n, seed=0, noise=0.02):
+    """Attribute 0 is encoded by whether components 0 and 2 have the same sign (present:
+    ``(s, s)``, absent: ``(s, -s)``, ``s`` a random sign), which no direction separates: its mean
+    is the same with and without it, and every embedding has the same norm. Attribute 1 is
+    encoded linearly along component 1."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n, 2)) < 0.5
+    sign = rng.choice([-1.0, 1.0], n)
+    e = np.zeros((n, 6))
+    e[:, 0], e[:, 2] = 0.7 * sign, 0.7 * sign * (2.0 * labels[:, 0] - 1.0)
+    e[:, 1] = 0.5 * (2.0 * labels[:, 1] - 1.0)
+    e[:, 5] = 1.5  # a common offset, as in encoded_embeddings
+    return e + noise * rng.normal(size=e.shape), labels
+
+
+def test_the_mlp_probe_finds_an_attribute_no_linear_probe_can():
+    embeddings, labels = xor_encoded(3000)
+    linear = fit_concepts(embeddings, labels, split="train", method="ridge")
+    mlp = fit_concepts(embeddings, labels, split="train", method="mlp")
+    assert mlp.valid.all() and mlp.network is not None
+    # both carry attribute 0 with the same sign, so they share the (e_0 + e_2) component; only q has attribute 1
+    q = np.array([[0.7, 0.5, 0.7, 0, 0, 1.5]])
+    r = np.array([[0.7, -0.5, 0.7, 0, 0, 1.5]])
+    x = q / np.linalg.norm(q)
+    axis = np.array([1.0, 0, 1.0, 0, 0, 0]) / np.sqrt(2.0)
+    gradient = sx.attributes.probe_network.logits_and_gradients(mlp.network, x)[1][0, 0]
+    assert gradient @ axis / np.linalg.norm(gradient) > 0.9  # the probe's evidence grows along the shared pattern
+    # what removing that component from both images costs, written out
+    shared = (np.eye(6) - np.outer(axis, axis))
+    expected = float(x[0] @ r[0] / np.linalg.norm(r) - (shared @ q[0]) @ (shared @ r[0]) /
+                     (np.linalg.norm(shared @ q[0]) * np.linalg.norm(shared @ r[0])))
+    found = concept_relevance(mlp, q, r, scorer="gradient")[0]
+    missed = concept_relevance(linear, q, r, scorer="removal")[0]
+    assert found[0] > 0.8 * expected > 0 and found[0] > found[1]
+    assert missed[0] < 0.2 * expected, (missed, expected)  # the linear probe's direction for 0 is noise: no credit
+
+
+def test_the_gradient_scorer_equals_a_direct_computation(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(5)
+    labels = random_labels(400, 3)
+    embeddings = rng.normal(size=(400, 5)) + labels @ rng.normal(size=(3, 5))
+    concepts = fit_concepts(embeddings, labels, split="train", method="mlp", seed=1)
+    net = {k: jnp.asarray(v) for k, v in concepts.network.items()}
+    q, r = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    relevance = concept_relevance(concepts, q, r, scorer="gradient")
+
+    def cos(a, b):
+        return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+    for p in range(3):
+        qn, rn = q[p] / np.linalg.norm(q[p]), r[p] / np.linalg.norm(r[p])
+        for a in range(3):
+            def logit(x):
+                return (jnp.tanh(x @ net["w1"] + net["b1"]) @ net["w2"] + net["b2"])[a]
+            erased = []
+            for x in (qn, rn):  # jax.grad in float32
+                g = np.asarray(jax.grad(logit)(jnp.asarray(x, jnp.float32)), np.float64)
+                u = g / np.linalg.norm(g)
+                erased.append(x - (x @ u) * u)
+            assert relevance[p, a] == pytest.approx(cos(qn, rn) - cos(*erased), abs=2e-5)
+    # a fixed seed fits the same network; another seed another one
+    again = fit_concepts(embeddings, labels, split="train", method="mlp", seed=1)
+    np.testing.assert_array_equal(again.network["w1"], concepts.network["w1"])
+    other = fit_concepts(embeddings, labels, split="train", method="mlp", seed=2)
+    assert not np.array_equal(other.network["w1"], concepts.network["w1"])
+    # the network survives save and load; a file with a malformed network is refused
+    from simexplain_jax.attributes import load_concepts, save_concepts
+    save_concepts(tmp_path / "c.json", concepts, model="m", ridge=0.01)
+    loaded = load_concepts(tmp_path / "c.json", model="m")
+    np.testing.assert_array_equal(concept_relevance(loaded, q, r, scorer="gradient"), relevance)
+    import json
+    record = json.loads((tmp_path / "c.json").read_text())
+    record["network"]["w2"] = record["network"]["w2"][:-1]
+    (tmp_path / "c.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"network\['w2'\] must be a finite array of shape"):
+        load_concepts(tmp_path / "c.json", model="m")
+    with pytest.raises(ValueError, match="gradient scorer needs the probe network"):
+        concept_relevance(fit_concepts(embeddings, labels, split="train"), q, r, scorer="gradient")

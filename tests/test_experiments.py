@@ -197,14 +197,16 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     results = json.loads((tmp_path / "results.json").read_text())
     settings = [(r["selector"], r["w"], r["concept"], r["scorer"], r["presence"]) for r in results["rows"]]
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
-    # each fit with the scorers it supports: leace once (label fits erase the same), shift where the fit keeps shifts
-    combos = ([("pattern", x) for x in ("removal", "product", "leace", "shift", "cells")]
+    # each fit with the scorers it supports: leace once (label fits erase the same), shift where the fit keeps shifts,
+    # gradient for the mlp probe's network
+    combos = ([("mlp", x) for x in ("gradient", "removal", "product", "leace", "cells")]
+              + [("pattern", x) for x in ("removal", "product", "shift", "cells")]
               + [(m, x) for m in ("ridge", "fastcav") for x in ("removal", "product", "cells")]
               + [("edits", x) for x in ("removal", "product", "shift", "cells")])
     assert settings == ([("paper", w, None, None, None) for w in weights]
                         + [("pair_aware", w, None, None, None) for w in weights]
                         + [("concept", w, m, x, "soft") for m, x in combos for w in weights]
-                        + [("concept", 0.0, "pattern", x, "both") for x in ("removal", "product", "leace", "shift")]
+                        + [("concept", 0.0, "mlp", x, "both") for x in ("gradient", "removal", "product", "leace")]
                         + [("random", None, None, None, None)])
     for r in results["rows"]:
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
@@ -217,8 +219,8 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     assert names["class_attribute"] + names["other"] == pytest.approx(1.0) and names["shortcut"] is None
     assert set(results["faithfulness"]) == {"embedding_removal", "region_removal"}
     assert results["concepts"]["split"] == "train" and results["concepts"]["fitted"] > 0  # never test
-    assert set(results["concepts"]["fitted_by_method"]) == {"ridge", "fastcav", "pattern", "edits"}
-    assert results["gallery_selector"] == "concept selector (pattern directions, removal scorer, soft presence)"
+    assert set(results["concepts"]["fitted_by_method"]) == {"ridge", "fastcav", "pattern", "edits", "mlp"}
+    assert results["gallery_selector"] == "concept selector (mlp directions, gradient scorer, soft presence)"
     assert results["concepts"]["cell_fraction"] == 0.1
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"

@@ -271,7 +271,7 @@ def config_of(name, **changes):
     ("attributes_shapes", "check_attributes_config", {"learning_rate": float("inf")}, "learning_rate must be a finite"),
     ("explain_attributes_shapes", "check_explain_attributes_config", {"weights": (0.0, 2.0)}, r"weights must be numbers in"),
     ("explain_attributes_shapes", "check_explain_attributes_config", {"concept_methods": ("ridge", "cav")},
-     r"concept_methods must name distinct fits of \('ridge', 'fastcav', 'pattern', 'edits'\)"),
+     r"concept_methods must name distinct fits of \('ridge', 'fastcav', 'pattern', 'mlp', 'edits'\)"),
     ("explain_attributes_shapes", "check_explain_attributes_config", {"concept_scorers": ("shap",)},
      "concept_scorers must name scorers of"),
     ("explain_attributes_shapes", "check_explain_attributes_config", {"cell_fraction": 0.0}, "cell_fraction must be"),

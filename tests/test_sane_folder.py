@@ -33,7 +33,7 @@ def test_sane_runs_end_to_end_on_an_image_folder(tmp_path):
     # no scenes to re-render: the edit directions are skipped, saying why, and the label fits run
     concepts = results["explanations"]["concepts"]
     assert concepts["skipped"] == {"edits": "attribute_folder/64px has no scenes to re-render"}
-    assert set(concepts["fitted_by_method"]) == {"pattern", "ridge", "fastcav"}
+    assert set(concepts["fitted_by_method"]) == {"pattern", "ridge", "fastcav", "mlp"}
     page = (tmp_path / "workdir" / "my_images" / "report.html").read_text()
     assert "Pointing accuracy and mass on the key object are left out" in page
     assert "Ground-truth top-1 / top-3 are left out" in page and "<th>gt_top1</th>" not in page

@@ -26,6 +26,11 @@ measures how much of ``s(q, r)`` each attribute's direction in the embedding acc
      both get that axis. The pattern of the unencoded one is near zero, but what is left of it
      (the penalty's leak) may still point along the encoded axis: score pattern fits with
      ``"shift"``, which keeps ``B_a``'s magnitude, rather than with a unit-direction scorer.
+   - ``method="mlp"``: a non-linear probe, a one-hidden-layer network of all the labels on the
+     embedding (``simexplain_jax.attributes.probe_network``), for attributes the embedding does
+     not encode along one direction. Its directions are the unit mean gradient of each logit
+     over the attribute's positive images; the ``"gradient"`` scorer uses the gradient at each
+     embedding instead.
    - ``fit_edit_concepts(original, edited, attributes, ...)``: directions fitted to what the model
      is *sensitive* to rather than to what co-occurs in the labels: the mean effect on the
      embedding of removing attribute a, ``d_a = mean (e(x) - e(x without a))``, from pairs of
@@ -49,6 +54,9 @@ measures how much of ``s(q, r)`` each attribute's direction in the embedding acc
    - ``"shift"``: the similarity lost when the query moves by the attribute's effect on the
      embedding, ``s - cos(q - d_a, r)``, a prediction of the counterfactual oracle. Needs a fit
      that keeps shifts (``pattern``: ``d_a = B_a``; edits: the mean edit effect).
+   - ``"gradient"``: ``"removal"`` with a direction for each embedding, the unit gradient of the
+     ``mlp`` probe's logit at that embedding, ``u_a(x) = g_a(x) / |g_a(x)|``:
+     ``s - cos(q - (q . u_a(q)) u_a(q), r - (r . u_a(r)) u_a(r))``. Needs the ``mlp`` fit.
 
    ``cell_concept_relevance`` resolves ``"product"`` in space for pooled models: each pair of
    cells' share of the similarity (the exact pooled decomposition) projected onto ``u_a``,
@@ -72,7 +80,8 @@ References:
 
 Everything works for any ``embed_fn`` (fit the concepts with the embeddings of the space the pair
 is compared in: a type-aware model's condition space, say) and any dataset with attribute labels.
-No per-pair training: a fit is one ``[D, D]`` solve; relevance is a few ``[P, D] @ [D, A]`` products.
+No per-pair training: a linear fit is one ``[D, D]`` solve and the ``mlp`` fit a few hundred full-batch
+steps; relevance is a few ``[P, D] @ [D, A]`` products (``[P, A, D]`` for ``"gradient"``).
 """
 
 from __future__ import annotations
@@ -84,12 +93,15 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from simexplain_jax.attributes.calibration import CALIBRATION_SPLITS
+from simexplain_jax.attributes.probe_network import check_network, fit_network, logits_and_gradients
 from simexplain_jax.io import write_json_atomic
 
-SCORERS = ("product", "removal", "leace", "shift")
-METHODS = ("ridge", "fastcav", "pattern")  # the fits from labels; fit_edit_concepts fits from edits
+SCORERS = ("product", "removal", "leace", "shift", "gradient")
+METHODS = ("ridge", "fastcav", "pattern", "mlp")  # the fits from labels; fit_edit_concepts fits from edits
 _TINY = 1e-12
 _ARRAYS = ("mean", "cross", "probe", "shifts")
+# the mlp probe: hidden width, full-batch Adam steps and step size, L2 penalty on the weights
+NETWORK_HIDDEN, NETWORK_STEPS, NETWORK_LEARNING_RATE, NETWORK_WEIGHT_DECAY = 64, 500, 1e-2, 1e-4
 
 
 class Concepts(NamedTuple):
@@ -100,6 +112,7 @@ class Concepts(NamedTuple):
     cross: Optional[np.ndarray] = None  # [A, D] label fits: unit cross-covariances c_a (LEACE)
     probe: Optional[np.ndarray] = None  # [A, D] label fits: unit ridge-probe directions w_a (LEACE)
     shifts: Optional[np.ndarray] = None  # [A, D] pattern and edit fits: the effect of a on e(x) ("shift")
+    network: Optional[dict] = None  # mlp fits: the probe network's {"w1", "b1", "w2", "b2"} ("gradient")
 
 
 def save_concepts(path: str | os.PathLike, concepts: Concepts, *, model: str, ridge: float) -> None:
@@ -117,6 +130,8 @@ def save_concepts(path: str | os.PathLike, concepts: Concepts, *, model: str, ri
     for name in _ARRAYS:
         if getattr(concepts, name) is not None:
             record[name] = np.asarray(getattr(concepts, name), np.float32).tolist()
+    if concepts.network is not None:
+        record["network"] = {k: np.asarray(v, np.float32).tolist() for k, v in concepts.network.items()}
     write_json_atomic(path, record)
 
 
@@ -145,6 +160,7 @@ def load_concepts(path: str | os.PathLike, *, model: str, num_attributes: Option
         valid = np.asarray(data["valid"], bool)
         saved, split = str(data["model"]), data["split"]
         extra = {name: np.asarray(data[name], np.float32) for name in _ARRAYS if name in data}
+        network = data.get("network")
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ValueError(f"concepts file {path} is not a concepts JSON: {type(err).__name__}: {err}") from None
     if directions.ndim != 2 or valid.shape != directions.shape[:1] or not np.isfinite(directions).all():
@@ -153,6 +169,9 @@ def load_concepts(path: str | os.PathLike, *, model: str, num_attributes: Option
         expected = directions.shape[1:] if name == "mean" else directions.shape
         if value.shape != expected or not np.isfinite(value).all():
             raise ValueError(f"concepts file {path}: {name} must be a finite array of shape {expected}")
+    if network is not None:
+        network = {k: v.astype(np.float32) for k, v in
+                   check_network(network, directions.shape[1], len(valid), f"concepts file {path}: network").items()}
     if split not in CALIBRATION_SPLITS:
         raise ValueError(f"concepts file {path}: split must be one of {CALIBRATION_SPLITS}, got {split!r}")
     if num_attributes is not None and len(valid) != num_attributes:
@@ -160,7 +179,7 @@ def load_concepts(path: str | os.PathLike, *, model: str, num_attributes: Option
     if saved != model:
         raise ValueError(f"concepts file {path} was fitted for the similarity model with fingerprint {saved}, "
                          f"not for this one ({model}); refit them for this model (train_attributes)")
-    return Concepts(directions, valid, split, **extra)
+    return Concepts(directions, valid, split, **extra, network=network)
 
 
 def _normalise(embeddings: np.ndarray, name: str) -> np.ndarray:
@@ -188,7 +207,8 @@ def _check_split(split: str) -> None:
         raise ValueError(f"concepts are fitted on {CALIBRATION_SPLITS} data only, not {split!r}")
 
 
-def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method: str = "ridge") -> Concepts:
+def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method: str = "ridge",
+                 seed: int = 0) -> Concepts:
     """Concept directions from attribute labels (see the module docstring).
 
     Args:
@@ -198,11 +218,13 @@ def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method:
       split: the split they come from (``"train"`` or ``"validation"``; never test).
       ridge: the probe's penalty per example (``l`` in the module docstring), also used by the
         ``"leace"`` scorer's erasure.
-      method: ``"ridge"`` (the probe's directions), ``"fastcav"`` (positive mean minus mean) or
-        ``"pattern"`` (the embedding regressed on all labels).
+      method: ``"ridge"`` (the probe's directions), ``"fastcav"`` (positive mean minus mean),
+        ``"pattern"`` (the embedding regressed on all labels) or ``"mlp"`` (a probe network).
+      seed: the ``mlp`` network's initialisation (the other fits are closed-form).
 
     Returns:
-      ``Concepts`` with ``mean``, ``cross`` and ``probe`` filled in, and ``shifts`` for ``pattern``.
+      ``Concepts`` with ``mean``, ``cross`` and ``probe`` filled in, ``shifts`` for ``pattern`` and
+      ``network`` for ``mlp``.
     """
     _check_split(split)
     if method not in METHODS:
@@ -230,8 +252,18 @@ def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method:
         shifts = np.linalg.solve(ys.T @ ys + ridge * len(x) * np.eye(y.shape[1]), ys.T @ xc) / std[:, None]  # [A, D]
         directions, pattern_ok = _unit_rows(shifts)
         valid &= pattern_ok
+    network = None
+    if method == "mlp":
+        network = fit_network(x, y, valid, hidden=NETWORK_HIDDEN, steps=NETWORK_STEPS,
+                              learning_rate=NETWORK_LEARNING_RATE, weight_decay=NETWORK_WEIGHT_DECAY, seed=seed)
+        _, gradients = logits_and_gradients(network, x)  # [N, A, D]
+        gradients /= np.maximum(np.linalg.norm(gradients, axis=2, keepdims=True), _TINY)
+        summed = np.einsum("na,nad->ad", y, gradients)
+        directions, mlp_ok = _unit_rows(summed / np.maximum(positives, 1)[:, None])
+        valid &= mlp_ok
+        network = {k: v.astype(np.float32) for k, v in network.items()}
     return Concepts(_masked(valid, directions), valid, split, mean.astype(np.float32), _masked(valid, cross),
-                    _masked(valid, probe), None if shifts is None else _masked(valid, shifts))
+                    _masked(valid, probe), None if shifts is None else _masked(valid, shifts), network)
 
 
 def fit_edit_concepts(original, edited, attributes, num_attributes: int, *, split: str) -> Concepts:
@@ -308,6 +340,8 @@ def concept_relevance(concepts: Concepts, query_embeddings, reference_embeddings
     if scorer == "shift" and concepts.shifts is None:
         raise ValueError("the shift scorer needs concepts that keep shifts (fit_concepts(method='pattern') or "
                          "fit_edit_concepts)")
+    if scorer == "gradient" and concepts.network is None:
+        raise ValueError("the gradient scorer needs the probe network of fit_concepts(method='mlp')")
     q, r, s, pq, pr = _projections(concepts, query_embeddings, reference_embeddings)
     if scorer == "product":
         relevance = pq * pr
@@ -322,10 +356,16 @@ def concept_relevance(concepts: Concepts, query_embeddings, reference_embeddings
         cq, cr = q @ c.T, r @ c.T
         relevance = _cos_lost(s, s - tr * cq - tq * cr + tq * tr,
                               (1.0 - 2.0 * tq * cq + tq**2) * (1.0 - 2.0 * tr * cr + tr**2))
-    else:  # shift: s - cos(q - d, r)
+    elif scorer == "shift":  # s - cos(q - d, r)
         d = concepts.shifts.astype(np.float64)
         qd = q @ d.T
         relevance = _cos_lost(s, s - r @ d.T, 1.0 - 2.0 * qd + np.sum(d**2, axis=1)[None])
+    else:  # gradient: removal along each embedding's own unit gradient u (q), v (r)
+        u, v = (g / np.maximum(np.linalg.norm(g, axis=2, keepdims=True), _TINY)
+                for g in (logits_and_gradients(concepts.network, e)[1] for e in (q, r)))  # [P, A, D]
+        qu, rv = np.einsum("pd,pad->pa", q, u), np.einsum("pd,pad->pa", r, v)
+        ru, qv, uv = np.einsum("pd,pad->pa", r, u), np.einsum("pd,pad->pa", q, v), np.einsum("pad,pad->pa", u, v)
+        relevance = _cos_lost(s, s - qu * ru - rv * qv + qu * rv * uv, (1.0 - qu**2) * (1.0 - rv**2))
     return np.where(concepts.valid[None], relevance, -np.inf)
 
 
