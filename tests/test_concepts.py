@@ -401,6 +401,12 @@ def test_the_gradient_scorer_equals_a_direct_computation(tmp_path):
                 u = g / np.linalg.norm(g)
                 erased.append(x - (x @ u) * u)
             assert relevance[p, a] == pytest.approx(cos(qn, rn) - cos(*erased), abs=2e-5)
+    # scored in blocks of pairs: more pairs than one block give the same scores as a few at a time
+    many_q, many_r = rng.normal(size=(600, 5)), rng.normal(size=(600, 5))
+    np.testing.assert_allclose(concept_relevance(concepts, many_q, many_r, scorer="gradient"),
+                               np.concatenate([concept_relevance(concepts, many_q[i:i + 7], many_r[i:i + 7],
+                                                                 scorer="gradient") for i in range(0, 600, 7)]),
+                               rtol=0, atol=1e-12)
     # a fixed seed fits the same network; another seed another one
     again = fit_concepts(embeddings, labels, split="train", method="mlp", seed=1)
     np.testing.assert_array_equal(again.network["w1"], concepts.network["w1"])

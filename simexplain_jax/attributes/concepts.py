@@ -99,6 +99,7 @@ from simexplain_jax.io import write_json_atomic
 SCORERS = ("product", "removal", "leace", "shift", "gradient")
 METHODS = ("ridge", "fastcav", "pattern", "mlp")  # the fits from labels; fit_edit_concepts fits from edits
 _TINY = 1e-12
+_CHUNK = 256  # rows per [rows, A, D] block of network gradients
 _ARRAYS = ("mean", "cross", "probe", "shifts")
 # the mlp probe: hidden width, full-batch Adam steps and step size, L2 penalty on the weights
 NETWORK_HIDDEN, NETWORK_STEPS, NETWORK_LEARNING_RATE, NETWORK_WEIGHT_DECAY = 64, 500, 1e-2, 1e-4
@@ -254,14 +255,15 @@ def fit_concepts(embeddings, labels, *, split: str, ridge: float = 1e-2, method:
         valid &= pattern_ok
     network = None
     if method == "mlp":
-        network = fit_network(x, y, valid, hidden=NETWORK_HIDDEN, steps=NETWORK_STEPS,
-                              learning_rate=NETWORK_LEARNING_RATE, weight_decay=NETWORK_WEIGHT_DECAY, seed=seed)
-        _, gradients = logits_and_gradients(network, x)  # [N, A, D]
-        gradients /= np.maximum(np.linalg.norm(gradients, axis=2, keepdims=True), _TINY)
-        summed = np.einsum("na,nad->ad", y, gradients)
+        network = {k: v.astype(np.float32) for k, v in fit_network(
+            x, y, valid, hidden=NETWORK_HIDDEN, steps=NETWORK_STEPS, learning_rate=NETWORK_LEARNING_RATE,
+            weight_decay=NETWORK_WEIGHT_DECAY, seed=seed).items()}
+        summed = np.zeros((y.shape[1], x.shape[1]))
+        for start in range(0, len(x), _CHUNK):  # [chunk, A, D] at a time
+            summed += np.einsum("na,nad->ad", y[start:start + _CHUNK],
+                                _unit_gradients(network, x[start:start + _CHUNK]))
         directions, mlp_ok = _unit_rows(summed / np.maximum(positives, 1)[:, None])
         valid &= mlp_ok
-        network = {k: v.astype(np.float32) for k, v in network.items()}
     return Concepts(_masked(valid, directions), valid, split, mean.astype(np.float32), _masked(valid, cross),
                     _masked(valid, probe), None if shifts is None else _masked(valid, shifts), network)
 
@@ -315,6 +317,24 @@ def _projections(concepts: Concepts, query_embeddings, reference_embeddings):
     return q, r, s, q @ u.T, r @ u.T  # [P, D], [P, D], [P, 1], [P, A], [P, A]
 
 
+def _unit_gradients(network: dict, x: np.ndarray) -> np.ndarray:
+    """``[N, A, D]``: the probe network's unit logit gradients at the rows of ``x``."""
+    gradients = logits_and_gradients(network, x)[1]
+    return gradients / np.maximum(np.linalg.norm(gradients, axis=2, keepdims=True), _TINY)
+
+
+def _gradient_removal(network: dict, q: np.ndarray, r: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``[P, A]``: the ``"gradient"`` scorer, in blocks of ``_CHUNK`` pairs."""
+    out = []
+    for start in range(0, len(q), _CHUNK):
+        qc, rc, sc = q[start:start + _CHUNK], r[start:start + _CHUNK], s[start:start + _CHUNK]
+        u, v = _unit_gradients(network, qc), _unit_gradients(network, rc)  # [p, A, D]
+        qu, rv = np.einsum("pd,pad->pa", qc, u), np.einsum("pd,pad->pa", rc, v)
+        ru, qv, uv = np.einsum("pd,pad->pa", rc, u), np.einsum("pd,pad->pa", qc, v), np.einsum("pad,pad->pa", u, v)
+        out.append(_cos_lost(sc, sc - qu * ru - rv * qv + qu * rv * uv, (1.0 - qu**2) * (1.0 - rv**2)))
+    return np.concatenate(out) if out else np.zeros((0, len(network["b2"])))
+
+
 def _cos_lost(s, numerator, squared_norms):
     norms = np.sqrt(np.maximum(squared_norms, 0.0))
     return s - np.where(norms > _TINY, numerator / np.maximum(norms, _TINY), 0.0)
@@ -361,11 +381,7 @@ def concept_relevance(concepts: Concepts, query_embeddings, reference_embeddings
         qd = q @ d.T
         relevance = _cos_lost(s, s - r @ d.T, 1.0 - 2.0 * qd + np.sum(d**2, axis=1)[None])
     else:  # gradient: removal along each embedding's own unit gradient u (q), v (r)
-        u, v = (g / np.maximum(np.linalg.norm(g, axis=2, keepdims=True), _TINY)
-                for g in (logits_and_gradients(concepts.network, e)[1] for e in (q, r)))  # [P, A, D]
-        qu, rv = np.einsum("pd,pad->pa", q, u), np.einsum("pd,pad->pa", r, v)
-        ru, qv, uv = np.einsum("pd,pad->pa", r, u), np.einsum("pd,pad->pa", q, v), np.einsum("pad,pad->pa", u, v)
-        relevance = _cos_lost(s, s - qu * ru - rv * qv + qu * rv * uv, (1.0 - qu**2) * (1.0 - rv**2))
+        relevance = _gradient_removal(concepts.network, q, r, s)
     return np.where(concepts.valid[None], relevance, -np.inf)
 
 
