@@ -96,28 +96,32 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def define_flags() -> None:
-    """The command's flags (defined by the entry point only, so importing this module defines none)."""
-    flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)")
-    flags.DEFINE_string("model", None, "package.module:factory returning a simexplain_jax.models.SimilarityModel")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The command's flags, in ``flag_values`` (defined by the entry point only, so importing this
+    module defines none; a test can parse a command line into its own ``flags.FlagValues``)."""
+    into = dict(flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", None, "a train_similarity workdir (or its checkpoints/ folder)", **into)
+    flags.DEFINE_string("model", None, "package.module:factory returning a simexplain_jax.models.SimilarityModel",
+                        **into)
     flags.DEFINE_string("torchvision_weights", None, "an ImageNet-pretrained torchvision ResNet state dict "
-                        "(.pth, .safetensors or .npz) used as the similarity model")
-    flags.DEFINE_enum("arch", "resnet18", list(ARCHS), "the --torchvision_weights architecture")
-    flags.DEFINE_integer("stages", 4, "ResNet stages kept for --torchvision_weights (3: cut after layer3)")
-    flags.DEFINE_integer("image_size", 224, "input size for --torchvision_weights")
-    flags.DEFINE_string("query", None, "query image file")
-    flags.DEFINE_string("reference", None, "reference image file")
-    flags.DEFINE_string("pairs", None, "a pair file (img1 img2 label) instead of --query/--reference")
-    flags.DEFINE_string("image_dir", ".", "where --pairs names are looked up")
-    flags.DEFINE_enum("method", "rise", list(METHODS), "saliency method (fixed reference)")
-    flags.DEFINE_integer("num_masks", 2000, "RISE masks")
-    flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)")
-    flags.DEFINE_enum("selector", "concept", list(SELECTORS), "how --attributes are ranked")
-    flags.DEFINE_bool("json", False, "print one JSON record per pair (for scripts) instead of text")
-    flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs")
-    flags.DEFINE_integer("correspondences", 3, "strongest cell pairs printed and drawn (0: none)")
-    flags.DEFINE_integer("seed", 0, "PRNG seed")
-    flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl) and an error's traceback")
+                        "(.pth, .safetensors or .npz) used as the similarity model", **into)
+    flags.DEFINE_enum("arch", "resnet18", list(ARCHS), "the --torchvision_weights architecture", **into)
+    flags.DEFINE_integer("stages", 4, "ResNet stages kept for --torchvision_weights (3: cut after layer3)", **into)
+    flags.DEFINE_integer("image_size", 224, "input size for --torchvision_weights", **into)
+    flags.DEFINE_string("query", None, "query image file", **into)
+    flags.DEFINE_string("reference", None, "reference image file", **into)
+    flags.DEFINE_string("pairs", None, "a pair file (img1 img2 label) instead of --query/--reference", **into)
+    flags.DEFINE_string("image_dir", ".", "where --pairs names are looked up", **into)
+    flags.DEFINE_enum("method", "rise", list(METHODS), "saliency method (fixed reference)", **into)
+    flags.DEFINE_integer("num_masks", 2000, "RISE masks", **into)
+    flags.DEFINE_string("attributes", None, "an attribute-predictor checkpoint folder (train_attributes)", **into)
+    flags.DEFINE_enum("selector", "concept", list(SELECTORS), "how --attributes are ranked", **into)
+    flags.DEFINE_bool("json", False, "print one JSON record per pair (for scripts) instead of text", **into)
+    flags.DEFINE_string("out", "explanations", "output folder for the overlay PNGs", **into)
+    flags.DEFINE_integer("correspondences", 3, "strongest cell pairs printed and drawn (0: none)", **into)
+    flags.DEFINE_integer("seed", 0, "PRNG seed", **into)
+    flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl) and an error's traceback",
+                      **into)
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -219,17 +223,18 @@ def describe_box(box) -> str:
     return f"y {y0}:{y1} x {x0}:{x1}"
 
 
-def main(argv):
+def main(argv, flag_values: flags.FlagValues = FLAGS):
+    """The command: ``run`` with the config of the parsed ``flag_values`` (``define_flags``)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
+    logging.set_verbosity(logging.INFO if flag_values.verbose else logging.WARNING)
     config = default_config()
     for name in config:
-        config[name] = getattr(FLAGS, name) if getattr(FLAGS, name) is not None else config[name]
+        config[name] = getattr(flag_values, name) if getattr(flag_values, name) is not None else config[name]
     try:
-        results = run(config, FLAGS.out)
+        results = run(config, flag_values.out)
     except USER_ERRORS as err:  # a bad flag value, file or model, named in one line
-        sys.exit(report_error(err, FLAGS.verbose))
+        sys.exit(report_error(err, flag_values.verbose))
     if results["failures"] and results["failures"] == results["num_pairs"]:
         sys.exit(1)
 

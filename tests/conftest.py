@@ -164,6 +164,36 @@ def run_module(module, *args, devices=None):
                           timeout=600, env=env)
 
 
+def fresh_module(monkeypatch, name):
+    """Makes the next ``import name`` load the module from ``sys.path`` again, and forgets it after the
+    test: tests write their own ``my_models.py`` in their own folders, and one process runs many."""
+    monkeypatch.setitem(sys.modules, name, None)  # recorded, so that teardown removes the entry
+    del sys.modules[name]
+
+
+def run_command_in_process(module, *args):
+    """``python -m module ARGS`` in this process: absl parses ``ARGS`` into a new ``flags.FlagValues``
+    with the module's ``define_flags`` and its ``main`` runs on them. Returns the exit status (0 when
+    ``main`` returns). For a command line whose process boundary is not the subject; its
+    subprocess form is tested once per entry point."""
+    import importlib
+
+    from absl import flags
+    from absl import logging as absl_logging
+
+    command = importlib.import_module(module)
+    flag_values = flags.FlagValues()
+    command.define_flags(flag_values)
+    verbosity = absl_logging.get_verbosity()
+    try:
+        command.main(flag_values([module, *args]), flag_values)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    return 0
+
+
 def stage_config(spec, **overrides):
     """The locked config ``spec`` (``experiments/configs/NAME.py[:ARG]``) with ``overrides`` set
     (nested dicts for nested fields)."""

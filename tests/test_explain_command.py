@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ROOT, fresh_module, run_command_in_process, run_module
 
 
 def png_header(width, height):
@@ -129,10 +129,12 @@ def readme_section(title):
     return section[: section.index("\n## ", 1)]
 
 
-def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_attributes, monkeypatch):
+def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_attributes, monkeypatch, capsys):
     """Every command of the README's "Explain your own pairs" (a model trained here, --model with the
     README's NNX factory, --torchvision_weights), in a folder holding the files they name; the
-    masks are fewer and the ResNet's input smaller here (appended flags) to keep the suite fast."""
+    masks are fewer and the ResNet's input smaller here (appended flags) to keep the suite fast.
+    The flags are parsed as the command line does, in this process (``run_command_in_process``;
+    ``test_explain_command_on_user_images`` runs the command as a subprocess)."""
     import shlex
 
     from PIL import Image
@@ -158,19 +160,22 @@ def test_the_readme_explain_commands_run(tmp_path, trained_similarity, trained_a
     (tmp_path / "pairs.txt").write_text("a.png b.jpg 1\nb.jpg a.png 0\n")
     write_torch_zip(tmp_path / "resnet18.pth", state_dict_tensors(
         torchvision_state_dict("basic", (2, 2, 2, 2), width=64, num_classes=1000)), monkeypatch, prefix="resnet18")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the README's factory module, as PYTHONPATH=. would
+    fresh_module(monkeypatch, "my_models")
     for command in commands:
+        assert command[:3] == ["python", "-m", "experiments.explain"]
         extra = ["--num_masks=50"] + (["--image_size=64"] if any("torchvision" in a for a in command) else [])
-        proc = subprocess.run([sys.executable, *command[1:], *extra], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        status = run_command_in_process("experiments.explain", *command[3:], *extra)
+        out, err = capsys.readouterr()
+        assert status == 0, (command, err[-3000:])
         if "--json" in command:
-            records = [json.loads(line) for line in proc.stdout.splitlines()]
+            records = [json.loads(line) for line in out.splitlines()]
             assert [r["index"] for r in records] == [0, 1]
         else:
-            assert "a.png ~ b.jpg: similarity" in proc.stdout and "top correspondences" in proc.stdout, proc.stdout
+            assert "a.png ~ b.jpg: similarity" in out and "top correspondences" in out, out
         if "--attributes" in " ".join(command):
-            assert "top attributes (concept selector)" in proc.stdout
+            assert "top attributes (concept selector)" in out
 
 
 def test_the_readmes_saliency_eval_command_explains_the_readmes_factory(tmp_path, shapes32_dir):

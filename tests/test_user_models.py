@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import fresh_module
 from flax import linen as nn
 
 from simexplain_jax.models import (SimilarityModel, check_embeddings, from_function, from_linen, from_nnx,
@@ -284,6 +285,7 @@ def test_model_factories_by_name(tmp_path, monkeypatch):
         "def good():\n    return from_function(embed, image_size=8, name='mean colour')\n"
         "def wrong():\n    return embed\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    fresh_module(monkeypatch, "my_models")
     assert load_factory("my_models:good").name == "mean colour"
     for spec, message in [("my_models", "must be package.module:factory"),
                           ("no_such_module:f", "cannot import no_such_module"),
