@@ -20,10 +20,9 @@ reference, the query's saliency map) and one correspondence PNG (both images' fi
 their strongest cell pairs joined by lines), and prints the similarity, the top correspondences
 (cell boxes in pixels, ``y0:y1 x0:x1``, and each one's share of the similarity) and, with
 ``--attributes``, the three attributes that best explain the match. They are ranked by the concept
-selector (a probe network of the attributes on the similarity model's embedding, fitted by
-``train_attributes`` and saved beside the predictor as ``concepts.json``; each attribute is scored
-by the similarity lost when each embedding's component along the probe's gradient for it is
-removed, with a soft presence term from the predictor), and
+selector (each attribute's direction in the similarity model's embedding, fitted by
+``train_attributes`` and saved beside the predictor as ``concepts.json``, scored by the similarity
+lost when it is removed from both embeddings, with a soft presence term from the predictor), and
 the similarity's relative change without it is printed (``color:red (-4.2% without it)``). ``--selector`` picks
 ``pair_aware`` or ``paper`` (the activation maps against the saliency maps) instead. ``--json``
 prints one JSON record per pair (similarity, attributes with scores, correspondences, output
@@ -70,7 +69,7 @@ FLAGS = flags.FLAGS
 METHODS = ("rise", "sliding_window", "lime", "gradient", "integrated_gradients")
 SELECTORS = ("concept", "pair_aware", "paper")
 PRESENCE_WEIGHT = 0.05  # the concept selector's soft presence term (explain_attributes' default)
-CONCEPT_SCORER = "gradient"  # the concept selector's scorer (explain_attributes' first, chosen on validation pairs)
+CONCEPT_SCORER = "removal"  # the concept selector's scorer (explain_attributes' first, chosen on validation pairs)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -43,7 +43,7 @@ from simexplain_jax.data.datasets import attribute_splits
 from simexplain_jax.train.loop import fit
 
 CONCEPT_RIDGE = 1e-2  # the concept fit's ridge penalty (explain_attributes' default)
-CONCEPT_METHOD = "mlp"  # the concept fit (explain_attributes' first, chosen on validation pairs)
+CONCEPT_METHOD = "pattern"  # the concept fit (explain_attributes' first, chosen on validation pairs)
 
 
 def predictor_config(config, attribute_names: list, image_size: int) -> dict:

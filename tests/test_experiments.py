@@ -199,14 +199,14 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
     # each fit with the scorers it supports: leace once (label fits erase the same), shift where the fit keeps shifts,
     # gradient for the mlp probe's network
-    combos = ([("mlp", x) for x in ("gradient", "removal", "product", "leace", "cells")]
-              + [("pattern", x) for x in ("removal", "product", "shift", "cells")]
+    combos = ([("pattern", x) for x in ("removal", "product", "leace", "shift", "cells")]
               + [(m, x) for m in ("ridge", "fastcav") for x in ("removal", "product", "cells")]
-              + [("edits", x) for x in ("removal", "product", "shift", "cells")])
+              + [("edits", x) for x in ("removal", "product", "shift", "cells")]
+              + [("mlp", x) for x in ("removal", "product", "cells", "gradient")])
     assert settings == ([("paper", w, None, None, None) for w in weights]
                         + [("pair_aware", w, None, None, None) for w in weights]
                         + [("concept", w, m, x, "soft") for m, x in combos for w in weights]
-                        + [("concept", 0.0, "mlp", x, "both") for x in ("gradient", "removal", "product", "leace")]
+                        + [("concept", 0.0, "pattern", x, "both") for x in ("removal", "product", "leace", "shift")]
                         + [("random", None, None, None, None)])
     for r in results["rows"]:
         assert 0 <= r["gt_top1"] <= r["gt_top3"] <= 1 and 0 <= r["oracle_agreement"] <= 1
@@ -220,7 +220,7 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     assert set(results["faithfulness"]) == {"embedding_removal", "region_removal"}
     assert results["concepts"]["split"] == "train" and results["concepts"]["fitted"] > 0  # never test
     assert set(results["concepts"]["fitted_by_method"]) == {"ridge", "fastcav", "pattern", "edits", "mlp"}
-    assert results["gallery_selector"] == "concept selector (mlp directions, gradient scorer, soft presence)"
+    assert results["gallery_selector"] == "concept selector (pattern directions, removal scorer, soft presence)"
     assert results["concepts"]["cell_fraction"] == 0.1
     assert set(results["map"]) == {"lambda=0", "lambda=0.1"}
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"

@@ -103,8 +103,8 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     images = normalize_images(np.stack([explain.load_image(str(tmp_path / n), model_config["image_size"])
                                         for n in ("a.png", "c.png")]))
     e = np.asarray(embed(images))
-    relevance = concept_relevance(concepts, e[:1], e[1:], scorer="gradient")[0]
-    assert concepts.network is not None  # train_attributes fits the mlp probe
+    relevance = concept_relevance(concepts, e[:1], e[1:], scorer="removal")[0]
+    assert concepts.shifts is not None  # train_attributes fits pattern directions
     names = json.loads((attributes / "config.json").read_text())["attribute_names"]
     for entry in record["attributes"]:
         assert entry["share"] == pytest.approx(relevance[names.index(entry["name"])] / record["similarity"], rel=1e-3)
