@@ -25,6 +25,7 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 import simexplain_jax as sx
 from experiments import train_similarity
@@ -102,10 +103,11 @@ def _explain(method, options, config, model, variables, embed, queries, referenc
             int(out.passes))
 
 
-def explain_in_batches(method, options, config, model, variables, embed, queries, references, key):
+def explain_in_batches(method, options, config, model, variables, embed, queries, references, key, progress=None):
     """``_explain`` over batches of ``config.pair_batch`` pairs (the last one padded with its last pair),
-    so one compiled program serves every batch. Returns the outputs and the seconds per pair of the
-    batches after the first (which compiles), or of the first when there is only one."""
+    so one compiled program serves every batch; ``progress(n)`` is called with the pairs of each batch
+    done. Returns the outputs and the seconds per pair of the batches after the first (which
+    compiles), or of the first when there is only one."""
     size, total = config.pair_batch, len(queries)
     outputs, seconds = [], []
     for index, start in enumerate(range(0, total, size)):
@@ -114,6 +116,8 @@ def explain_in_batches(method, options, config, model, variables, embed, queries
         outputs.append(_explain(method, options, config, model, variables, embed, queries[chosen], references[chosen],
                                 jax.random.fold_in(key, index)))
         seconds.append((time.perf_counter() - began) / size)
+        if progress is not None:
+            progress(min(size, total - start))
     corr = None if outputs[0][0] is None else np.concatenate([o[0] for o in outputs])[:total]
     maps = np.concatenate([o[1] for o in outputs])[:total]
     reference_maps = None if outputs[0][2] is None else np.concatenate([o[2] for o in outputs])[:total]
@@ -147,8 +151,9 @@ def evaluate(config, workdir: str, rows: list) -> dict:
     key = jax.random.key(config.seed)
     results = []
     for name, method, options in rows:
-        corr, maps, reference_maps, passes, seconds = explain_in_batches(method, options, config, model, variables,
-                                                                         embed, queries, references, key)
+        with tqdm(total=len(queries), desc=name, unit="pair") as bar:
+            corr, maps, reference_maps, passes, seconds = explain_in_batches(
+                method, options, config, model, variables, embed, queries, references, key, progress=bar.update)
         row = {"method": name, "passes_per_pair": passes, "seconds_per_pair": seconds}
         if corr is not None:
             scores = [sx.metrics.correspondence_pointing(c, kq, kr, k=config.top_k) for c, kq, kr in

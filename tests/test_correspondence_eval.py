@@ -8,7 +8,7 @@ from conftest import stage_config
 CONFIG = "experiments/configs/correspondence_shapes.py:runlocal"
 
 
-def test_correspondence_eval_runlocal(tmp_path, shapes32_dir, trained_similarity):
+def test_correspondence_eval_runlocal(tmp_path, shapes32_dir, trained_similarity, capsys):
     from experiments import correspondence_eval
 
     summary = correspondence_eval.run(stage_config(CONFIG, data_dir=shapes32_dir,
@@ -27,6 +27,9 @@ def test_correspondence_eval_runlocal(tmp_path, shapes32_dir, trained_similarity
     assert "correspondence_pointing" not in rows["rise"] and "reference_pointing" not in rows["rise"]
     assert rows["pooled_pair"]["passes_per_pair"] == 2 and rows["rise_pair_250"]["passes_per_pair"] == 64
     assert "| pooled_pair |" in (tmp_path / "results.md").read_text()
+    progress = capsys.readouterr().err  # a progress bar per row, over its pairs
+    for name in rows:
+        assert f"{name}: 100%" in progress and "4/4" in progress, name
 
 
 def test_correspondence_eval_bad_config_fails_before_any_work(tmp_path):
