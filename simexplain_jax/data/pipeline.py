@@ -52,7 +52,9 @@ class Preprocess(grain.transforms.Map):
 
     ``image_size=None`` keeps the native size (the shapes benchmark); an int resizes and
     centre-crops (112 for the paper's real datasets). ``keys`` selects the fields to keep
-    besides ``image`` (text fields come back as bytes).
+    besides ``image`` (text fields come back as bytes). ``map`` is ``normalize(decode(example))``;
+    ``make_loader`` decodes each record and normalises each batch (the same values: normalising is
+    elementwise).
     """
 
     image_size: Optional[int] = None
@@ -60,6 +62,10 @@ class Preprocess(grain.transforms.Map):
     image_keys: Sequence[str] = ("image",)
 
     def map(self, example):
+        return self.normalize(self.decode(example))
+
+    def decode(self, example):
+        """One record: each of ``image_keys`` as uint8 ``[size, size, 3]``, ``keys`` as numpy arrays."""
         out = {}
         for image_key in self.image_keys:
             image = np.asarray(example[image_key])
@@ -67,10 +73,67 @@ class Preprocess(grain.transforms.Map):
                 image = np.repeat(image[..., None], 3, axis=-1)
             if self.image_size is not None:
                 image = resize_and_center_crop(image, self.image_size)
-            out[image_key] = normalize_images(image)
+            out[image_key] = image
         for key in self.keys:
             out[key] = np.asarray(example[key])
         return out
+
+    def normalize(self, decoded):
+        """A decoded record or a batch of them: each of ``image_keys`` normalised (float32)."""
+        return {key: normalize_images(value) if key in self.image_keys else value for key, value in decoded.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decode(grain.transforms.Map):
+    """``Preprocess.decode`` of each record."""
+
+    preprocess: Preprocess
+
+    def map(self, example):
+        return self.preprocess.decode(example)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Normalize(grain.transforms.Map):
+    """``Preprocess.normalize`` of each batch."""
+
+    preprocess: Preprocess
+
+    def map(self, batch):
+        return self.preprocess.normalize(batch)
+
+
+class _IndexSampler:
+    """The records and order of ``grain.samplers.IndexSampler`` without the random generator that
+    it makes for every record (a numpy Philox, about half of the loader's time per record on small
+    images): no transform here draws random numbers. Its ``repr`` is IndexSampler's, so an iterator
+    state saved under either resumes under the other.
+
+    Records come from grain's public ``MapDataset``: this shard's contiguous piece of the records
+    (grain's ``ShardOptions`` with ``drop_remainder``), shuffled with ``seed`` (a new order each
+    epoch). ``tests/test_data_shapes.py`` checks the order equals IndexSampler's.
+    """
+
+    def __init__(self, num_records: int, shard: grain.sharding.ShardOptions, shuffle: bool,
+                 num_epochs: Optional[int], seed: int):
+        self._reference = grain.samplers.IndexSampler(num_records=num_records, shard_options=shard, shuffle=shuffle,
+                                                      num_epochs=num_epochs, seed=seed)
+        self._shard_options = shard  # read by grain.DataLoader
+        per_shard = num_records // shard.shard_count
+        start = per_shard * shard.shard_index
+        keys = grain.MapDataset.range(start, start + per_shard)
+        self._record_keys = keys.shuffle(seed=seed) if shuffle else keys
+
+    def __len__(self) -> int:
+        return len(self._reference)
+
+    def __repr__(self) -> str:
+        return repr(self._reference)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record index {index} is out of [0, {len(self)})")
+        return grain.RecordMetadata(index=index, record_key=self._record_keys[index // self._shard_options.shard_count])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +191,12 @@ def make_loader(
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
     shard = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
-                                          num_epochs=num_epochs, seed=seed)
-    operations = ([] if preprocess is None else [preprocess]) + [grain.transforms.Batch(batch_size,
-                                                                                         drop_remainder=drop_remainder)]
+    sampler = _IndexSampler(len(source), shard, shuffle, num_epochs, seed)
+    batch = grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)
+    if isinstance(preprocess, Preprocess):  # uint8 records batched, then normalised a batch at a time
+        operations = [_Decode(preprocess), batch, _Normalize(preprocess)]
+    else:
+        operations = ([] if preprocess is None else [preprocess]) + [batch]
     # an in-memory source is read in this thread: grain's read threads and their prefetch bookkeeping
     # (it polls every buffered future per record) cost more than copying a record from an array
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if isinstance(source, InMemorySource) else None
