@@ -10,15 +10,18 @@ subprocesses of the tests share it: a program compiled once is read back by the 
 worker, by every command-line test and after ``jax.clear_caches()`` between modules, and a rerun
 of the suite starts warm.
 
-The tests compile with XLA's backend optimisation level 0 (``XLA_TEST_FLAGS``, also passed to the
-subprocesses; an ``XLA_FLAGS`` that sets a level keeps its own): the suite compiles hundreds of
-small programs and runs each for milliseconds, so LLVM's optimisation costs more than it saves.
-The programs compute the same values to float rounding, and every assertion holds as it does at
-the default level.
+The tests compile with most of XLA's optimisations off (``jax_disable_most_optimizations``, also
+set for the subprocesses; an ``XLA_FLAGS`` that sets ``--xla_backend_optimization_level`` keeps
+its own): the suite compiles thousands of small programs and runs most for milliseconds, so the
+optimisation costs more than it saves. The session's similarity training runs its 600 steps for
+longer than they take to compile, so it compiles with them (``compiled_with_optimizations``). The
+programs compute the same values to float rounding, and every assertion holds as it does at the
+default level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,10 +44,10 @@ if JAX_CACHE:
         os.environ[name.upper()] = str(value)
         jax.config.update(name, value)
 
-XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    # read when the backend starts, which no import above does
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
+LEVEL_GIVEN = "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")  # the caller chose a level
+if not LEVEL_GIVEN:
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # for the subprocesses
+    jax.config.update("jax_disable_most_optimizations", True)  # read at each compilation
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -147,10 +150,24 @@ def shapes32_dir(tmp_path_factory):
     return data_dir
 
 
+@contextlib.contextmanager
+def compiled_with_optimizations():
+    """XLA's optimisations on for what compiles inside (the suite compiles with most of them off): for
+    work that runs for longer than it compiles, as the session's 600 training steps (twice as fast
+    at the default level on this 2-core CPU)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
 def subprocess_env(devices=None):
     """The environment for a test's subprocess: this one's, with ``devices`` fake CPU devices (None:
-    one, as a user's shell has) and the tests' XLA flags."""
-    flags = [f for f in os.environ["XLA_FLAGS"].split() if not f.startswith("--xla_force_host_platform_device_count")]
+    one, as a user's shell has) and the tests' compiler settings."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
     if devices:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
     return dict(os.environ, XLA_FLAGS=" ".join(flags), **({"JAX_PLATFORMS": "cpu"} if devices else {}))
@@ -208,8 +225,9 @@ def trained_similarity(tmp_path_factory, shapes32_dir):
     from experiments import train_similarity
 
     workdir = tmp_path_factory.mktemp("similarity")
-    train_similarity.run(stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir),
-                         str(workdir))
+    with compiled_with_optimizations():
+        train_similarity.run(stage_config("experiments/configs/similarity_shapes.py:runlocal", data_dir=shapes32_dir),
+                             str(workdir))
     return workdir
 
 

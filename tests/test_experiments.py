@@ -188,12 +188,29 @@ def test_shapes_contact_sheet_command_line(tmp_path, shapes32_dir):
     assert (tmp_path / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attributes):
-    from experiments import explain_attributes
+@pytest.fixture(scope="module")
+def sane_run(tmp_path_factory, shapes32_dir, trained_similarity, trained_attributes):
+    """The main job, runlocal, reusing the session's trained similarity model and attribute predictors
+    as its first and third stages (sane skips a stage whose folder holds results); its saliency and
+    explanation stages run here."""
+    from experiments import sane
 
-    explain_attributes.run(stage_config("experiments/configs/explain_attributes_shapes.py:runlocal",
-                                        data_dir=shapes32_dir, attributes_workdir=str(trained_attributes)),
-                           str(tmp_path))
+    workdir = tmp_path_factory.mktemp("sane")
+    shutil.copytree(trained_similarity, workdir / "similarity")
+    shutil.copytree(trained_attributes, workdir / "attributes")
+    config = stage_config("experiments/configs/sane_shapes.py:runlocal", data_dir=shapes32_dir)
+    with config.unlocked():
+        config.stages.saliency.mesh_devices = 1  # one device, as the command line has
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        sane.run(config, str(workdir))
+    return workdir, stdout.getvalue()
+
+
+def test_explain_attributes_runlocal_rows(sane_run):
+    """The explanation stage of the runlocal main job: explain_attributes' runlocal config as it is
+    (the job's explanation stage overrides nothing), run in-process by sane."""
+    tmp_path = sane_run[0] / "explanations"
     results = json.loads((tmp_path / "results.json").read_text())
     settings = [(r["selector"], r["w"], r["concept"], r["scorer"], r["presence"]) for r in results["rows"]]
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -231,22 +248,6 @@ def test_explain_attributes_runlocal_rows(tmp_path, shapes32_dir, trained_attrib
     assert results["gallery_selector"].startswith("concept selector")
 
 
-@pytest.fixture(scope="module")
-def sane_run(tmp_path_factory, shapes32_dir, trained_similarity):
-    """The main job, runlocal, reusing the module's trained similarity model as its first stage."""
-    from experiments import sane
-
-    workdir = tmp_path_factory.mktemp("sane")
-    shutil.copytree(trained_similarity, workdir / "similarity")
-    config = stage_config("experiments/configs/sane_shapes.py:runlocal", data_dir=shapes32_dir)
-    with config.unlocked():
-        config.stages.saliency.mesh_devices = 1  # one device, as the command line has
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        sane.run(config, str(workdir))
-    return workdir, stdout.getvalue()
-
-
 def test_sane_runlocal_writes_report_and_results(sane_run):
     workdir, stdout = sane_run
     results = json.loads((workdir / "results.json").read_text())
@@ -270,7 +271,7 @@ def test_sane_refuses_a_finished_stage_under_other_settings(sane_run, shapes32_d
         config.stages.saliency.mesh_devices = 1
         config.stages.explanations.num_pairs = 5
     with pytest.raises(ValueError, match=r"stage experiments.explain_attributes in .*explanations ran with other "
-                                         r"settings \(num_pairs: 6 -> 5\)"):
+                                         r"settings \(num_pairs: 8 -> 5\)"):
         sane.run(config, str(workdir))
     assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file()) == before
 

@@ -37,7 +37,7 @@ def get_config(arg=None):
             "rows": ("rise:fixed", "rise:variable", "sliding_window:fixed", "lime:fixed", "random:fixed"),
             "num_pairs": 6}
         config.stages.attributes = {}
-        config.stages.explanations = {"num_pairs": 6}
+        config.stages.explanations = {}
     else:
         # both training stages stop once two evaluations in a row bring no gain on validation
         config.stages.similarity = {"num_steps": 1000, "patience": 2}
