@@ -84,12 +84,13 @@ def test_the_attribute_stages_explain_torchvision_weights(shapes32_dir, resnet_w
 
     own = {"torchvision_weights": resnet_weights, "arch": "resnet18", "stages": 2}
     attributes = train_attributes.run(stage_config(ATTRIBUTES, data_dir=shapes32_dir, similarity_model=own, num_epochs=1,
-                                                   cache_images=24, saliency={"num_masks": 40}),
+                                                   lambdas=(0.1,), cache_images=24, saliency={"num_masks": 40}),
                                       str(tmp_path / "attributes"))
     assert "similarity_workdir" not in attributes and not (tmp_path / "attributes" / "similarity").exists()
     # explain_attributes reads which model from the attribute stage's results
+    # two of the concept fits (the others are the same code on other directions): one from labels, one from edits
     config = stage_config(EXPLAIN, data_dir=shapes32_dir, num_pairs=3, gallery_pairs=2, saliency={"num_masks": 40},
-                          attributes_workdir=str(tmp_path / "attributes"))
+                          concept_methods=("pattern", "edits"), attributes_workdir=str(tmp_path / "attributes"))
     results = explain_attributes.run(config, str(tmp_path / "explain"))
     assert attributes["similarity_model"]["torchvision_weights"] == resnet_weights
     assert results["dataset"] == "shapes/32px" and len(results["rows"]) > 3
