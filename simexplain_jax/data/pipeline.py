@@ -105,13 +105,12 @@ class _Normalize(grain.transforms.Map):
 
 class _IndexSampler:
     """The records and order of ``grain.samplers.IndexSampler`` without the random generator that
-    it makes for every record (a numpy Philox, about half of the loader's time per record on small
-    images): no transform here draws random numbers. Its ``repr`` is IndexSampler's, so an iterator
-    state saved under either resumes under the other.
+    it makes for every record (a numpy Philox; no transform here draws random numbers). Its ``repr``
+    is IndexSampler's, so an iterator state saved under either resumes under the other.
 
     Records come from grain's public ``MapDataset``: this shard's contiguous piece of the records
     (grain's ``ShardOptions`` with ``drop_remainder``), shuffled with ``seed`` (a new order each
-    epoch). ``tests/test_data_shapes.py`` checks the order equals IndexSampler's.
+    epoch). ``tests/test_loader.py`` checks the order equals IndexSampler's.
     """
 
     def __init__(self, num_records: int, shard: grain.sharding.ShardOptions, shuffle: bool,
