@@ -99,7 +99,7 @@ def pytest_unconfigure(config):
 
 
 def _rounded(row: dict) -> dict:
-    return {k: (round(v, 2) if isinstance(v, float) and not float(v).is_integer() else int(v)) for k, v in row.items()}
+    return {k: int(v) if k in ("compiles", "cache_hits") else round(v, 2) for k, v in row.items()}
 
 
 def summarize(folder: str, top: int = 15) -> list[dict]:
@@ -112,7 +112,8 @@ def summarize(folder: str, top: int = 15) -> list[dict]:
     programs = collections.defaultdict(lambda: {"compiles": 0, "compile_s": 0.0})
     total = dict.fromkeys(FIELDS, 0.0)
     for path in files:
-        data = json.load(open(path))
+        with open(path) as f:
+            data = json.load(f)
         worker = dict.fromkeys(FIELDS, 0.0)
         for nodeid, row in data["tests"].items():
             module = nodeid.split("::")[0]
