@@ -183,8 +183,15 @@ def load_concepts(path: str | os.PathLike, *, model: str, num_attributes: Option
     return Concepts(directions, valid, split, **extra, network=network)
 
 
+def _float64(array) -> np.ndarray:
+    """``array`` as a C-ordered float64 array: BLAS takes another kernel, and may round differently, for
+    a transposed layout, and a score must depend on the values only (a fit's directions come out
+    transposed; the same directions read back from a file do not)."""
+    return np.ascontiguousarray(array, np.float64)
+
+
 def _normalise(embeddings: np.ndarray, name: str) -> np.ndarray:
-    embeddings = np.asarray(embeddings, np.float64)
+    embeddings = _float64(embeddings)
     if embeddings.ndim != 2 or embeddings.shape[1] < 1:
         raise ValueError(f"{name} must be [N, D], got shape {embeddings.shape}")
     if not np.all(np.isfinite(embeddings)):
@@ -312,7 +319,7 @@ def _projections(concepts: Concepts, query_embeddings, reference_embeddings):
     if q.shape[1] != concepts.directions.shape[1]:
         raise ValueError(f"embeddings have D={q.shape[1]} but the concepts were fitted with "
                          f"D={concepts.directions.shape[1]}")
-    u = concepts.directions.astype(np.float64)
+    u = _float64(concepts.directions)
     s = np.sum(q * r, axis=1, keepdims=True)  # [P, 1]
     return q, r, s, q @ u.T, r @ u.T  # [P, D], [P, D], [P, 1], [P, A], [P, A]
 
@@ -368,8 +375,7 @@ def concept_relevance(concepts: Concepts, query_embeddings, reference_embeddings
     elif scorer == "removal":
         relevance = _cos_lost(s, s - pq * pr, (1.0 - pq**2) * (1.0 - pr**2))
     elif scorer == "leace":  # E x = x - c t(x), t(x) = w . (x - mu) / (w . c)
-        c, w = concepts.cross.astype(np.float64), concepts.probe.astype(np.float64)
-        mean = concepts.mean.astype(np.float64)
+        c, w, mean = _float64(concepts.cross), _float64(concepts.probe), _float64(concepts.mean)
         wc = np.sum(w * c, axis=1)  # > 0: w = (S + l I)^-1 c up to scale
         safe = np.where(np.abs(wc) > _TINY, wc, 1.0)
         tq, tr = (q - mean) @ w.T / safe, (r - mean) @ w.T / safe  # [P, A]
@@ -377,7 +383,7 @@ def concept_relevance(concepts: Concepts, query_embeddings, reference_embeddings
         relevance = _cos_lost(s, s - tr * cq - tq * cr + tq * tr,
                               (1.0 - 2.0 * tq * cq + tq**2) * (1.0 - 2.0 * tr * cr + tr**2))
     elif scorer == "shift":  # s - cos(q - d, r)
-        d = concepts.shifts.astype(np.float64)
+        d = _float64(concepts.shifts)
         qd = q @ d.T
         relevance = _cos_lost(s, s - r @ d.T, 1.0 - 2.0 * qd + np.sum(d**2, axis=1)[None])
     else:  # gradient: removal along each embedding's own unit gradient u (q), v (r)
@@ -422,7 +428,7 @@ def cell_concept_relevance(concepts: Concepts, query_cells, reference_cells, *, 
     keep = max(1, int(round(fraction * n * m)))
     kept = np.zeros_like(corr, bool)
     np.put_along_axis(kept, np.argsort(-corr, axis=1, kind="stable")[:, :keep], True, axis=1)
-    u = concepts.directions.astype(np.float64)
+    u = _float64(concepts.directions)
     relevance = np.einsum("pia,pij,pja->pa", v @ u.T, kept.reshape(len(v), n, m).astype(np.float64), w @ u.T)
     return np.where(concepts.valid[None], relevance / scale[:, None], -np.inf)
 
