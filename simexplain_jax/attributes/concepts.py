@@ -414,7 +414,7 @@ def cell_concept_relevance(concepts: Concepts, query_cells, reference_cells, *, 
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    v, w = np.asarray(query_cells, np.float64), np.asarray(reference_cells, np.float64)
+    v, w = _float64(query_cells), _float64(reference_cells)
     if v.ndim != 3 or w.ndim != 3 or len(v) != len(w) or v.shape[2] != w.shape[2]:
         raise ValueError(f"query_cells and reference_cells must be [P, n, D] and [P, m, D], got {v.shape} and {w.shape}")
     if v.shape[2] != concepts.directions.shape[1]:
