@@ -50,7 +50,7 @@ def measure():
     query = jax.random.normal(jax.random.key(1), (size, size, 3))
     ref_embedding = _embed_batch(embed, jax.random.normal(jax.random.key(2), (1, size, size, 3)))[0]
 
-    images = sx.masks.rise_masks(jax.random.key(0), n, 8, 0.5, (size, size))[..., None] * query[None]
+    images = sx.masks.rise_masks((size, size), key=jax.random.key(0), num_masks=n)[..., None] * query[None]
     images = jax.block_until_ready(images)
     t_loop, _ = timed(floor_python_loop, embed, images, b, repeats=FLAGS.repeats)
     chunks = -(-n // b)
