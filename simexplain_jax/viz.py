@@ -92,7 +92,7 @@ def correspondence_figure(path: str, queries: np.ndarray, references: np.ndarray
     """
     rows = len(queries)
     fig_height = 2.5 * rows + (0.4 if title else 0.2)
-    fig = Figure(figsize=(9.6, fig_height))
+    fig = Figure(figsize=(9.6, fig_height), layout="constrained")
     axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2.15]})
     for i in range(rows):
         height, width = queries[i].shape[:2]
@@ -125,11 +125,8 @@ def correspondence_figure(path: str, queries: np.ndarray, references: np.ndarray
             axes[i, 0].set_title("query: first-order map", fontsize=9)
             axes[i, 1].set_title("reference: first-order map", fontsize=9)
             axes[i, 2].set_title("strongest correspondences (1 = strongest)", fontsize=9)
-    if title:  # in a band of its own above the column titles (tight_layout alone lets them overlap)
-        fig.suptitle(title, fontsize=10, y=1 - 0.08 / fig_height)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig_height))
-    else:
-        fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi=110)
 
 
