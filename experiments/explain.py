@@ -51,7 +51,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 import simexplain_jax as sx
-from experiments.stages import USER_ERRORS, report_error
+from experiments.stages import USER_ERRORS, define_compilation_cache_flag, report_error, use_compilation_cache
 from simexplain_jax import viz
 from simexplain_jax.attributes import Thresholds, concept_relevance, load_concepts, select
 from simexplain_jax.attributes.saliency_cache import resize_maps
@@ -73,7 +73,8 @@ CONCEPT_SCORER = "removal"  # the concept selector's scorer (explain_attributes'
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """``run``'s config: the command's flags but ``--out`` (the workdir) and ``--verbose``; locked."""
+    """``run``'s config: the command's flags but ``--out`` (the workdir), ``--verbose`` and
+    ``--compilation_cache``; locked."""
     config = ml_collections.ConfigDict(dict(
         checkpoint="",  # a train_similarity workdir (or its checkpoints/ folder), or:
         model="",  # package.module:factory returning a simexplain_jax.models.SimilarityModel, or:
@@ -121,6 +122,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("seed", 0, "PRNG seed", **into)
     flags.DEFINE_bool("verbose", False, "also print the libraries' INFO logs (orbax, absl) and an error's traceback",
                       **into)
+    define_compilation_cache_flag(flag_values)
+    flags.declare_key_flag("compilation_cache", flag_values=flag_values)  # listed by --help with the others
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -227,6 +230,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO if flag_values.verbose else logging.WARNING)
+    use_compilation_cache(flag_values.compilation_cache)
     config = default_config()
     for name in config:
         config[name] = getattr(flag_values, name) if getattr(flag_values, name) is not None else config[name]

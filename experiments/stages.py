@@ -18,6 +18,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -248,22 +249,64 @@ def report_error(err: BaseException, verbose: bool) -> int:
     return 1
 
 
+def default_compilation_cache() -> str:
+    """Where the commands keep JAX's persistent compilation cache unless told otherwise: JAX's own
+    settings first (``''``, off, when ``$JAX_ENABLE_COMPILATION_CACHE`` is false;
+    ``$JAX_COMPILATION_CACHE_DIR`` when set), else ``$XDG_CACHE_HOME/simexplain_jax/jax``
+    (``~/.cache/simexplain_jax/jax``)."""
+    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").strip().lower() in ("0", "false", "f", "n", "no", "off"):
+        return ""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "simexplain_jax", "jax")
+
+
+def define_compilation_cache_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """``--compilation_cache``: the folder of JAX's persistent compilation cache (``''``: off)."""
+    flags.DEFINE_string("compilation_cache", default_compilation_cache(),
+                        "JAX's persistent compilation cache: the programs a command compiles are written here and "
+                        "read back by the next command that needs them, instead of compiled again (safe to delete; "
+                        "'' turns it off)", flag_values=flag_values)
+
+
+def use_compilation_cache(folder: str) -> None:
+    """Turns JAX's persistent compilation cache on in ``folder`` (``''``: off), for every program
+    compiled after this call, however short its compilation (unless
+    ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise): a command compiles hundreds of
+    small programs, each read back faster than compiled again. Call it before anything compiles."""
+    if not folder:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.expanduser(folder)))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def flags_main(run: Callable, config_help: str) -> None:
     """The command line of an experiment: defines ``--config`` (a config file, locked, with
     ``--config.x=...`` overrides; ``config_help`` names the config files), ``--workdir`` and
-    ``--verbose``, then runs ``run(config, workdir)`` under ``app.run``. An error meant for the user
+    ``--verbose`` and ``--compilation_cache`` (``use_compilation_cache``), then runs
+    ``run(config, workdir)`` under ``app.run``. An error meant for the user
     (``USER_ERRORS``) is printed as one line and the command exits 1; ``--verbose`` adds the
     traceback. Call it from ``if __name__ == "__main__"`` only, so importing any number of
     experiment modules into one process defines no flag."""
-    config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    config = config_flags.DEFINE_config_file(
+        "config", None, f"the config file ({config_help}[:ARG]); --config.FIELD=VALUE sets one of its fields",
+        lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "output folder (resumes from what it holds)")
     verbose = flags.DEFINE_bool("verbose", False, "print the traceback of an error, not only its message")
+    define_compilation_cache_flag()
     flags.mark_flags_as_required(["config", "workdir"])
+    for name in ("config", "workdir", "verbose", "compilation_cache"):  # listed by --help (defined here, not in main)
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        use_compilation_cache(flags.FLAGS.compilation_cache)
         try:
             run(config.value, workdir.value)
         except USER_ERRORS as err:

@@ -7,8 +7,8 @@ in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the firs
 JAX's persistent compilation cache is on for the session, in ``.cache/jax-tests`` (or the folder
 ``SIMEXPLAIN_TEST_JAX_CACHE`` names; empty turns it off). Set through the environment too, so the
 subprocesses of the tests share it: a program compiled once is read back by the other pytest
-worker, by every command-line test and after ``jax.clear_caches()`` between modules, and a rerun
-of the suite starts warm.
+worker, by every command-line test (whose ``--compilation_cache`` defaults to it) and after
+``jax.clear_caches()`` between modules, and a rerun of the suite starts warm.
 
 The tests compile with most of XLA's optimisations off (``jax_disable_most_optimizations``, also
 set for the subprocesses; an ``XLA_FLAGS`` that sets ``--xla_backend_optimization_level`` keeps
@@ -43,6 +43,8 @@ if JAX_CACHE:
     for name, value in settings.items():
         os.environ[name.upper()] = str(value)
         jax.config.update(name, value)
+else:  # and off for the command lines run by the tests, which would keep one in ~/.cache (--compilation_cache)
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 LEVEL_GIVEN = "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")  # the caller chose a level
 if not LEVEL_GIVEN:

@@ -165,6 +165,14 @@ def test_command_line_errors_are_one_line_from_any_folder(tmp_path):
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0]
 
 
+def test_help_lists_the_command_line_flags():
+    """``--help`` listed no flag: they are defined in experiments.stages, not in the entry point."""
+    proc = run_module("experiments.shapes_contact_sheet", "--help")  # absl's --help exits with status 1
+    for flag in ("--config: the config file (experiments/configs/shapes_contact_sheet.py[:ARG])", "--workdir:",
+                 "--[no]verbose:", "--compilation_cache: JAX's persistent compilation cache"):
+        assert flag in proc.stdout, proc.stdout
+
+
 def test_train_attributes_and_explain_attributes_command_lines_check_before_building(tmp_path):
     """Their flags path, once each: tuple fields are overridden as tuples and checked at start."""
     for module, config, override, message in (

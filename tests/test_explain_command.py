@@ -35,10 +35,18 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8), mode="L").save(tmp_path / "c.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     attributes = trained_attributes / "lambda_0" / "checkpoints"
-    proc = run_module("experiments.explain", f"--checkpoint={trained_similarity}", f"--query={tmp_path / 'a.png'}",
-                      f"--reference={tmp_path / 'b.jpg'}", f"--attributes={attributes}", "--num_masks=100",
-                      f"--out={tmp_path / 'out1'}")
+    command = ("experiments.explain", f"--checkpoint={trained_similarity}", f"--query={tmp_path / 'a.png'}",
+               f"--reference={tmp_path / 'b.jpg'}", f"--attributes={attributes}", "--num_masks=100",
+               f"--out={tmp_path / 'out1'}", f"--compilation_cache={tmp_path / 'xla'}")
+    proc = run_module(*command)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the programs it compiled are in its compilation cache, and a second run reads every one back
+    # (it adds no entry) and prints the same
+    cached = sorted(p.name for p in (tmp_path / "xla").iterdir())
+    assert any(name.startswith("jit__map_queries_jit-") for name in cached), cached
+    again = run_module(*command)
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == cached
     assert "similarity" in proc.stdout and "top attributes (concept selector): " in proc.stdout
     assert re.search(r"\w+:\w+ \([+-]\d+\.\d% without it\)", proc.stdout), proc.stdout
     assert (tmp_path / "out1" / "pair_0000.png").read_bytes()[:4] == b"\x89PNG"
@@ -121,6 +129,24 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
     with pytest.raises(ValueError, match=f"fingerprint 0123456789abcdef0123, not for this one \\({fingerprint(embed)}\\)"):
         explain.run(config, str(tmp_path / "out5"))
     assert not (tmp_path / "out5").exists()  # refused before anything was written
+
+
+def test_compilation_cache_defaults_to_jax_settings_then_the_user_cache(monkeypatch, tmp_path):
+    from experiments.stages import default_compilation_cache
+
+    for name in ("JAX_ENABLE_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_compilation_cache() == str(tmp_path / "home" / ".cache" / "simexplain_jax" / "jax")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_compilation_cache() == str(tmp_path / "xdg" / "simexplain_jax" / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert default_compilation_cache() == str(tmp_path / "jax")
+    for off in ("false", "0", "False"):
+        monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", off)
+        assert default_compilation_cache() == ""
+    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "true")
+    assert default_compilation_cache() == str(tmp_path / "jax")
 
 
 def readme_section(title):
