@@ -98,7 +98,8 @@ def test_imports_flow_down_the_layers_and_form_no_cycle():
 
 
 def test_import_is_light():
-    """``import simexplain_jax`` loads no subpackage and no heavy dependency; ``sx.saliency`` loads on use."""
+    """``import simexplain_jax`` loads no subpackage and no heavy dependency; ``sx.saliency`` loads on use,
+    and scikit-image only when LIME's superpixels are computed."""
     import subprocess
     import sys
 
@@ -107,6 +108,10 @@ def test_import_is_light():
             "         'simexplain_jax.models', 'simexplain_jax.parallel', 'simexplain_jax.data')\n"
             "print(sorted(m for m in heavy if m in sys.modules))\n"
             "sx.metrics\n"
-            "print('simexplain_jax.metrics' in sys.modules, 'flax' in sys.modules)\n")
+            "print('simexplain_jax.metrics' in sys.modules, 'flax' in sys.modules)\n"
+            "import numpy as np, simexplain_jax.saliency\n"  # scikit-image (and its SciPy) only for LIME's superpixels
+            "print('skimage' in sys.modules, 'scipy.cluster' in sys.modules)\n"
+            "labels = simexplain_jax.saliency.superpixels(np.zeros((16, 16, 3), np.uint8), num_segments=4)\n"
+            "print('skimage' in sys.modules, labels.shape)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
-    assert out.stdout.splitlines() == ["[]", "True False"], out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["[]", "True False", "False False", "True (16, 16)"], out.stdout + out.stderr

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from skimage.segmentation import slic
 
 from simexplain_jax import checks, engine
 from simexplain_jax import masks as _masks
@@ -102,6 +101,8 @@ class LimeVariable(Lime):
 
 def superpixels(image_uint8: np.ndarray, num_segments: int = 50, compactness: float = 10.0) -> np.ndarray:
     """SLIC superpixels ``[H, W]`` int32 labels 0..S-1 of an RGB uint8 image (scikit-image)."""
+    from skimage.segmentation import slic  # on first use: scikit-image loads much of SciPy, which only LIME needs
+
     labels = slic(np.asarray(image_uint8), n_segments=num_segments, compactness=compactness, start_label=0)
     _, dense = np.unique(labels, return_inverse=True)  # consecutive labels
     return dense.reshape(labels.shape).astype(np.int32)
