@@ -270,18 +270,30 @@ def define_compilation_cache_flag(flag_values: flags.FlagValues = flags.FLAGS) -
                         "'' turns it off)", flag_values=flag_values)
 
 
-def use_compilation_cache(folder: str) -> None:
+def use_compilation_cache(folder: str) -> str:
     """Turns JAX's persistent compilation cache on in ``folder`` (``''``: off), for every program
     compiled after this call, however short its compilation (unless
     ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise): a command compiles hundreds of
-    small programs, each read back faster than compiled again. Call it before anything compiles."""
+    small programs, each read back faster than compiled again. A folder that cannot be created or
+    written is reported in one line on stderr, and the cache stays off. Call it before anything
+    compiles. Returns the folder in use (``''``: none)."""
+    if folder:
+        folder = os.path.abspath(os.path.expanduser(folder))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as err:
+            sys.stderr.write(f"warning: --compilation_cache={folder} cannot be used ({err}); running without it\n")
+            folder = ""
     if not folder:
         jax.config.update("jax_enable_compilation_cache", False)
-        return
+        return ""
     jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.expanduser(folder)))
+    jax.config.update("jax_compilation_cache_dir", folder)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
 
 
 def flags_main(run: Callable, config_help: str) -> None:

@@ -149,6 +149,31 @@ def test_compilation_cache_defaults_to_jax_settings_then_the_user_cache(monkeypa
     assert default_compilation_cache() == str(tmp_path / "jax")
 
 
+def test_an_unusable_compilation_cache_is_reported_and_left_off(tmp_path, monkeypatch, capsys):
+    """JAX itself only warned ``Error reading persistent compilation cache entry for 'jit_stage':
+    FileNotFoundError`` for a folder it could not create."""
+    import jax
+
+    from experiments.stages import use_compilation_cache
+
+    settings = {}
+    monkeypatch.setattr(jax.config, "update", lambda name, value: settings.__setitem__(name, value))
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    (tmp_path / "file").write_text("")
+    assert use_compilation_cache(str(tmp_path / "file" / "cache")) == ""
+    assert settings == {"jax_enable_compilation_cache": False}
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: --compilation_cache={tmp_path / 'file' / 'cache'} cannot be used (")
+    assert err.endswith("running without it\n") and err.count("\n") == 1
+    settings.clear()
+    assert use_compilation_cache(str(tmp_path / "new" / "cache")) == str(tmp_path / "new" / "cache")
+    assert settings == {"jax_enable_compilation_cache": True, "jax_compilation_cache_dir": str(tmp_path / "new" / "cache"),
+                        "jax_persistent_cache_min_compile_time_secs": 0.0}
+    assert (tmp_path / "new" / "cache").is_dir() and not capsys.readouterr().err
+    settings.clear()
+    assert use_compilation_cache("") == "" and settings == {"jax_enable_compilation_cache": False}
+
+
 def readme_section(title):
     text = open(os.path.join(ROOT, "README.md")).read()
     section = text[text.index(f"## {title}"):]
