@@ -117,7 +117,7 @@ def ensure_stage(run: Callable, config, workdir: str, overrides=None, *, given: 
                                  f": it is not reused with these. Use another workdir, or delete {workdir} to run it "
                                  "again")
         return workdir
-    logging.warning("running stage %s into %s", run.__module__, workdir)
+    print(f"running stage {run.__module__} into {workdir}", flush=True)  # progress, not a warning
     run(config, workdir)
     write_json_atomic(record, requested)
     return workdir
