@@ -251,13 +251,14 @@ def report_error(err: BaseException, verbose: bool) -> int:
 
 def default_compilation_cache() -> str:
     """Where the commands keep JAX's persistent compilation cache unless told otherwise: JAX's own
-    settings first (``''``, off, when ``$JAX_ENABLE_COMPILATION_CACHE`` is false;
-    ``$JAX_COMPILATION_CACHE_DIR`` when set), else ``$XDG_CACHE_HOME/simexplain_jax/jax``
+    settings first (``''``, off, when ``jax_enable_compilation_cache`` is false, e.g. from
+    ``$JAX_ENABLE_COMPILATION_CACHE``; ``jax_compilation_cache_dir`` when set, e.g. from
+    ``$JAX_COMPILATION_CACHE_DIR``), else ``$XDG_CACHE_HOME/simexplain_jax/jax``
     (``~/.cache/simexplain_jax/jax``)."""
-    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").strip().lower() in ("0", "false", "f", "n", "no", "off"):
+    if not jax.config.jax_enable_compilation_cache:
         return ""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
                         "simexplain_jax", "jax")
 

@@ -45,6 +45,7 @@ if JAX_CACHE:
         jax.config.update(name, value)
 else:  # and off for the command lines run by the tests, which would keep one in ~/.cache (--compilation_cache)
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    jax.config.update("jax_enable_compilation_cache", False)
 
 LEVEL_GIVEN = "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")  # the caller chose a level
 if not LEVEL_GIVEN:

@@ -132,21 +132,38 @@ def test_explain_command_on_user_images(tmp_path, trained_similarity, trained_at
 
 
 def test_compilation_cache_defaults_to_jax_settings_then_the_user_cache(monkeypatch, tmp_path):
+    """JAX's settings (from its environment variables at import) come first; the session's are
+    restored afterwards."""
+    import jax
+
     from experiments.stages import default_compilation_cache
 
-    for name in ("JAX_ENABLE_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(name, raising=False)
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    session = {name: getattr(jax.config, name) for name in names}
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_compilation_cache() == str(tmp_path / "home" / ".cache" / "simexplain_jax" / "jax")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_compilation_cache() == str(tmp_path / "xdg" / "simexplain_jax" / "jax")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
-    assert default_compilation_cache() == str(tmp_path / "jax")
-    for off in ("false", "0", "False"):
-        monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", off)
+    try:
+        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert default_compilation_cache() == str(tmp_path / "home" / ".cache" / "simexplain_jax" / "jax")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert default_compilation_cache() == str(tmp_path / "xdg" / "simexplain_jax" / "jax")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+        assert default_compilation_cache() == str(tmp_path / "jax")
+        jax.config.update("jax_enable_compilation_cache", False)
         assert default_compilation_cache() == ""
-    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "true")
-    assert default_compilation_cache() == str(tmp_path / "jax")
+    finally:
+        for name, value in session.items():
+            jax.config.update(name, value)
+    # and from the environment, as a command line starts
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    code = "from experiments.stages import default_compilation_cache; print(repr(default_compilation_cache()))"
+    for extra, expected in (({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "env")}, str(tmp_path / "env")),
+                            ({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "env"), "JAX_ENABLE_COMPILATION_CACHE": "0"},
+                             "")):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                             env=dict(env, **extra), check=True).stdout
+        assert out.strip() == repr(expected), out
 
 
 def test_an_unusable_compilation_cache_is_reported_and_left_off(tmp_path, monkeypatch, capsys):
