@@ -85,6 +85,47 @@ def test_rendering_is_deterministic_and_json_round_trips():
     assert a["image"] == b["image"] and a["scene"] == b["scene"]
 
 
+def _plain_render(scene, image_size):
+    """The drawing written plainly: the texture summed over the whole supersampled canvas, every
+    object's shape and pattern evaluated at every subpixel, the key mask averaged in float."""
+    n = shapes._SUPERSAMPLE
+    s = image_size * n
+    coords = (np.arange(s) + 0.5) / s
+    y, x = coords[:, None], coords[None, :]
+    canvas = np.empty((s, s, 3))
+    canvas[:] = shapes.BACKGROUND_RGB
+    waves = [a * np.sin(2 * np.pi * (fy * y + fx * x) + ph) for fy, fx, ph, a in scene.background]
+    canvas += sum(waves, np.zeros((s, s)))[..., None]
+    masks = []
+    for o in scene.objects:
+        r = shapes.RADII[o.size]
+        dy, dx = np.broadcast_to(y - o.center[0], (s, s)), np.broadcast_to(x - o.center[1], (s, s))
+        inside = shapes._inside(o.shape, dx / r, dy / r)
+        color = np.asarray(shapes.COLORS_RGB[o.color], np.float64)
+        canvas[inside] = color
+        canvas[inside & shapes._pattern_dark(o.pattern, dy, dx)] = color * shapes._PATTERN_SHADE
+        masks.append(inside)
+    mean = lambda a: a.reshape(image_size, n, image_size, n, *a.shape[2:]).mean(axis=(1, 3))  # noqa: E731
+    image = np.clip(np.round(mean(canvas)), 0, 255).astype(np.uint8)
+    return image, mean(masks[shapes.key_index(scene)].astype(np.float64)) >= 0.5
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_rendering_equals_the_plain_drawing_exactly(size):
+    """The renderer draws each object in its bounding square only and sums the texture in place;
+    images and key masks are the plain drawing's, bit for bit (the stored datasets stay the same)."""
+    rng = np.random.default_rng(size)
+    config = shapes.ShapesConfig(shortcut_probability=0.5)
+    scenes = [shapes.sample_scene(rng, c % shapes.NUM_CLASSES, config) for c in range(20)]
+    scenes.append(shapes.Scene(scenes[0].objects))  # no texture
+    for scene in scenes:
+        image, key_mask = _plain_render(scene, size)
+        truth = shapes.render_with_ground_truth(scene, size)
+        np.testing.assert_array_equal(truth["image"], image)
+        np.testing.assert_array_equal(truth["key_mask"], key_mask)
+        np.testing.assert_array_equal(shapes.render(scene, size), image)
+
+
 def test_bad_scene_arguments():
     scene = shapes.sample_scene(np.random.default_rng(0), 0)
     with pytest.raises(ValueError, match="class_id"):

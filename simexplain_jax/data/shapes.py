@@ -262,22 +262,35 @@ def _pattern_dark(pattern: str, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
-def _coverage(scene: Scene, image_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The supersampled canvas ``[S, S, 3]`` float and each object's supersampled mask.
+def _coverage(scene: Scene, image_size: int, mask_of: Optional[int] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The supersampled canvas ``[S, S, 3]`` float and object ``mask_of``'s supersampled mask (bool
+    ``[S, S]``; None when ``mask_of`` is None).
 
     Each object is drawn inside its bounding square only (the work per image does not grow
-    with the number of background pixels an object does not touch).
+    with the number of background pixels an object does not touch), and the texture is summed in
+    two preallocated planes.
     """
     s = image_size * _SUPERSAMPLE
     coords = (np.arange(s) + 0.5) / s
     canvas = np.empty((s, s, 3), np.float64)
-    canvas[:] = BACKGROUND_RGB
     if scene.background:
         y, x = coords[:, None], coords[None, :]
-        texture = sum(a * np.sin(2 * np.pi * (fy * y + fx * x) + ph) for fy, fx, ph, a in scene.background)
-        canvas += texture[..., None]
-    masks = []
-    for o in scene.objects:
+        texture, wave = np.empty((s, s), np.float64), np.empty((s, s), np.float64)
+        for i, (fy, fx, ph, a) in enumerate(scene.background):  # sum of a * sin(2 pi (fy y + fx x) + ph)
+            np.add(fy * y, fx * x, out=wave)
+            np.multiply(2 * np.pi, wave, out=wave)
+            np.add(wave, ph, out=wave)
+            np.sin(wave, out=wave)
+            np.multiply(a, wave, out=wave)
+            if i:
+                np.add(texture, wave, out=texture)
+            else:
+                texture, wave = wave, texture
+        np.add(texture[..., None], np.asarray(BACKGROUND_RGB, np.float64), out=canvas)
+    else:
+        canvas[:] = BACKGROUND_RGB
+    mask = None
+    for index, o in enumerate(scene.objects):
         r = RADII[o.size]
         y0, y1 = max(int(np.floor((o.center[0] - r) * s)) - 1, 0), min(int(np.ceil((o.center[0] + r) * s)) + 1, s)
         x0, x1 = max(int(np.floor((o.center[1] - r) * s)) - 1, 0), min(int(np.ceil((o.center[1] + r) * s)) + 1, s)
@@ -289,15 +302,22 @@ def _coverage(scene: Scene, image_size: int) -> tuple[np.ndarray, list[np.ndarra
         window = canvas[y0:y1, x0:x1]
         window[inside] = color
         window[inside & dark] = color * _PATTERN_SHADE
-        mask = np.zeros((s, s), bool)
-        mask[y0:y1, x0:x1] = inside
-        masks.append(mask)
-    return canvas, masks
+        if index == mask_of:
+            mask = np.zeros((s, s), bool)
+            mask[y0:y1, x0:x1] = inside
+    return canvas, mask
 
 
 def _downsample(array: np.ndarray) -> np.ndarray:
     s = array.shape[0] // _SUPERSAMPLE
     return array.reshape(s, _SUPERSAMPLE, s, _SUPERSAMPLE, *array.shape[2:]).mean(axis=(1, 3))
+
+
+def _half_covered(mask: np.ndarray) -> np.ndarray:
+    """The pixels at least half covered by a supersampled bool mask (counted, so exact)."""
+    s = mask.shape[0] // _SUPERSAMPLE
+    counts = mask.reshape(s, _SUPERSAMPLE, s, _SUPERSAMPLE).sum(axis=(1, 3), dtype=np.int32)
+    return 2 * counts >= _SUPERSAMPLE * _SUPERSAMPLE
 
 
 def render(scene: Scene, image_size: int) -> np.ndarray:
@@ -326,11 +346,11 @@ def render_with_ground_truth(scene: Scene, image_size: int) -> dict:
       ``[H, W]``) marks the pixels at least half covered by the key object, ``key_box`` (ymin,
       xmin, ymax, xmax in pixels, max exclusive) is the key mask's bounding box.
     """
-    canvas, masks = _coverage(scene, image_size)
     key = key_index(scene)
     if key is None:
         raise ValueError("the scene has no class (no single class-defining value): no ground truth to render")
-    key_mask = _downsample(masks[key].astype(np.float64)) >= 0.5
+    canvas, mask = _coverage(scene, image_size, mask_of=key)
+    key_mask = _half_covered(mask)
     rows, cols = np.nonzero(key_mask)
     return {
         "image": np.clip(np.round(_downsample(canvas)), 0, 255).astype(np.uint8),
