@@ -12,6 +12,15 @@ that took the most compilation time (``jit(NAME)``, summed over their compilatio
 ``compiles`` were read back); ``trace_s`` and ``lower_s`` are JAX's tracing to a jaxpr and its
 lowering to StableHLO; ``wall_s`` is each test's setup, call and teardown. What remains of the wall
 time is running the programs, Python, and the tests' subprocesses (not profiled: another process).
+
+With ``--suite-profile-programs`` (added to ``--suite-profile=DIR``) each compilation is also
+recorded with its program's name, input types, device count and a hash of its StableHLO (debug
+information left out). The summary then adds a ``compilations`` record (how many were read from the
+cache, compiled, and compiled again) and ``same_signature`` rows: each jitted function compiled at
+the same input types and devices into several different programs (other static options or
+closed-over values), with the compilation time they took and the tests that compiled them; these
+are programs the tests could share. It wraps ``jax._src.compiler.compile_or_get_cached`` (JAX's
+internals: it may need updating with JAX).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -40,6 +50,30 @@ class _Recorder:
         self.current = "(outside tests)"
         self.tests = collections.defaultdict(lambda: dict.fromkeys(FIELDS, 0.0))
         self.programs = collections.defaultdict(lambda: {"compiles": 0, "compile_s": 0.0})
+        self.cache_reads = 0
+        self.compilations = []  # with record_programs(): [test, name, input types, devices, hash, seconds, read]
+
+    def record_programs(self):
+        """Records each compilation's program (``--suite-profile-programs``); returns the undo."""
+        import hashlib
+
+        from jax._src import compiler
+
+        original = compiler.compile_or_get_cached
+
+        def recorded(backend, computation, devices, *args, **kwargs):
+            text = computation.operation.get_asm(enable_debug_info=False)
+            name = computation.operation.attributes["sym_name"].value
+            main = next(op for op in computation.body.operations if op.attributes["sym_name"].value == "main")
+            reads, start = self.cache_reads, time.perf_counter()
+            executable = original(backend, computation, devices, *args, **kwargs)
+            self.compilations.append([self.current, name, str(main.attributes["function_type"].value),
+                                      int(np.size(devices)), hashlib.sha1(text.encode()).hexdigest()[:16],
+                                      time.perf_counter() - start, self.cache_reads > reads])
+            return executable
+
+        compiler.compile_or_get_cached = recorded
+        return lambda: setattr(compiler, "compile_or_get_cached", original)
 
     def listen(self, event, duration, **kwargs):
         row = self.tests[self.current]
@@ -51,6 +85,7 @@ class _Recorder:
             program["compile_s"] += duration
         elif event == CACHE_HIT:
             row["cache_hits"] += 1
+            self.cache_reads += 1
         elif event == TRACE:
             row["trace_s"] += duration
         elif event == LOWER:
@@ -69,12 +104,14 @@ class _Recorder:
             return  # the xdist controller: its workers ran the tests
         os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, f"worker-{os.getpid()}.json"), "w") as f:
-            json.dump({"tests": self.tests, "programs": self.programs}, f)
+            json.dump({"tests": self.tests, "programs": self.programs, "compilations": self.compilations}, f)
 
 
 def pytest_addoption(parser):
     parser.addoption("--suite-profile", metavar="DIR", default=None,
                      help="write each test process's compile/trace/lower times to DIR (benchmarks/suite_profile.py)")
+    parser.addoption("--suite-profile-programs", action="store_true",
+                     help="with --suite-profile: also record each compilation's program (name, input types, hash)")
 
 
 def pytest_configure(config):
@@ -87,6 +124,7 @@ def pytest_configure(config):
     jax.monitoring.register_event_duration_secs_listener(recorder.listen)
     config.pluginmanager.register(recorder, "suite_profile_recorder")
     config._suite_profile_recorder = recorder
+    config._suite_profile_undo = recorder.record_programs() if config.getoption("--suite-profile-programs") else None
 
 
 def pytest_unconfigure(config):
@@ -95,6 +133,8 @@ def pytest_unconfigure(config):
         import jax.monitoring
 
         jax.monitoring.unregister_event_duration_listener(recorder.listen)
+        if config._suite_profile_undo is not None:
+            config._suite_profile_undo()
         recorder.write()
 
 
@@ -110,7 +150,7 @@ def summarize(folder: str, top: int = 15) -> list[dict]:
                                 f"--suite-profile={folder} first")
     records, modules = [], collections.defaultdict(lambda: dict.fromkeys(FIELDS, 0.0))
     programs = collections.defaultdict(lambda: {"compiles": 0, "compile_s": 0.0})
-    total = dict.fromkeys(FIELDS, 0.0)
+    total, compilations = dict.fromkeys(FIELDS, 0.0), []
     for path in files:
         with open(path) as f:
             data = json.load(f)
@@ -124,13 +164,45 @@ def summarize(folder: str, top: int = 15) -> list[dict]:
         for name, row in data["programs"].items():
             programs[name]["compiles"] += row["compiles"]
             programs[name]["compile_s"] += row["compile_s"]
+        compilations += data.get("compilations", [])
         records.append({"kind": "worker", "file": os.path.basename(path), "tests": len(data["tests"]),
                         **_rounded(worker)})
     for module, row in sorted(modules.items(), key=lambda kv: -kv[1]["wall_s"]):
         records.append({"kind": "module", "module": module, **_rounded(row)})
     for name, row in sorted(programs.items(), key=lambda kv: -kv[1]["compile_s"])[:top]:
         records.append({"kind": "program", "program": name, **_rounded(row)})
+    if compilations:
+        records += _shareable(compilations, top)
     records.append({"kind": "total", "programs": len(programs), **_rounded(total)})
+    return records
+
+
+def _shareable(compilations: list, top: int) -> list[dict]:
+    """The ``compilations`` record (how many were read from the cache, compiled, compiled again) and
+    the ``same_signature`` rows: one jitted function compiled at the same input types and devices into
+    several different programs, most compilation time first."""
+    compiled = [c for c in compilations if not c[6]]
+    seen, repeats, repeat_s = set(), 0, 0.0
+    groups = collections.defaultdict(lambda: {"hashes": set(), "compile_s": 0.0, "tests": set()})
+    for test, name, types, devices, digest, seconds, _ in compiled:
+        if digest in seen:
+            repeats, repeat_s = repeats + 1, repeat_s + seconds
+        seen.add(digest)
+        group = groups[(name, types, devices)]
+        group["hashes"].add(digest)
+        group["compile_s"] += seconds
+        group["tests"].add(test)
+    shared = {k: g for k, g in groups.items() if len(g["hashes"]) > 1}
+    reads = [c for c in compilations if c[6]]
+    records = [{"kind": "compilations", "recorded": len(compilations), "cache_reads": len(reads),
+                "cache_read_s": round(sum(c[5] for c in reads), 2), "compiled": len(compiled),
+                "compile_s": round(sum(c[5] for c in compiled), 2), "repeats": repeats, "repeat_s": round(repeat_s, 2),
+                "same_signature_groups": len(shared),
+                "same_signature_s": round(sum(g["compile_s"] for g in shared.values()), 2)}]
+    for (name, types, devices), group in sorted(shared.items(), key=lambda kv: -kv[1]["compile_s"])[:top]:
+        records.append({"kind": "same_signature", "program": name, "input_types": types[:200], "devices": devices,
+                        "programs": len(group["hashes"]), "compile_s": round(group["compile_s"], 2),
+                        "tests": sorted(group["tests"])})
     return records
 
 

@@ -50,3 +50,44 @@ def test_events_go_to_the_running_test_and_the_summary_adds_up_the_workers(tmp_p
 def test_the_summary_of_an_empty_folder_says_how_to_fill_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="-p benchmarks.suite_profile --suite-profile="):
         suite_profile.summarize(str(tmp_path))
+
+
+def test_programs_compiled_at_one_signature_into_several_programs_are_grouped(tmp_path):
+    """``--suite-profile-programs``: one jitted function at two static values (same input types) is one
+    ``same_signature`` group of two programs; other input types are another signature; the same
+    program compiled again (after ``jax.clear_caches``) is a cache read or a repeat, not a new program."""
+    import random
+
+    recorder = suite_profile._Recorder(str(tmp_path))
+    nonce = random.random()  # programs no earlier run left in the persistent cache
+
+    def grouped_program(x, scale):
+        return jnp.cos(x) * (scale + nonce)
+
+    jitted = jax.jit(grouped_program, static_argnums=1)
+    jax.monitoring.register_event_duration_secs_listener(recorder.listen)
+    undo = recorder.record_programs()
+    try:
+        recorder.current = "tests/test_a.py::test_one"
+        jitted(np.arange(6.0, dtype=np.float32), 2.0).block_until_ready()
+        recorder.current = "tests/test_a.py::test_two"
+        jitted(np.arange(6.0, dtype=np.float32), 3.0).block_until_ready()  # same input types, another program
+        jitted(np.arange(4.0, dtype=np.float32), 3.0).block_until_ready()  # other input types
+        jax.clear_caches()
+        jitted(np.arange(6.0, dtype=np.float32), 2.0).block_until_ready()  # test_one's program again
+    finally:
+        undo()
+        jax.monitoring.unregister_event_duration_listener(recorder.listen)
+    from jax._src import compiler
+
+    assert compiler.compile_or_get_cached.__name__ == "compile_or_get_cached"  # put back
+    mine = [c for c in recorder.compilations if c[1] == "jit_grouped_program"]
+    assert [c[0] for c in mine] == ["tests/test_a.py::test_one"] + ["tests/test_a.py::test_two"] * 3
+    assert mine[0][4] != mine[1][4] and mine[0][2] == mine[1][2] != mine[2][2] and mine[3][4] == mine[0][4]
+    recorder.write()
+    records = suite_profile.summarize(str(tmp_path))
+    (counts,) = [r for r in records if r["kind"] == "compilations"]
+    assert counts["recorded"] == len(recorder.compilations) and counts["cache_reads"] + counts["repeats"] >= 1
+    (group,) = [r for r in records if r["kind"] == "same_signature" and r["program"] == "jit_grouped_program"]
+    assert group["programs"] == 2 and group["devices"] == 1 and group["input_types"] == mine[0][2]
+    assert group["tests"] == ["tests/test_a.py::test_one", "tests/test_a.py::test_two"] and group["compile_s"] > 0
