@@ -265,12 +265,12 @@ def rise_masks(image_shape: Sequence[int], *, key: jax.Array, num_masks: int = 2
     """
     num_masks, grid_size, p = check_rise_options(num_masks, grid_size, p)
     shape = _check_image_shape(image_shape)
-    return _rise_masks_jit(key, num_masks=num_masks, grid_size=grid_size, p=p, image_shape=shape,
+    return _rise_masks_jit(key, np.float32(p), num_masks=num_masks, grid_size=grid_size, image_shape=shape,
                            sampler=check_sampler(sampler))
 
 
-@jax.jit(static_argnames=("num_masks", "grid_size", "p", "image_shape", "sampler"))
-def _rise_masks_jit(key, *, num_masks, grid_size, p, image_shape, sampler):
+@jax.jit(static_argnames=("num_masks", "grid_size", "image_shape", "sampler"))
+def _rise_masks_jit(key, p, *, num_masks, grid_size, image_shape, sampler):  # p traced: a sweep compiles once
     return rise_mask_fn(image_shape, key=key, grid_size=grid_size, p=p, sampler=sampler)(
         jnp.arange(num_masks, dtype=jnp.int32))
 
@@ -280,12 +280,12 @@ def rise_grids(image_shape: Sequence[int], *, key: jax.Array, num_masks: int = 2
     """The binary grids ``[N, s, s]`` and shifts ``dy [N]``, ``dx [N]`` behind :func:`rise_masks`."""
     num_masks, grid_size, p = check_rise_options(num_masks, grid_size, p)
     shape = _check_image_shape(image_shape)
-    return _rise_grids_jit(key, num_masks=num_masks, grid_size=grid_size, p=p, image_shape=shape,
+    return _rise_grids_jit(key, np.float32(p), num_masks=num_masks, grid_size=grid_size, image_shape=shape,
                            sampler=check_sampler(sampler))
 
 
-@jax.jit(static_argnames=("num_masks", "grid_size", "p", "image_shape", "sampler"))
-def _rise_grids_jit(key, *, num_masks, grid_size, p, image_shape, sampler):
+@jax.jit(static_argnames=("num_masks", "grid_size", "image_shape", "sampler"))
+def _rise_grids_jit(key, p, *, num_masks, grid_size, image_shape, sampler):  # p traced: a sweep compiles once
     return rise_grid_fn(image_shape, key=key, grid_size=grid_size, p=p, sampler=sampler)(
         jnp.arange(num_masks, dtype=jnp.int32))
 
