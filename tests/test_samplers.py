@@ -60,20 +60,18 @@ def test_a_sweep_over_p_of_the_mask_functions_compiles_once():
     the compiled program (and change the draws), for every sampler; a new mask count compiles anew.
     (The problems are test_keep_rate_per_cell_and_per_pixel's and test_rise's, whose programs the
     compilation cache holds.)"""
-    masks_module = importlib.import_module("simexplain_jax.masks")
-
     def masks(p, num_masks=50):
         return np.asarray(sx.masks.rise_masks((16, 16), key=jax.random.key(1), num_masks=num_masks, grid_size=4, p=p))
 
     first_masks, first_grids = masks(0.5), {s: grids(s, 32 * 32)[0] for s in SAMPLERS}
-    compiled = masks_module._rise_masks_jit._cache_size(), masks_module._rise_grids_jit._cache_size()
+    compiled = sx.masks._rise_masks_jit._cache_size(), sx.masks._rise_grids_jit._cache_size()
     for p in (0.3, 0.7):
         assert not np.array_equal(masks(p), first_masks)
         for sampler in SAMPLERS:
             assert not np.array_equal(grids(sampler, 32 * 32, p=p)[0], first_grids[sampler])
-    assert (masks_module._rise_masks_jit._cache_size(), masks_module._rise_grids_jit._cache_size()) == compiled
+    assert (sx.masks._rise_masks_jit._cache_size(), sx.masks._rise_grids_jit._cache_size()) == compiled
     masks(0.5, num_masks=51)
-    assert masks_module._rise_masks_jit._cache_size() == compiled[0] + 1
+    assert sx.masks._rise_masks_jit._cache_size() == compiled[0] + 1
 
 
 @pytest.mark.parametrize("sampler", BLOCKED)
