@@ -141,6 +141,43 @@ def linear_model():
     return linear_embed_fn(16)
 
 
+# Small options for every method, shared by the saliency tests (test_explain_pairs, test_parallel,
+# test_methods) with ``saliency_problem``: the same model, option values and shapes make the same
+# programs, which the persistent cache compiles once for all of them.
+SALIENCY_CONFIGS = {
+    "rise": dict(num_masks=40, grid_size=4),
+    "rise_variable": dict(num_masks=40, grid_size=4, num_reference_masks=3),
+    "sliding_window": dict(window=6, stride=4, padding=2),
+    "sliding_window_variable": dict(window=6, stride=4, padding=2, reference_window=8, reference_stride=8),
+    "lime": dict(num_samples=40, num_segments=8),
+    "lime_variable": dict(num_samples=40, num_segments=8, num_reference_masks=3),
+    "perturbation": dict(num_steps=5),
+    "perturbation_variable": dict(num_steps=5),
+    "gradient": {},
+    "integrated_gradients": dict(num_steps=4),
+    "random": {},
+    "pooled_pair": {},
+    "rise_pair": dict(num_masks=16, grid_size=4),
+    "integrated_cross_jacobian": dict(num_steps=2, grid_size=4),
+}
+
+
+def _tanh_embed(w, images):
+    return jnp.tanh(images.reshape(images.shape[0], -1) @ w)
+
+
+@pytest.fixture(scope="session")
+def saliency_problem():
+    """A small non-linear embedding (``tanh(x W)``, a ``jax.tree_util.Partial`` whose weights are an
+    argument of the programs, not a constant), 12 random 16-px images and 15 ragged pairs (11
+    queries with one or two references each)."""
+    w = jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8)) / 30 + 0.05
+    embed = jax.tree_util.Partial(_tanh_embed, w)
+    images = np.random.default_rng(0).normal(size=(12, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([[q, (q + 1 + k) % 12] for q in range(11) for k in range(1 + q % 2)])
+    return embed, images, pairs
+
+
 @pytest.fixture(scope="session")
 def shapes32_dir(tmp_path_factory):
     """A TFDS data folder with shapes/32px built once per test session."""

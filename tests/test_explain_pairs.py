@@ -6,35 +6,19 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
+from conftest import SALIENCY_CONFIGS
 from simexplain_jax.saliency import OPTIONS
 from simexplain_jax.saliency.cache import describe
 
-CONFIGS = {
-    "rise": dict(num_masks=40, grid_size=4),
-    "rise_variable": dict(num_masks=40, grid_size=4, num_reference_masks=3),
-    "sliding_window": dict(window=6, stride=4, padding=2),
-    "sliding_window_variable": dict(window=6, stride=4, padding=2, reference_window=8, reference_stride=8),
-    "lime": dict(num_samples=40, num_segments=8),
-    "lime_variable": dict(num_samples=40, num_segments=8, num_reference_masks=3),
-    "perturbation": dict(num_steps=5),
-    "perturbation_variable": dict(num_steps=5),
-    "gradient": {},
-    "integrated_gradients": dict(num_steps=4),
-    "random": {},
-    "pooled_pair": {},
-    "rise_pair": dict(num_masks=16, grid_size=4),
-    "integrated_cross_jacobian": dict(num_steps=2, grid_size=4),
-}
+CONFIGS = SALIENCY_CONFIGS
 FIRST_ORDER = sorted(set(CONFIGS) - set(sx.saliency.SECOND_ORDER))
 
 
 @pytest.fixture
-def setup(linear_model):
-    embed, _ = linear_model
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(5, 16, 16, 3)).astype(np.float32)
-    pairs = np.array([[0, 1], [2, 3], [0, 4], [1, 0], [0, 2]])  # query 0 has three references
-    return embed, images, pairs
+def setup(saliency_problem):
+    embed, images, _ = saliency_problem
+    pairs = np.array([[0, 1], [2, 3], [0, 4], [1, 2], [2, 0]])  # queries 0 and 2 have two references, 1 one
+    return embed, images[:5], pairs
 
 
 def test_registry_covers_every_method_and_the_defaults_live_only_in_the_options_class():
@@ -182,7 +166,7 @@ def test_a_sweep_over_traced_options_compiles_once(setup):
 def test_cache_is_reused_and_resumes(setup, tmp_path):
     embed, images, pairs = setup
     config = dict(num_masks=40, grid_size=4)
-    same_model = {"model": "the linear embedding"}  # the counting wrapper below is the same model under another name
+    same_model = {"model": "the tanh embedding"}  # the counting wrapper below is the same model under another name
     first = sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
                                       config=config, cache_dir=str(tmp_path), cache_meta=same_model)
     files = sorted(p.name for p in tmp_path.iterdir())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
+from conftest import SALIENCY_CONFIGS
 from simexplain_jax.saliency._lime import weighted_ridge
 from simexplain_jax.saliency._perturbation import median_blur
 
@@ -223,40 +224,33 @@ def test_pointing():
 
 FIXED = ("rise", "sliding_window", "lime", "perturbation", "gradient", "integrated_gradients", "random")
 VARIABLE = ("rise_variable", "sliding_window_variable", "lime_variable", "perturbation_variable")
-SMALL = dict(rise=dict(num_masks=16, grid_size=2), rise_variable=dict(num_masks=16, grid_size=2, num_reference_masks=2),
-             sliding_window=dict(window=8, stride=8, padding=0),
-             sliding_window_variable=dict(window=8, stride=8, padding=0, reference_window=8, reference_stride=8),
-             lime=dict(num_samples=16, num_segments=4), lime_variable=dict(num_samples=16, num_segments=4,
-                                                                           num_reference_masks=2),
-             perturbation=dict(num_steps=2), perturbation_variable=dict(num_steps=2), gradient={},
-             integrated_gradients=dict(num_steps=2), random={})
 DETERMINISTIC = ("sliding_window", "sliding_window_variable", "gradient", "integrated_gradients")
 
 
 @pytest.mark.parametrize("name", FIXED + VARIABLE)
-def test_every_method_has_one_reference_convention_and_takes_key(linear_model, name):
+def test_every_method_has_one_reference_convention_and_takes_key(saliency_problem, name):
     """One reference gives [H, W]; a stack of K gives [K, H, W] whose rows are the single maps;
     ``key`` is a keyword of every method and changes nothing for the deterministic ones."""
-    embed, _ = linear_model
+    embed, _, _ = saliency_problem
     method = getattr(sx.saliency, name)
     rng = np.random.default_rng(0)
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
     refs = images if name in VARIABLE else np.asarray(embed(images))
     key = jax.random.key(1)
-    stacked = np.asarray(method(embed, query, refs, key=key, **SMALL[name]).maps)
+    stacked = np.asarray(method(embed, query, refs, key=key, **SALIENCY_CONFIGS[name]).maps)
     assert stacked.shape == (2, 16, 16)
     for k in range(2):
-        single = np.asarray(method(embed, query, refs[k], key=key, **SMALL[name]).maps)
+        single = np.asarray(method(embed, query, refs[k], key=key, **SALIENCY_CONFIGS[name]).maps)
         assert single.shape == (16, 16)
         if name != "random":  # random draws map k from fold_in(key, k)
             np.testing.assert_allclose(stacked[k], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7)
     if name in DETERMINISTIC:
-        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SMALL[name]).maps,
-                                      method(embed, query, refs[0], **SMALL[name]).maps)
+        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SALIENCY_CONFIGS[name]).maps,
+                                      method(embed, query, refs[0], **SALIENCY_CONFIGS[name]).maps)
     elif name != "rise":  # rise takes masks= instead of a key, tested in test_rise.py
         with pytest.raises(ValueError, match="key"):
-            method(embed, query, refs[0], key=None, **SMALL[name])
+            method(embed, query, refs[0], key=None, **SALIENCY_CONFIGS[name])
 
 
 def test_saliency_modules_are_not_shadowed_by_functions():

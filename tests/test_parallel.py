@@ -6,30 +6,10 @@ import numpy as np
 import pytest
 
 import simexplain_jax as sx
+from conftest import SALIENCY_CONFIGS
 from simexplain_jax import parallel
 
-CONFIGS = {
-    "rise": dict(num_masks=60, grid_size=4),
-    "rise_variable": dict(num_masks=60, grid_size=4, num_reference_masks=3),
-    "sliding_window": dict(window=6, stride=4, padding=2),
-    "sliding_window_variable": dict(window=6, stride=4, padding=2, reference_window=8, reference_stride=8),
-    "lime": dict(num_samples=60, num_segments=8),
-    "lime_variable": dict(num_samples=60, num_segments=8, num_reference_masks=3),
-    "perturbation": dict(num_steps=4),
-    "perturbation_variable": dict(num_steps=4),
-    "gradient": {},
-    "integrated_gradients": dict(num_steps=4),
-    "random": {},
-}
-
-
-@pytest.fixture(scope="module")
-def problem():
-    w = jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8)) / 30 + 0.05
-    embed = jax.tree_util.Partial(lambda w, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w), w)
-    images = np.random.default_rng(0).normal(size=(12, 16, 16, 3)).astype(np.float32)
-    pairs = np.array([[q, (q + 1 + k) % 12] for q in range(11) for k in range(1 + q % 2)])  # 11 queries, ragged
-    return embed, images, pairs
+CONFIGS = {name: config for name, config in SALIENCY_CONFIGS.items() if name not in sx.saliency.SECOND_ORDER}
 
 
 def test_eight_fake_devices():
@@ -46,8 +26,8 @@ def test_eight_fake_devices():
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_every_method_gives_the_same_maps_on_any_mesh(problem, method):
-    embed, images, pairs = problem
+def test_every_method_gives_the_same_maps_on_any_mesh(saliency_problem, method):
+    embed, images, pairs = saliency_problem
     config, key = CONFIGS[method], jax.random.key(1)
 
     def run(mesh, chosen=pairs):
@@ -94,8 +74,8 @@ def test_make_mesh_checks_its_arguments():
         parallel.make_mesh(9)
 
 
-def test_one_pair_masks_split_over_devices(problem):
-    embed, images, _ = problem
+def test_one_pair_masks_split_over_devices(saliency_problem):
+    embed, images, _ = saliency_problem
     ref = embed(images[1:2])[0]
     single = sx.saliency.rise(embed, images[0], ref, key=jax.random.key(3), num_masks=101, grid_size=4, batch_size=16).maps
     tolerance = dict(rtol=1e-5, atol=1e-5 * float(np.abs(single).max()))
@@ -107,8 +87,8 @@ def test_one_pair_masks_split_over_devices(problem):
     np.testing.assert_allclose(split, single, **tolerance)
 
 
-def test_insertion_deletion_on_a_mesh_equals_per_pair_calls(problem):
-    embed, images, _ = problem
+def test_insertion_deletion_on_a_mesh_equals_per_pair_calls(saliency_problem):
+    embed, images, _ = saliency_problem
     rng = np.random.default_rng(1)
     maps = rng.normal(size=(11, 16, 16)).astype(np.float32)
     refs = np.asarray(embed(images[1:12]))
@@ -141,8 +121,8 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-def test_second_call_with_the_same_shapes_compiles_nothing(problem):
-    embed, images, pairs = problem
+def test_second_call_with_the_same_shapes_compiles_nothing(saliency_problem):
+    embed, images, pairs = saliency_problem
     mesh = parallel.make_mesh(8)
     maps = rng_maps = np.random.default_rng(2).normal(size=(len(pairs), 16, 16)).astype(np.float32)
     refs = np.asarray(embed(images[pairs[:, 1]]))
