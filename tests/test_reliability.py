@@ -17,18 +17,16 @@ from simexplain_jax import io
 from simexplain_jax.data.pairs import read_pairs
 from simexplain_jax.saliency.cache import SaliencyCache
 
-from conftest import linear_embed_fn
+from conftest import SALIENCY_CONFIGS
 
-RISE = dict(num_masks=16, grid_size=4)
-EMBED, _ = linear_embed_fn(16)  # one function object for the module: its compiled programs are reused
+RISE = SALIENCY_CONFIGS["rise"]  # and the shared model: the programs of test_explain_pairs
 
 
 @pytest.fixture
-def small():
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(4, 16, 16, 3)).astype(np.float32)
+def small(saliency_problem):
+    embed, images, _ = saliency_problem
     pairs = np.array([[0, 1], [2, 3], [1, 2]])  # one reference per query: one compiled program
-    return EMBED, images, pairs
+    return embed, images[:4], pairs
 
 
 # ---- input validation at the public boundary ------------------------------------------------------
@@ -191,7 +189,8 @@ def test_the_cache_records_model_key_options_and_images(small, tmp_path):
     first = explain(embed, images, pairs, tmp_path, cache_meta={"dataset": "shapes"})
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert set(meta) == {"method", "options", "key", "model", "dataset"}
-    assert meta["options"]["num_masks"] == 16 and meta["options"]["similarity"] == "simexplain_jax.similarity.cosine"
+    assert meta["options"]["num_masks"] == RISE["num_masks"]
+    assert meta["options"]["similarity"] == "simexplain_jax.similarity.cosine"
     other_weights = lambda x: embed(x) * 2.0 + 1.0  # noqa: E731  (another model: new function, new name)
     for change, named in [(dict(embed=other_weights), "model:"), (dict(key=jax.random.key(1)), "key:"),
                           (dict(config=dict(RISE, p=0.3)), "options.p: 0.5 -> 0.3"),
