@@ -141,9 +141,9 @@ def linear_model():
     return linear_embed_fn(16)
 
 
-# Small options for every method, shared by the saliency tests (test_explain_pairs, test_parallel,
-# test_methods) with ``saliency_problem``: the same model, option values and shapes make the same
-# programs, which the persistent cache compiles once for all of them.
+# Small options for every method, shared with ``saliency_problem`` by the saliency tests whose subject
+# is not an option's value (test_explain_pairs, test_parallel, test_methods, test_reliability, ...): the
+# same model, option values and shapes make the same programs, which the persistent cache compiles once.
 SALIENCY_CONFIGS = {
     "rise": dict(num_masks=40, grid_size=4),
     "rise_variable": dict(num_masks=40, grid_size=4, num_reference_masks=3),
