@@ -165,7 +165,7 @@ def test_a_sweep_over_traced_options_compiles_once(setup):
 
 def test_cache_is_reused_and_resumes(setup, tmp_path):
     embed, images, pairs = setup
-    config = dict(num_masks=40, grid_size=4)
+    config = CONFIGS["rise"]
     same_model = {"model": "the tanh embedding"}  # the counting wrapper below is the same model under another name
     first = sx.saliency.explain_pairs("rise", embed, images, images, key=jax.random.key(0), pairs=pairs,
                                       config=config, cache_dir=str(tmp_path), cache_meta=same_model)

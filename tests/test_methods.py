@@ -232,25 +232,25 @@ def test_every_method_has_one_reference_convention_and_takes_key(saliency_proble
     """One reference gives [H, W]; a stack of K gives [K, H, W] whose rows are the single maps;
     ``key`` is a keyword of every method and changes nothing for the deterministic ones."""
     embed, _, _ = saliency_problem
-    method = getattr(sx.saliency, name)
+    method, options = getattr(sx.saliency, name), SALIENCY_CONFIGS[name]
     rng = np.random.default_rng(0)
     query = rng.normal(size=(16, 16, 3)).astype(np.float32)
     images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
     refs = images if name in VARIABLE else np.asarray(embed(images))
     key = jax.random.key(1)
-    stacked = np.asarray(method(embed, query, refs, key=key, **SALIENCY_CONFIGS[name]).maps)
+    stacked = np.asarray(method(embed, query, refs, key=key, **options).maps)
     assert stacked.shape == (2, 16, 16)
     for k in range(2):
-        single = np.asarray(method(embed, query, refs[k], key=key, **SALIENCY_CONFIGS[name]).maps)
+        single = np.asarray(method(embed, query, refs[k], key=key, **options).maps)
         assert single.shape == (16, 16)
         if name != "random":  # random draws map k from fold_in(key, k)
             np.testing.assert_allclose(stacked[k], single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()) + 1e-7)
     if name in DETERMINISTIC:
-        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **SALIENCY_CONFIGS[name]).maps,
-                                      method(embed, query, refs[0], **SALIENCY_CONFIGS[name]).maps)
+        np.testing.assert_array_equal(method(embed, query, refs[0], key=jax.random.key(9), **options).maps,
+                                      method(embed, query, refs[0], **options).maps)
     elif name != "rise":  # rise takes masks= instead of a key, tested in test_rise.py
         with pytest.raises(ValueError, match="key"):
-            method(embed, query, refs[0], key=None, **SALIENCY_CONFIGS[name])
+            method(embed, query, refs[0], key=None, **options)
 
 
 def test_saliency_modules_are_not_shadowed_by_functions():

@@ -275,17 +275,14 @@ def _coverage(scene: Scene, image_size: int, mask_of: Optional[int] = None) -> t
     canvas = np.empty((s, s, 3), np.float64)
     if scene.background:
         y, x = coords[:, None], coords[None, :]
-        texture, wave = np.empty((s, s), np.float64), np.empty((s, s), np.float64)
-        for i, (fy, fx, ph, a) in enumerate(scene.background):  # sum of a * sin(2 pi (fy y + fx x) + ph)
+        texture, wave = np.zeros((s, s), np.float64), np.empty((s, s), np.float64)
+        for fy, fx, ph, a in scene.background:  # the sum of a * sin(2 pi (fy y + fx x) + ph)
             np.add(fy * y, fx * x, out=wave)
             np.multiply(2 * np.pi, wave, out=wave)
             np.add(wave, ph, out=wave)
             np.sin(wave, out=wave)
             np.multiply(a, wave, out=wave)
-            if i:
-                np.add(texture, wave, out=texture)
-            else:
-                texture, wave = wave, texture
+            np.add(texture, wave, out=texture)
         np.add(texture[..., None], np.asarray(BACKGROUND_RGB, np.float64), out=canvas)
     else:
         canvas[:] = BACKGROUND_RGB
