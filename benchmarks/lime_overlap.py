@@ -4,7 +4,7 @@
 
 ``explain_pairs("lime", ...)`` segments each query with scikit-image's SLIC on the host. Measured in
 one process, on the same compiled programs (a warm-up call compiles one program per superpixel
-count first), best of ``--repeats``:
+capacity first), best of ``--repeats``:
 
 - ``segmentation_serial`` / ``segmentation_threads``: SLIC alone for every query, in a loop and in
   ``--threads`` host threads;
@@ -90,7 +90,7 @@ def main(argv):
         finally:
             _lime.query_segments = original
 
-    reference = run(0)  # warm-up: compiles one program per superpixel count
+    reference = run(0)  # warm-up: compiles one program per superpixel capacity
     variants = {"serial": lambda: run(0), "overlapped": lambda: run(FLAGS.threads), "device_only": device_only}
     same = all(np.array_equal(fn(), reference) for fn in variants.values())
     times = {name: [] for name in variants}

@@ -39,6 +39,7 @@ run scaling "${tiny[@]}" --num_masks=16 --num_pairs=4 --devices=1,2
 run loader_throughput --num_records=64 --batches=2 --batch_size=8 --repeats=1 --small_records=8
 run compute_dtype "${tiny[@]}" --num_masks=16 --batch_size=8 --rounds=1
 run lime_overlap "${tiny[@]}" --num_pairs=2 --num_samples=8 --batch_size=8 --threads=1
+run lime_programs "${tiny[@]}" --num_pairs=2 --num_samples=8 --batch_size=8 --repeats=1
 run table1_scale "${tiny[@]}" --data=random --pairs=2 --num_masks=16 --num_reference_masks=2 --lime_samples=8 \
   --mask_steps=2 --ig_steps=2 --insertion_steps=5 --batch_size=8 --warmup_pairs=1 --projected_pairs=10
 

@@ -7,7 +7,7 @@ import pytest
 
 import simexplain_jax as sx
 from conftest import SALIENCY_CONFIGS
-from simexplain_jax.saliency import OPTIONS
+from simexplain_jax.saliency import OPTIONS, _dispatch
 from simexplain_jax.saliency.cache import describe
 
 CONFIGS = SALIENCY_CONFIGS
@@ -216,18 +216,20 @@ def test_bad_arguments(setup, change, error, message):
 
 def test_lime_segmentation_threads_give_the_serial_maps(linear_model):
     """SLIC in host threads, overlapped with the device work, changes nothing: the same device steps
-    (queries grouped by superpixel count, query_batch at a time) and the same maps as segmenting
-    each query in the calling thread."""
+    (queries grouped by superpixel capacity, query_batch at a time) and the same maps as segmenting
+    each query in the calling thread. Queries whose superpixel counts differ share one program."""
     embed, _ = linear_model
     rng = np.random.default_rng(0)
     images = np.stack([np.repeat(np.repeat(rng.normal(size=(2, 2, 3)), 8, 0), 8, 1) for _ in range(5)])
     images = images.astype(np.float32)  # 2 x 2 blocks of 8 px
     counts = [int(sx.saliency.superpixels(sx.saliency.denormalize(x), 8).max()) + 1 for x in images]
-    assert counts[0] not in counts[1:]  # two programs: query 0 alone (a part-full step) and four others
+    assert counts[0] not in counts[1:] and max(counts) <= 8  # two counts, one capacity: steps of 2, 2 and 1
     pairs = np.array([[q, (q + 1) % 5] for q in range(5)] + [[0, 3]])
     run = lambda threads: sx.saliency.explain_pairs(  # noqa: E731
         "lime", embed, images, images, key=jax.random.key(1), pairs=pairs, query_batch=2,
         config=dict(num_samples=40, num_segments=8), segment_threads=threads)
+    steps = list(_dispatch.steps(sx.saliency.Lime(num_segments=8), images, list(range(5)), 2, 0, {}))
+    assert steps == [(8, [0, 1]), (8, [2, 3]), (8, [4])]  # full steps across the counts
     serial = run(0)
     np.testing.assert_array_equal(run(3), serial)
     single = sx.saliency.lime(embed, images[0], np.asarray(embed(images[:4])), key=jax.random.fold_in(

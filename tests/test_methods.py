@@ -78,6 +78,31 @@ def test_lime_explicit_samples_recover_exact_weights():
         sx.saliency.lime(embed, jnp.ones((16, 16, 3)), jnp.ones(1), samples=samples[:, :3], segments=segments)
 
 
+def test_segment_capacity_is_the_next_power_of_two_at_least_the_target():
+    capacity = sx.saliency._lime.segment_capacity
+    assert [capacity(3, 8), capacity(8, 8), capacity(9, 8), capacity(47, 50), capacity(64, 50), capacity(65, 50),
+            capacity(1, 1)] == [8, 8, 16, 64, 64, 128, 1]
+
+
+def test_lime_superpixel_counts_share_one_program_and_the_extra_slots_change_nothing(saliency_problem):
+    """Queries with 4, 9 and 16 superpixels (SLIC's target 16) run one compiled program, and each
+    map equals the map of a program with twice the slots: the slots past S are never on."""
+    embed, images, _ = saliency_problem
+    query, refs = images[0], embed(images[1:3])
+    options = sx.saliency.Lime(num_samples=48, num_segments=16, ridge_alpha=0.0)  # unit diagonal on the extra slots
+    lime_jit = sx.saliency._lime._lime_jit
+    before = lime_jit._cache_size()
+    for cells in (2, 3, 4):
+        segments = grid_segments(16, cells)
+        maps = sx.saliency.lime(embed, query, refs, key=jax.random.key(2), segments=segments, options=options).maps
+        wider = lime_jit(embed, query, refs, jax.random.key(2), options, jnp.asarray(segments), capacity=32).maps
+        np.testing.assert_allclose(maps, wider, rtol=1e-6, atol=1e-7)
+        assert np.all(np.isfinite(maps)) and np.ptp(np.asarray(maps)) > 0
+    assert lime_jit._cache_size() == before + 2  # capacity 16 for the three counts, and the wider program
+    states = jax.vmap(sx.saliency._lime._samples(jax.random.key(5), jnp.arange(16) < 9))(jnp.arange(6))
+    assert np.all(np.asarray(states)[0] == (np.arange(16) < 9)) and not np.asarray(states)[:, 9:].any()
+
+
 def test_lime_variable_is_the_mean_over_masked_references(linear_model):
     embed, _ = linear_model
     query = jax.random.normal(jax.random.key(0), (16, 16, 3))

@@ -3,7 +3,7 @@
 The steps cover every query of the list in order, whatever is cached, and a step runs when one of
 its queries is missing: a query's maps then come from the same compiled program and inputs as in
 an uninterrupted run, so a resumed run gives the same maps bit for bit. LIME's steps group
-queries by their superpixel count (one program per count), segmented ahead in host threads.
+queries by their superpixel capacity (one program per capacity), segmented ahead in host threads.
 """
 
 from __future__ import annotations
@@ -62,11 +62,12 @@ def segments_in_order(queries: np.ndarray, todo: list, target: int, threads: int
 
 def steps(options: MethodOptions, queries: np.ndarray, order: list, per_call: int, threads: int,
           segments: dict) -> Iterator[tuple[Optional[int], list]]:
-    """``(superpixel count or None, queries)`` per device step, over every query of ``order``.
+    """``(superpixel capacity or None, queries)`` per device step, over every query of ``order``.
 
-    LIME: queries with the same count share a program; each count's queries are cut into steps as
-    they are segmented (their labels stored in ``segments``; host threads running ahead, the same
-    steps whatever the threads), a step yielded once it is full."""
+    LIME: queries with the same capacity (``_lime.segment_capacity`` of their superpixel count; one
+    for the counts around SLIC's target) share a program; each capacity's queries are cut into
+    steps as they are segmented (their labels stored in ``segments``; host threads running ahead,
+    the same steps whatever the threads), a step yielded once it is full."""
     if not options.segments:
         for start in range(0, len(order), per_call):
             yield None, order[start:start + per_call]
@@ -75,14 +76,15 @@ def steps(options: MethodOptions, queries: np.ndarray, order: list, per_call: in
     ahead = max(4 * threads, 2 * per_call)
     for q, labels in segments_in_order(queries, order, options.num_segments, threads, ahead):
         segments[q] = labels
-        members = waiting.setdefault(int(labels.max()) + 1, [])
+        capacity = _lime.segment_capacity(int(labels.max()) + 1, options.num_segments)
+        members = waiting.setdefault(capacity, [])
         members.append(q)
         if len(members) == per_call:
-            yield int(labels.max()) + 1, list(members)
+            yield capacity, list(members)
             members.clear()
-    for count, members in waiting.items():
+    for capacity, members in waiting.items():
         if members:
-            yield count, members
+            yield capacity, members
 
 
 def reference_inputs(options: MethodOptions, forward, references: np.ndarray, pairs: np.ndarray,
@@ -116,10 +118,10 @@ def run(options: MethodOptions, embed_fn, queries: np.ndarray, references: np.nd
     inputs = reference_inputs(options, forward, references, pairs, reference_ids)
     segments: dict = {}
     with contextlib.closing(steps(options, queries, list(groups), per_call, threads, segments)) as work:
-        for count, chunk in work:  # closed on an error too: the segmentation threads stop
+        for capacity, chunk in work:  # closed on an error too: the segmentation threads stop
             if not todo.intersection(chunk):
                 continue
-            call = CoreCall.of(**context, **({} if count is None else {"num_segments": count}))
+            call = CoreCall.of(**context, **({} if capacity is None else {"capacity": capacity}))
             width = _bucket(max(len(groups[q]) for q in chunk))
             refs = np.zeros((len(chunk), width, *inputs.shape[1:]), np.float32)
             for i, q in enumerate(chunk):

@@ -11,6 +11,11 @@ package) maps the on/off state to the similarity; each pixel gets its superpixel
 The samples do not depend on the reference, so K references are solved at once: one weighted
 Gram matrix, one Cholesky factorisation, K right-hand sides.
 
+One compiled program serves every superpixel count S up to its capacity (the smallest power of two
+at least ``num_segments`` and S, :func:`segment_capacity`): the samples have a column per slot of
+the capacity, the slots past S are off in every sample and left out of the kernel's distance, and
+their coefficients are zero. S itself is read from the labels inside the program.
+
 Variable reference (not in the paper; defined here): each reference is perturbed by J RISE masks,
 as in ``rise_variable``; its map is the mean over the J masked references of the fixed-reference
 LIME map. Every masked reference shares the query samples and the factorisation, so K references
@@ -72,8 +77,8 @@ class Lime(MethodOptions):
                                 compute_dtype=checks.check_compute_dtype(self.compute_dtype)).items():
             set_field(self, name, value)
 
-    def core(self, embed_fn, query, references, key, segments, *, num_segments) -> SaliencyResult:
-        return lime_core(embed_fn, query, references, key, self, segments, num_segments=num_segments)
+    def core(self, embed_fn, query, references, key, segments, *, capacity) -> SaliencyResult:
+        return lime_core(embed_fn, query, references, key, self, segments, capacity=capacity)
 
 
 @options_class("lime_variable", references="images", traced=("kernel_width", "ridge_alpha", "p"), segments=True)
@@ -95,8 +100,8 @@ class LimeVariable(Lime):
         for name, value in dict(num_reference_masks=num_reference_masks, grid_size=grid_size, p=p).items():
             set_field(self, name, value)
 
-    def core(self, embed_fn, query, references, key, segments, *, num_segments) -> SaliencyResult:
-        return lime_variable_core(embed_fn, query, references, key, self, segments, num_segments=num_segments)
+    def core(self, embed_fn, query, references, key, segments, *, capacity) -> SaliencyResult:
+        return lime_variable_core(embed_fn, query, references, key, self, segments, capacity=capacity)
 
 
 def superpixels(image_uint8: np.ndarray, num_segments: int = 50, compactness: float = 10.0) -> np.ndarray:
@@ -123,41 +128,59 @@ def query_segments(query: np.ndarray, num_segments: int = 50, segmentation_image
     return superpixels(segmentation_image, num_segments)
 
 
-def _samples(key, num_segments):
-    """``index -> on/off state [S]``; sample 0 is all on; sample i depends on (key, i) only."""
+def segment_capacity(count: int, num_segments: int) -> int:
+    """The superpixel slots of the program that explains a query with ``count`` superpixels: the
+    smallest power of two at least ``count`` and ``num_segments`` (SLIC's target), so that the
+    counts SLIC gives around its target share one program."""
+    return 1 << (max(int(count), int(num_segments)) - 1).bit_length()
+
+
+def _samples(key, valid):
+    """``index -> on/off state [C]`` over the ``C`` slots, on only where ``valid [C]``; sample 0 is
+    all on; sample i depends on (key, i) only. Slot j's state does not depend on C (the random
+    bits of element j of a draw depend on j alone), so the states of the first S slots are those
+    of a draw of S."""
 
     def one(index):
-        z = jax.random.bernoulli(jax.random.fold_in(key, index), 0.5, (num_segments,)).astype(jnp.float32)
-        return jnp.where(index == 0, jnp.ones_like(z), z)
+        z = jax.random.bernoulli(jax.random.fold_in(key, index), 0.5, valid.shape)
+        return jnp.where(index == 0, valid, z & valid).astype(jnp.float32)
 
     return one
 
 
-def _kernel_weights(z, kernel_width):
-    """sqrt(exp(-d^2 / width^2)) with d the cosine distance of each row of z to all-on."""
-    cos = jnp.sum(z, axis=1) / jnp.maximum(jnp.sqrt(jnp.sum(z, axis=1)) * jnp.sqrt(z.shape[1]), 1e-12)
+def _kernel_weights(z, kernel_width, count):
+    """sqrt(exp(-d^2 / width^2)) with d the cosine distance of each row of z to all-on over the
+    ``count`` superpixels (the other slots of z are 0)."""
+    cos = jnp.sum(z, axis=1) / jnp.maximum(jnp.sqrt(jnp.sum(z, axis=1)) * jnp.sqrt(count.astype(jnp.float32)), 1e-12)
     distance = 1.0 - cos
     return jnp.sqrt(jnp.exp(-(distance**2) / kernel_width**2))
 
 
-def weighted_ridge(z, y, weights, alpha):
+def weighted_ridge(z, y, weights, alpha, valid=None):
     """Coefficients ``[K, S]`` of ``y [N, K] ~ b + z [N, S] @ beta`` minimising
     ``sum_i w_i (y_i - b - z_i beta)^2 + alpha |beta|^2`` (intercept unpenalised, as sklearn's Ridge).
-    One Cholesky factorisation serves all K columns."""
+    One Cholesky factorisation serves all K columns. Columns where ``valid [S]`` is False must be
+    zero: they get a unit diagonal (so the system stays positive definite at ``alpha = 0``) and a
+    zero coefficient."""
     w = weights / jnp.sum(weights)
     z_mean = w @ z
     y_mean = w @ y
     zc, yc = z - z_mean, y - y_mean
     gram = (zc * weights[:, None]).T @ zc + alpha * jnp.eye(z.shape[1])
+    if valid is not None:
+        gram = gram + jnp.diag(jnp.where(valid, 0.0, 1.0))
     rhs = (zc * weights[:, None]).T @ yc
     factor = jax.scipy.linalg.cho_factor(gram)
     return jax.scipy.linalg.cho_solve(factor, rhs).T
 
 
-def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, num_samples, kernel_width, ridge_alpha,
+def _coefficients(embed_fn, query, refs, key, segments, samples, capacity, num_samples, kernel_width, ridge_alpha,
                   batch_size, similarity, compute_dtype):
-    """``[K, S]`` superpixel coefficients for ``refs [K, D]`` (the regression in float32 whatever ``compute_dtype``)."""
+    """``[K, C]`` coefficients of the ``C = capacity`` superpixel slots for ``refs [K, D]``, zero past
+    the superpixels of ``segments`` (labels 0..S-1); the regression in float32 whatever ``compute_dtype``."""
     embed_fn = engine.in_compute_dtype(embed_fn, compute_dtype)
+    count = jnp.max(segments) + 1
+    valid = jnp.arange(capacity) < count
     checks.check_embedding_dims(checks.embedding_dim(embed_fn, query.shape), refs)
     if samples is not None:
         num_samples = samples.shape[0]
@@ -165,7 +188,7 @@ def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, n
         def sample_rows(indices):
             return jnp.take(samples, jnp.minimum(indices, num_samples - 1), axis=0)
     else:
-        sample_rows = jax.vmap(_samples(key, num_segments))
+        sample_rows = jax.vmap(_samples(key, valid))
 
     def masks_for(indices):
         return jnp.take(sample_rows(indices), segments, axis=1)  # [B, H, W]: each pixel its superpixel's state
@@ -174,21 +197,22 @@ def _coefficients(embed_fn, query, refs, key, segments, samples, num_segments, n
                         similarity, accumulate_maps=False, return_scores=True)
     z = sample_rows(jnp.arange(num_samples, dtype=jnp.int32))
     with jax.default_matmul_precision("highest"):
-        return weighted_ridge(z, result.scores, _kernel_weights(z, kernel_width), ridge_alpha)
+        return weighted_ridge(z, result.scores, _kernel_weights(z, kernel_width, count), ridge_alpha, valid)
 
 
-def lime_core(embed_fn, query, references, key, options: Lime, segments, *, num_segments,
+def lime_core(embed_fn, query, references, key, options: Lime, segments, *, capacity,
               samples=None) -> SaliencyResult:
-    """``[K, H, W]`` maps for ``references [K, D]``; ``segments [H, W]`` labels 0..num_segments-1; traceable."""
+    """``[K, H, W]`` maps for ``references [K, D]``; ``segments [H, W]`` labels 0..S-1 with S at
+    most ``capacity`` (``samples``, if given, ``[N, capacity]`` and 0 past S); traceable."""
     o = options
     num_samples = o.num_samples if samples is None else samples.shape[0]
-    coefficients = _coefficients(embed_fn, query, references, key, segments, samples, num_segments, num_samples,
+    coefficients = _coefficients(embed_fn, query, references, key, segments, samples, capacity, num_samples,
                                  o.kernel_width, o.ridge_alpha, o.batch_size, o.similarity, o.compute_dtype)
     return result(coefficients[:, segments], num_samples)
 
 
 def lime_variable_core(embed_fn, query, references, key, options: LimeVariable, segments, *,
-                       num_segments) -> SaliencyResult:
+                       capacity) -> SaliencyResult:
     """``[K, H, W]`` for ``references [K, H, W, C]``: the mean over J RISE-masked copies of each
     reference (masks from ``fold_in(key, 1)``, samples from ``fold_in(key, 0)``); traceable."""
     o = options
@@ -199,14 +223,14 @@ def lime_variable_core(embed_fn, query, references, key, options: LimeVariable, 
     count = references.shape[0]
     masked = (references[:, None] * ref_masks[None, ..., None]).reshape(-1, *references.shape[1:])
     embeddings = engine.embed_in_chunks(embed_fn, masked, o.batch_size)
-    coefficients = _coefficients(embed_fn, query, embeddings, jax.random.fold_in(key, 0), segments, None, num_segments,
+    coefficients = _coefficients(embed_fn, query, embeddings, jax.random.fold_in(key, 0), segments, None, capacity,
                                  o.num_samples, o.kernel_width, o.ridge_alpha, o.batch_size, o.similarity,
                                  o.compute_dtype)
     return result(coefficients.reshape(count, o.num_reference_masks, -1).mean(axis=1)[:, segments], o.num_samples)
 
 
-_lime_jit = jax.jit(lime_core, static_argnames=("num_segments",))
-_lime_variable_jit = jax.jit(lime_variable_core, static_argnames=("num_segments",))
+_lime_jit = jax.jit(lime_core, static_argnames=("capacity",))
+_lime_variable_jit = jax.jit(lime_variable_core, static_argnames=("capacity",))
 
 
 def _check_segments(segments, query, num_segments, segmentation_image):
@@ -254,7 +278,10 @@ def lime(embed_fn: EmbedFn, query: ArrayLike, reference_embeddings: ArrayLike, *
         if samples.ndim != 2 or samples.shape[1] != count or samples.shape[0] < 2:
             raise ValueError(f"samples must be on/off states [N, S] with N >= 2 and S = {count} superpixels, got "
                              f"shape {tuple(samples.shape)}")
-    return squeeze(_lime_jit(embed_fn, query, refs, key, options, segments, samples=samples, num_segments=count),
+    capacity = segment_capacity(count, options.num_segments)
+    if samples is not None:
+        samples = jnp.pad(samples, ((0, 0), (0, capacity - count)))
+    return squeeze(_lime_jit(embed_fn, query, refs, key, options, segments, samples=samples, capacity=capacity),
                    single)
 
 
@@ -284,4 +311,5 @@ def lime_variable(embed_fn: EmbedFn, query: ArrayLike, reference: ArrayLike, *, 
         raise ValueError(f"reference has {refs.shape[-1]} channels but query has {query.shape[-1]}")
     options = resolve(LimeVariable, options, overrides)
     segments, count = _check_segments(segments, query, options.num_segments, segmentation_image)
-    return squeeze(_lime_variable_jit(embed_fn, query, refs, key, options, segments, num_segments=count), single)
+    return squeeze(_lime_variable_jit(embed_fn, query, refs, key, options, segments,
+                                      capacity=segment_capacity(count, options.num_segments)), single)

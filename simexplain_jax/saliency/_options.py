@@ -142,7 +142,7 @@ def resolve(cls, options: Optional[MethodOptions], overrides: dict) -> MethodOpt
 class CoreCall:
     """One query's work as ``parallel.map_queries`` / ``replicated_call`` run it: hashable and
     compared by value, holding only how the call is placed (which mesh axis divides the masks,
-    LIME's superpixel count), so one compiled program serves every value of the traced options.
+    LIME's superpixel capacity), so one compiled program serves every value of the traced options.
 
     ``call((embed_fn, options), query, references, key_data, *extra)`` runs
     ``options.core(embed_fn, query, references, wrap_key_data(key_data), *extra, **context)``
