@@ -13,8 +13,8 @@ worker, by every command-line test (whose ``--compilation_cache`` defaults to it
 The tests compile with most of XLA's optimisations off (``jax_disable_most_optimizations``, also
 set for the subprocesses; an ``XLA_FLAGS`` that sets ``--xla_backend_optimization_level`` keeps
 its own): the suite compiles thousands of small programs and runs most for milliseconds, so the
-optimisation costs more than it saves. The session's similarity training runs its 600 steps for
-longer than they take to compile, so it compiles with them (``compiled_with_optimizations``). The
+optimisation costs more than it saves. The session's similarity training compiles with them
+(``compiled_with_optimizations``), as the command line compiles it. The
 programs compute the same values to float rounding, and every assertion holds as it does at the
 default level.
 """
@@ -193,8 +193,8 @@ def shapes32_dir(tmp_path_factory):
 @contextlib.contextmanager
 def compiled_with_optimizations():
     """XLA's optimisations on for what compiles inside (the suite compiles with most of them off): for
-    work that runs for longer than it compiles, as the session's 600 training steps (twice as fast
-    at the default level on this 2-core CPU)."""
+    the session's similarity training, compiled as the command line compiles it (its 200 steps took
+    32.8 s with them and 31.2 s without, from an empty compilation cache)."""
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
     try:

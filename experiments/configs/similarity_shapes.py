@@ -42,9 +42,12 @@ def get_config(arg=None):
     if args.runlocal:
         config.dataset = "shapes/32px"
         config.width = 32
-        config.num_steps = 600
-        config.eval_every = 200
-        config.checkpoint_every = 200
+        # the validation AUC is flat after step 200 (a 600-step run: 0.951, 0.954, 0.907 at steps 200,
+        # 400, 600 from the command line; 0.952, 0.951, 0.941 in the test suite's process, where the
+        # best checkpoint, the one later stages load, is step 200's either way)
+        config.num_steps = 200
+        config.eval_every = 100
+        config.checkpoint_every = 100
         config.num_eval_pairs = 1000
     if args.shortcut:  # the training split ties a filler to two classes (shapes.SHORTCUTS)
         config.dataset += "_shortcut"
