@@ -137,9 +137,9 @@ def segment_capacity(count: int, num_segments: int) -> int:
 
 def _samples(key, valid):
     """``index -> on/off state [C]`` over the ``C`` slots, on only where ``valid [C]``; sample 0 is
-    all on; sample i depends on (key, i) only. Slot j's state does not depend on C (the random
-    bits of element j of a draw depend on j alone), so the states of the first S slots are those
-    of a draw of S."""
+    all on; sample i depends on (key, i) only. Slot j's state does not depend on C (with JAX's
+    default partitionable Threefry the random bits of element j of a draw depend on j alone), so
+    the states of the first S slots are those of a draw of S."""
 
     def one(index):
         z = jax.random.bernoulli(jax.random.fold_in(key, index), 0.5, valid.shape)
