@@ -53,6 +53,7 @@ if not LEVEL_GIVEN:
     jax.config.update("jax_disable_most_optimizations", True)  # read at each compilation
 
 jax.config.update("jax_num_cpu_devices", 8)
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # the subprocesses compile as this process does
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
