@@ -195,13 +195,19 @@ def shapes32_dir(tmp_path_factory):
 def compiled_with_optimizations():
     """XLA's optimisations on for what compiles inside (the suite compiles with most of them off): for
     the session's similarity training, compiled as the command line compiles it (its 200 steps took
-    32.8 s with them and 31.2 s without, from an empty compilation cache)."""
+    32.8 s with them and 31.2 s without, from an empty compilation cache).
+
+    The setting is not part of jit's in-memory cache key: a program compiled before would be reused
+    inside, and one compiled inside reused after. The compiled programs are dropped on the way in
+    and out, so the training compiles the same whatever ran before it in the process."""
     before = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
+        jax.clear_caches()
 
 
 def subprocess_env(devices=None):
