@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from simexplain_jax.checks import as_pytree_fn
 from simexplain_jax.similarity import SimilarityFn, pairwise
 
 # indices [B] int32 -> (perturbed images [B, H, W, C], masks [B, H, W] or None)
@@ -198,8 +199,10 @@ def apply_in_chunks(fn, images, batch_size: int = 256):
     """``fn(images [N, ...])`` on host arrays, ``batch_size`` images at a time; the last chunk is
     padded so one compiled program serves every chunk. Returns ``fn``'s output pytree (numpy) with
     the N rows concatenated. ``fn`` is a pure function such as an ``embed_fn`` (a
-    ``jax.tree_util.Partial`` passes its parameters as arguments, so new weights do not recompile).
+    ``jax.tree_util.Partial`` passes its parameters as arguments, so new weights do not recompile;
+    a plain function is wrapped by ``checks.as_pytree_fn`` and compiled once per function object).
     """
+    fn = as_pytree_fn(fn)
     images = np.asarray(images)
     n = len(images)
     if n == 0:

@@ -130,6 +130,47 @@ def test_counterfactual_oracle_finds_the_known_answer():
     assert shapes.scene_class(without(scene, "color:red")) is None
 
 
+def test_removal_drops_equal_the_direct_computation():
+    """``removal_drops`` embeds the query and its K edits in one compiled batch; the drops equal
+    ``s(q, r) - s(q with the attribute's top region zeroed, r)`` computed here call by call, for
+    a plain function (not a Partial) as the embedding."""
+    from simexplain_jax.attributes.removal import activation_regions, removal_drops
+    from simexplain_jax.similarity import cosine
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(8 * 8 * 3, 4)).astype(np.float32) / 10)
+
+    def embed(images):
+        return jnp.tanh(images.reshape(images.shape[0], -1) @ w) + 0.1
+
+    query = rng.normal(size=(8, 8, 3)).astype(np.float32)
+    aams = rng.uniform(size=(4, 4, 5)).astype(np.float32)
+    reference = np.asarray(embed(jnp.asarray(rng.normal(size=(1, 8, 8, 3)).astype(np.float32))))[0]
+    drops = removal_drops(embed, query, reference, aams, [3, 0, 4], fraction=0.25)
+    regions = activation_regions(aams, [3, 0, 4], query.shape, 0.25)
+    assert regions.shape == (3, 8, 8) and (regions.sum(axis=(1, 2)) >= 16).all()  # the top quarter of 64 pixels
+
+    def score(image):
+        return float(cosine(embed(jnp.asarray(image)[None]), jnp.asarray(reference)[None])[0])
+
+    expected = [score(query) - score(query * ~region[..., None]) for region in regions]
+    np.testing.assert_allclose(drops, expected, rtol=1e-5, atol=1e-6)
+    assert np.ptp(drops) > 0 and removal_drops(embed, query, reference, aams, []).shape == (0,)
+
+
+def test_apply_in_chunks_takes_a_plain_function_and_pads_the_last_chunk():
+    from simexplain_jax.engine import apply_in_chunks
+
+    def fn(images):
+        return {"sum": images.sum(axis=(1, 2)), "first": images[:, 0, 0]}
+
+    images = np.arange(7 * 2 * 2, dtype=np.float32).reshape(7, 2, 2)
+    for batch_size in (1, 3, 7, 100):
+        out = apply_in_chunks(fn, images, batch_size=batch_size)
+        np.testing.assert_array_equal(out["sum"], images.sum(axis=(1, 2)))
+        np.testing.assert_array_equal(out["first"], images[:, 0, 0])
+
+
 def test_thresholds_round_trip_through_json_and_bad_files_are_named(tmp_path):
     scores = np.array([[0.1, 0.3, 0.0], [0.4, 0.2, 0.0], [0.35, 0.9, 0.0], [0.8, 0.1, 0.0]])
     labels = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])  # attribute 2 has no positive: +inf

@@ -29,10 +29,10 @@ def without(scene: shapes.Scene, attribute: str) -> shapes.Scene:
 
 def similarity_drops(embed_fn, scene: shapes.Scene, reference_embedding, attributes: Sequence[str],
                      image_size: int) -> np.ndarray:
-    """``s(q, r) - s(q without a, r)`` for each attribute (all renders embedded in one batch)."""
+    """``s(q, r) - s(q without a, r)`` for each attribute (all renders embedded in one compiled batch)."""
     images = [shapes.render(scene, image_size)] + [shapes.render(without(scene, a), image_size) for a in attributes]
-    embeddings = embed_fn(jnp.asarray(normalize_images(np.stack(images))))
-    scores = np.asarray(cosine(embeddings, jnp.asarray(reference_embedding)[None]))
+    embeddings = apply_in_chunks(embed_fn, normalize_images(np.stack(images)))
+    scores = np.asarray(cosine(jnp.asarray(embeddings), jnp.asarray(reference_embedding)[None]))
     return scores[0] - scores[1:]
 
 

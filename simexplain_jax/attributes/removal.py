@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.similarity import cosine
 
 
@@ -29,5 +30,6 @@ def removal_drops(embed_fn, query: np.ndarray, reference_embedding, aams: np.nda
         return np.zeros(0)
     regions = activation_regions(aams, attributes, query.shape, fraction)
     images = np.concatenate([query[None], query[None] * (~regions)[..., None]])
-    scores = np.asarray(cosine(embed_fn(jnp.asarray(images)), jnp.asarray(reference_embedding)[None]))
+    embeddings = apply_in_chunks(embed_fn, images)  # one compiled batch
+    scores = np.asarray(cosine(jnp.asarray(embeddings), jnp.asarray(reference_embedding)[None]))
     return scores[0] - scores[1:]
