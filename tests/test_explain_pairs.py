@@ -12,6 +12,20 @@ from simexplain_jax.saliency.cache import describe
 
 CONFIGS = SALIENCY_CONFIGS
 FIRST_ORDER = sorted(set(CONFIGS) - set(sx.saliency.SECOND_ORDER))
+# a program with a counting callback in it may round the last bit otherwise than the same program without
+LAST_BITS = 4 * np.finfo(np.float32).eps
+
+
+def counting(embed, sizes: list):
+    """``embed`` that appends each batch's size to ``sizes`` when it runs. A Partial over ``embed``, so
+    the weights stay arguments of the programs, as in a run with ``embed`` itself (closed over, they
+    would be constants, which XLA may round otherwise)."""
+
+    def count(fn, batch):
+        jax.debug.callback(lambda n: sizes.append(int(n)), batch.shape[0])
+        return fn(batch)
+
+    return jax.tree_util.Partial(count, embed)
 
 
 @pytest.fixture
@@ -104,20 +118,13 @@ def test_pair_methods_cache_their_correspondences(pooled_setup, tmp_path):
     first = run(embed, correspondences=True)
     with np.load(tmp_path / "q0.npz") as stored:
         assert stored["correspondence"].shape == (3, 4, 4, 4, 4)
-    masked = []
-
-    def count(fn, batch):  # a pass over more than the two intact images of a pair is mask work
-        jax.debug.callback(lambda n: masked.append(int(n)), batch.shape[0])
-        return fn(batch)
-
-    # A Partial over embed, so the weights stay arguments of the recompiled similarity pass, as in
-    # the first run: closed over, they would be constants and XLA may round the result otherwise.
-    counting = jax.tree_util.Partial(count, embed)
-    again = run(counting, correspondences=True, cache_meta={"model": sx.saliency.cache.fingerprint(embed)})
+    masked = []  # a pass over more than the two intact images of a pair is mask work
+    again = run(counting(embed, masked), correspondences=True,
+                cache_meta={"model": sx.saliency.cache.fingerprint(embed)})
     for a, b in zip(first[:3], again[:3]):  # read back from the cache
         np.testing.assert_array_equal(a, b)
     # the similarities are recomputed, by a program with the callback in it: equal to the last bit or so
-    np.testing.assert_allclose(again.similarity, first.similarity, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    np.testing.assert_allclose(again.similarity, first.similarity, rtol=LAST_BITS, atol=0)
     assert 0 < sum(masked) <= 2 * len(images)  # only the intact images, for the similarities: nothing recomputed
 
 
@@ -185,20 +192,14 @@ def test_cache_is_reused_and_resumes(setup, tmp_path):
     np.testing.assert_array_equal(resumed, first)  # bit for bit: the same program and inputs as the first run
     assert (tmp_path / "q2.npz").exists() and kept == {n: (tmp_path / n).stat().st_mtime_ns for n in kept}
     (tmp_path / "q2.npz").unlink()
-    embedded = []
-
-    def count(fn, batch):  # counts the images embedded at run time
-        jax.debug.callback(lambda n: embedded.append(int(n)), batch.shape[0])
-        return fn(batch)
-
-    counting = jax.tree_util.Partial(count, embed)  # the weights stay arguments, as in the first run's program
-    again = run(counting)
-    # the callback makes this another program, which XLA may round otherwise in the last bit
-    np.testing.assert_allclose(again, first, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    embedded = []  # the images embedded at run time
+    counted = counting(embed, embedded)
+    again = run(counted)
+    np.testing.assert_allclose(again, first, rtol=LAST_BITS, atol=0)  # the callback makes it another program
     # only query 2 was recomputed: the list's 5 references embedded (once each), then its 40 masked copies
     assert sum(embedded) == 5 + 40, embedded
     embedded.clear()
-    complete = run(counting)
+    complete = run(counted)
     np.testing.assert_array_equal(complete, again)
     assert embedded == []  # everything cached: nothing embedded, no crash on an empty work list
     with pytest.raises(ValueError, match=r"written with other settings(.|\n)*options.num_masks: 40 -> 20"):
