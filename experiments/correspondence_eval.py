@@ -30,7 +30,8 @@ from tqdm import tqdm
 import simexplain_jax as sx
 from experiments import train_similarity
 from experiments.tables import markdown_table
-from experiments.stages import WorkdirLock, ensure_stage, flags_main
+from experiments.stages import ensure_stage, flags_main
+from experiments.workdir_lock import WorkdirLock
 from simexplain_jax.data import shards
 from simexplain_jax.data.datasets import explanation_pair_list
 from simexplain_jax.data.preprocess import normalized_color

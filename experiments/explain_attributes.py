@@ -43,7 +43,8 @@ from tqdm import tqdm
 import simexplain_jax as sx
 from experiments import similarity_source, train_attributes, validation
 from experiments.tables import markdown_table
-from experiments.stages import WorkdirLock, ensure_stage, flags_main
+from experiments.stages import ensure_stage, flags_main
+from experiments.workdir_lock import WorkdirLock
 from simexplain_jax import viz
 from simexplain_jax.attributes import (Thresholds, cell_concept_relevance, concept_relevance, fit_concepts,
                                        fit_edit_concepts, query_removal_drop, select)

@@ -42,7 +42,8 @@ from simexplain_jax.engine import apply_in_chunks
 from simexplain_jax.data.datasets import explanation_pair_list, read_images
 from experiments import similarity_source, validation
 from experiments.tables import markdown_table
-from experiments.stages import LOCK_FILE, WorkdirLock, flags_main
+from experiments.stages import flags_main
+from experiments.workdir_lock import LOCK_FILE, WorkdirLock
 
 ROWS_DIR = "rows"
 parse_rows = validation.parse_rows

@@ -24,7 +24,8 @@ import time
 
 from experiments import (explain_attributes, saliency_eval, similarity_source, train_attributes, train_similarity,
                          validation)
-from experiments.stages import WorkdirLock, ensure_stage, flags_main, override, stage_config
+from experiments.stages import ensure_stage, flags_main, override, stage_config
+from experiments.workdir_lock import WorkdirLock
 from simexplain_jax import viz
 from simexplain_jax.io import write_json_atomic
 

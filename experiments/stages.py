@@ -1,22 +1,18 @@
 """What the experiments share: configs loaded in-process (``load_config``, ``override``), an
-earlier stage run in this process when its output is missing (``ensure_stage``), one writer per
-workdir (``WorkdirLock``), and the command line (``flags_main``: ``--config`` and ``--workdir``,
+earlier stage run in this process when its output is missing (``ensure_stage``), and the command line (``flags_main``: ``--config`` and ``--workdir``,
 defined only in the entry point's process, with a clear message for a ``--config.x`` override
 that names no field)."""
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import importlib.util
 import copy
 import json
 import os
-import socket
 import sys
-import time
 import traceback
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import ml_collections
@@ -26,7 +22,6 @@ from ml_collections import config_flags
 from experiments import configs
 from simexplain_jax.io import write_json_atomic
 
-LOCK_FILE = ".lock"
 STAGE_RECORD = "stage_config.json"  # the settings a stage run by ensure_stage finished with
 # settings that say only how a stage runs (its results do not depend on them): a finished stage is
 # reused whatever they are now
@@ -137,73 +132,6 @@ def _differences(recorded: dict, requested: dict, prefix: str = "") -> list[str]
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
-
-
-class WorkdirLock:
-    """One writer per workdir: an exclusive ``fcntl.flock`` on ``<workdir>/.lock``, which also holds
-    the holder's pid, host, command and start time (for the message).
-
-    The operating system holds the lock: it is released when the holder exits, however it ends (a
-    killed run leaves no stale lock to take over), and two processes can never both hold it.
-    Taking it fails at once with a RuntimeError naming the holder. Released (the file removed) on
-    ``release`` or when used as a context manager."""
-
-    def __init__(self, workdir: str, name: str = LOCK_FILE):
-        self.path = os.path.join(workdir, name)
-        self.held = False
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> "WorkdirLock":
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                where = "this host" if holder.get("host") == me["host"] else f"host {holder.get('host', '?')}"
-                raise RuntimeError(
-                    f"{os.path.dirname(self.path)} is in use by process {holder.get('pid', '?')} on {where} since "
-                    f"{holder.get('since', '?')} ({holder.get('command', '?')}): one run per workdir. Wait for it "
-                    "or stop it") from None
-            try:  # the holder before us may have removed the file after we opened it: lock the file at the path
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(me).encode())
-        self._fd, self.held = fd, True
-        return self
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                os.remove(self.path)  # while still holding it: a waiting process then retries on a new file
-            except FileNotFoundError:
-                pass
-            os.close(self._fd)
-            self._fd, self.held = None, False
-
-    def __enter__(self) -> "WorkdirLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _read_holder(fd: int) -> dict:
-    """What the holder wrote into the lock file (empty while it is being written)."""
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def packaged_config_flag(arg: str) -> str:

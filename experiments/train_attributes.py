@@ -22,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import similarity_source, validation
-from experiments.stages import WorkdirLock, flags_main
+from experiments.stages import flags_main
+from experiments.workdir_lock import WorkdirLock
 from simexplain_jax.attributes.saliency_cache import training_saliency
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer

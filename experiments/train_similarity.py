@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from experiments import validation
-from experiments.stages import WorkdirLock, flags_main
+from experiments.stages import flags_main
+from experiments.workdir_lock import WorkdirLock
 from simexplain_jax import parallel
 from simexplain_jax.checkpoint import Checkpointer
 from simexplain_jax.data.pipeline import make_loader

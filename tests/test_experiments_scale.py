@@ -118,7 +118,7 @@ def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, sha
     at once; a rerun with fewer rows merges into results.json and computes nothing. The killed runs
     are subprocesses (on one device); the others run in this process, on one device."""
     from experiments import saliency_eval
-    from experiments.stages import WorkdirLock
+    from experiments.workdir_lock import WorkdirLock
 
     settings = dict(data_dir=shapes32_dir, similarity_workdir=str(trained_similarity), num_pairs=4,
                     insertion_steps=11, methods={"rise": {"num_masks": 100}, "perturbation": {"num_steps": 20}},

@@ -34,7 +34,7 @@ WORKER = textwrap.dedent("""
     embed = jax.tree_util.Partial(lambda w, x: jnp.tanh(x.reshape(x.shape[0], -1) @ w), w)
     images = np.random.default_rng(0).integers(0, 256, size=(16, 16, 16, 3), dtype=np.uint8)
     pairs = np.array([[q, (q + 1) % 16] for q in range(15)] + [[3, 9]])  # 15 queries, ragged
-    config = dict(num_masks=40, grid_size=4)  # conftest's SALIENCY_CONFIGS["rise"], and its saliency_problem's model
+    config = dict(num_masks=40, grid_size=4, sampler="iid")  # conftest's SALIENCY_CONFIGS["rise"], its model
     if process >= 0:
         source = Logged({"image": images})
         maps = sx.saliency.explain_pairs_distributed("rise", embed, source, source, key=jax.random.key(2), pairs=pairs,

@@ -47,7 +47,7 @@ def test_rise_with_explicit_masks_equals_numpy_loop(linear_model, normalize):
 
 
 def test_key_equals_the_masks_it_generates(saliency_problem):
-    embed = saliency_problem[0]  # at SALIENCY_CONFIGS["rise"] (p is traced): the saliency modules' program
+    embed = saliency_problem[0]  # SALIENCY_CONFIGS["rise"]'s sizes, with Rise's default sampler
     query = jnp.ones((16, 16, 3))
     ref = embed(query[None])[0]
     key = jax.random.key(7)

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 
 def test_one_writer_per_workdir(tmp_path):
-    from experiments.stages import WorkdirLock
+    from experiments.workdir_lock import WorkdirLock
 
     with WorkdirLock(str(tmp_path)):
         held = json.loads((tmp_path / ".lock").read_text())
@@ -29,7 +29,7 @@ def test_one_writer_per_workdir(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from experiments.stages import WorkdirLock
+        from experiments.workdir_lock import WorkdirLock
         WorkdirLock({str(tmp_path)!r}).acquire()
         print("held", flush=True)
         time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
@@ -47,7 +47,8 @@ def test_one_writer_per_workdir(tmp_path):
 CONTENDER = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from experiments.stages import WorkdirLock
+from experiments.workdir_lock import WorkdirLock
+assert "jax" not in sys.modules  # the lock's module is the standard library only: these processes start at once
 workdir, inside = sys.argv[2], os.path.join(sys.argv[2], "inside")
 while time.time() < float(sys.argv[3]):  # all start together
     time.sleep(0.001)
@@ -74,7 +75,7 @@ def test_many_processes_never_hold_the_lock_together(tmp_path):
     creates a marker file exclusively; a second holder would fail to), and every process got its turns."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))  # stale
-    start = time.time() + 3.0
+    start = time.time() + 1.0  # each process imports the standard library only: all are up well within a second
     procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, ROOT, str(tmp_path), str(start)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outputs = [p.communicate(timeout=300) for p in procs]
