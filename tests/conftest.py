@@ -1,5 +1,6 @@
 """Fixtures: small analytic models whose saliency is known in closed form; 8 fake CPU devices; the
-shapes/32px dataset and the runlocal similarity model, each made once per session (in-process).
+shapes/32px dataset, the runlocal similarity model and attribute predictors and the runlocal saliency
+evaluation on one device, each made once per session (in-process).
 
 The devices are set once here, before any test touches a backend, so sharded code is tested
 in-process (``jax.devices()`` has 8 CPU devices; unsharded code runs on the first).
@@ -57,7 +58,7 @@ os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # the subprocesses compi
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-SESSION_FIXTURES = {"shapes32_dir", "trained_similarity", "trained_attributes"}
+SESSION_FIXTURES = {"shapes32_dir", "trained_similarity", "trained_attributes", "saliency_on_one_device"}
 # The modules whose tests use them: under ``make test`` (``pytest -n 2``, pytest-xdist) one worker
 # runs these modules, so the dataset and the models are built once, while the other runs the rest.
 SESSION_MODULES = {f"tests/{name}.py" for name in (
@@ -291,3 +292,15 @@ def trained_attributes(tmp_path_factory, shapes32_dir, trained_similarity):
     train_attributes.run(stage_config("experiments/configs/attributes_shapes.py:runlocal", data_dir=shapes32_dir,
                                       similarity_workdir=str(trained_similarity)), str(workdir))
     return workdir
+
+
+@pytest.fixture(scope="session")
+def saliency_on_one_device(tmp_path_factory, shapes32_dir, trained_similarity):
+    """The runlocal saliency evaluation (every row) on one device, run once for the session's experiment
+    tests: its workdir and the results ``run`` returned."""
+    from experiments import saliency_eval
+
+    workdir = tmp_path_factory.mktemp("saliency_one_device")
+    summary = saliency_eval.run(stage_config("experiments/configs/saliency_shapes.py:runlocal", data_dir=shapes32_dir,
+                                             mesh_devices=1, similarity_workdir=str(trained_similarity)), str(workdir))
+    return workdir, summary

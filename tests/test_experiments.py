@@ -104,11 +104,8 @@ def test_train_similarity_bad_config_fails_at_start(tmp_path):
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "checkpoints").exists()
 
 
-def test_saliency_eval_runlocal_has_every_row(tmp_path, shapes32_dir, trained_similarity):
-    from experiments import saliency_eval
-
-    summary = saliency_eval.run(stage_config(SALIENCY, data_dir=shapes32_dir, mesh_devices=1,
-                                             similarity_workdir=str(trained_similarity)), str(tmp_path))
+def test_saliency_eval_runlocal_has_every_row(saliency_on_one_device):
+    tmp_path, summary = saliency_on_one_device
     results = json.loads((tmp_path / "results.json").read_text())
     assert summary == results
     rows = {(r["method"], r["reference"]) for r in results["rows"]}

@@ -16,22 +16,24 @@ from conftest import ROOT, stage_config, subprocess_env
 SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
 
 
-def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity):
-    """saliency_eval shards its queries (and RISE masks) over 8 devices with the same AUCs;
-    train_similarity runs data-parallel steps over 8 devices with fully sharded parameters (saved
-    by orbax), train_attributes with replicated ones."""
+def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity, saliency_on_one_device):
+    """saliency_eval shards its queries (and RISE masks) over 8 devices with the same maps and AUCs
+    as on one device (the session's run of every row); train_similarity runs data-parallel steps
+    over 8 devices with fully sharded parameters (saved by orbax), train_attributes with replicated ones."""
     from experiments import saliency_eval, train_attributes, train_similarity
 
-    common = dict(data_dir=shapes32_dir, similarity_workdir=str(trained_similarity),
-                  rows=["rise:fixed", "sliding_window:fixed", "lime:fixed"])
-    saliency_eval.run(stage_config(SALIENCY, mesh_devices=1, **common), str(tmp_path / "one"))
+    one, _ = saliency_on_one_device
+    rows = ["rise:fixed", "sliding_window:fixed", "lime:fixed"]
     # all 8 devices: 4 on the pairs axis, each query's RISE masks split over 2
-    saliency_eval.run(stage_config(SALIENCY, mesh_masks=2, **common), str(tmp_path / "eight"))
+    saliency_eval.run(stage_config(SALIENCY, mesh_masks=2, data_dir=shapes32_dir, rows=rows,
+                                   similarity_workdir=str(trained_similarity)), str(tmp_path / "eight"))
     assert json.loads((tmp_path / "eight" / "results.json").read_text())["devices_per_process"] == 8
-    a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
+    by_row = {f"{r['method']}:{r['reference']}": r for r in json.loads((one / "results.json").read_text())["rows"]}
+    a = [by_row[row] for row in rows]
     b = json.loads((tmp_path / "eight" / "results.json").read_text())["rows"]
+    assert [f"{r['method']}:{r['reference']}" for r in b] == rows
     for x, y in zip(a, b):
-        for cached in sorted((tmp_path / "one" / "cache" / x["method"]).glob("q*.npz")):
+        for cached in sorted((one / "cache" / x["method"]).glob("q*.npz")):
             one_maps = np.load(cached)["maps"]
             eight_maps = np.load(tmp_path / "eight" / "cache" / x["method"] / cached.name)["maps"]
             np.testing.assert_allclose(eight_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()),
@@ -50,16 +52,15 @@ def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity
     assert json.loads((tmp_path / "attributes" / "results.json").read_text())["runs"][0]["test_map"] > 0
 
 
-def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity):
+def test_saliency_eval_two_processes(tmp_path, trained_similarity, saliency_on_one_device):
     """Two processes on localhost (gloo), 2 fake devices each, as the README's multi-host launch:
-    each reads and explains its share of the pairs, process 0 writes the same table as one process."""
+    each reads and explains its share of the pairs, process 0 writes the same table as one process
+    (the session's run of every row on one device)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from experiments import saliency_eval
-
     common = ["--config=experiments/configs/saliency_shapes.py:runlocal",
               f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed",
               "--config.rows=random:fixed"]
@@ -72,24 +73,26 @@ def test_saliency_eval_two_processes(tmp_path, shapes32_dir, trained_similarity)
     outputs = [w.communicate(timeout=600) for w in workers]
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[:3000] + "\n...\n" + err[-3000:]
-    saliency_eval.run(stage_config(SALIENCY, similarity_workdir=str(trained_similarity), data_dir=shapes32_dir,
-                                   rows=["rise:fixed", "random:fixed"], mesh_devices=1), str(tmp_path / "one"))
-    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    one, _ = saliency_on_one_device
+    a = json.loads((one / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["num_processes"] == 2 and b["devices_per_process"] == 2 and a["num_processes"] == 1
+    assert [(r["method"], r["reference"]) for r in b["rows"]] == [("rise", "fixed"), ("random", "fixed")]
+    fixed = {r["method"]: r for r in a["rows"] if r["reference"] == "fixed"}
     assert '"method": "rise"' in outputs[0][0] and '"method"' not in outputs[1][0]  # process 0 reports
-    for cached in sorted((tmp_path / "one" / "cache" / "rise").glob("q*.npz")):
+    for cached in sorted((one / "cache" / "rise").glob("q*.npz")):
         one_maps = np.load(cached)["maps"]
         two_maps = np.load(tmp_path / "two" / "cache" / "rise" / cached.name)["maps"]
         np.testing.assert_allclose(two_maps, one_maps, rtol=0, atol=1e-5 * float(np.abs(one_maps).max()))
-    for x, y in zip(a["rows"], b["rows"]):
+    for y in b["rows"]:
+        x = fixed[y["method"]]
         # maps agree to float rounding; near-ties in a map can swap two pixels' ranks
         for field in ("insertion_auc", "deletion_auc"):
             assert y[field] == pytest.approx(x[field], abs=0.25), (x["method"], field)
         for field in ("pointing_accuracy", "mass_on_key"):
             assert y[field] == pytest.approx(x[field], abs=1e-4), (x["method"], field)
     cached = {p.name for p in (tmp_path / "two" / "cache" / "rise").glob("q*.npz")}
-    assert cached == {p.name for p in (tmp_path / "one" / "cache" / "rise").glob("q*.npz")}  # by dataset index
+    assert cached == {p.name for p in (one / "cache" / "rise").glob("q*.npz")}  # by dataset index
     assert (tmp_path / "two" / "gallery.png").read_bytes()[:4] == b"\x89PNG"
 
 
