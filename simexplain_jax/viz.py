@@ -2,6 +2,8 @@
 
 Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``, rendered by
 Agg when saved): importing this module or drawing never touches pyplot or the caller's backend.
+matplotlib is imported when the first figure is drawn, not with this module (a command that stops
+before drawing, on an error or a kill, does not pay for it).
 """
 
 from __future__ import annotations
@@ -9,18 +11,30 @@ from __future__ import annotations
 import base64
 import html
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from simexplain_jax.io import write_atomic
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _new_figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _rectangle(*args, **kwargs):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(*args, **kwargs)
+
 
 def _figure(rows: int, cols: int, figsize) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=figsize)
+    fig = _new_figure(figsize=figsize)
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
@@ -41,6 +55,8 @@ def normalize_map(saliency: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """``image [H, W, 3]`` uint8 and ``saliency [H, W]`` -> blended uint8 RGB."""
+    from matplotlib import colormaps
+
     heat = colormaps[cmap](normalize_map(saliency))[..., :3]
     blended = (1 - alpha) * np.asarray(image, np.float64) / 255.0 + alpha * heat
     return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
@@ -92,7 +108,7 @@ def correspondence_figure(path: str, queries: np.ndarray, references: np.ndarray
     """
     rows = len(queries)
     fig_height = 2.5 * rows + (0.4 if title else 0.2)
-    fig = Figure(figsize=(9.6, fig_height), layout="constrained")
+    fig = _new_figure(figsize=(9.6, fig_height), layout="constrained")
     axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2.15]})
     for i in range(rows):
         height, width = queries[i].shape[:2]
@@ -110,7 +126,7 @@ def correspondence_figure(path: str, queries: np.ndarray, references: np.ndarray
             colour = _PAIR_COLOURS[rank % len(_PAIR_COLOURS)]
             (qy0, qx0, qy1, qx1), (ry0, rx0, ry1, rx1) = cell_pair.query_box, cell_pair.reference_box
             for y0, x0, y1, x1 in ((qy0, qx0, qy1, qx1), (ry0, rx0 + offset, ry1, rx1 + offset)):
-                side.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                side.add_patch(_rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
                                          linewidth=1.6 if rank == 0 else 1.0))
             start = ((qx0 + qx1 - 1) / 2, (qy0 + qy1 - 1) / 2)
             end = ((rx0 + rx1 - 1) / 2 + offset, (ry0 + ry1 - 1) / 2)
@@ -144,7 +160,7 @@ def contact_sheet(path: str, images: np.ndarray, titles: Sequence[str], boxes: n
         ax.set_title(name, fontsize=6)
         if boxes is not None:
             ymin, xmin, ymax, xmax = boxes[i]
-            ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin, fill=False, edgecolor="cyan",
+            ax.add_patch(_rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin, fill=False, edgecolor="cyan",
                                    linewidth=1.0))
     if title:
         fig.suptitle(title, fontsize=10)

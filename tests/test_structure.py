@@ -99,7 +99,8 @@ def test_imports_flow_down_the_layers_and_form_no_cycle():
 
 def test_import_is_light():
     """``import simexplain_jax`` loads no subpackage and no heavy dependency; ``sx.saliency`` loads on use,
-    and scikit-image only when LIME's superpixels are computed."""
+    scikit-image only when LIME's superpixels are computed, and matplotlib only when a figure is drawn
+    (a command that stops before drawing does not pay for it)."""
     import subprocess
     import sys
 
@@ -112,6 +113,11 @@ def test_import_is_light():
             "import numpy as np, simexplain_jax.saliency\n"  # scikit-image (and its SciPy) only for LIME's superpixels
             "print('skimage' in sys.modules, 'scipy.cluster' in sys.modules)\n"
             "labels = simexplain_jax.saliency.superpixels(np.zeros((16, 16, 3), np.uint8), num_segments=4)\n"
-            "print('skimage' in sys.modules, labels.shape)\n")
+            "print('skimage' in sys.modules, labels.shape)\n"
+            "import simexplain_jax.viz\n"
+            "print('matplotlib' in sys.modules)\n"
+            "simexplain_jax.viz.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)))\n"
+            "print('matplotlib' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
-    assert out.stdout.splitlines() == ["[]", "True False", "False False", "True (16, 16)"], out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["[]", "True False", "False False", "True (16, 16)", "False", "True"], (
+        out.stdout + out.stderr)
