@@ -1,7 +1,8 @@
 """What the experiments share: configs loaded in-process (``load_config``, ``override``), an
-earlier stage run in this process when its output is missing (``ensure_stage``), and the command line (``flags_main``: ``--config`` and ``--workdir``,
-defined only in the entry point's process, with a clear message for a ``--config.x`` override
-that names no field)."""
+earlier stage run in this process when its output is missing (``ensure_stage``), and the command
+line (``flags_main``: ``--config`` and ``--workdir``, defined only in the entry point's process,
+with a clear message for a ``--config.x`` override that names no field). One writer per workdir
+is ``experiments.workdir_lock``."""
 
 from __future__ import annotations
 
