@@ -58,6 +58,8 @@ os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # the subprocesses compi
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"  # the saliency evaluation's runlocal config
+
 SESSION_FIXTURES = {"shapes32_dir", "trained_similarity", "trained_attributes", "saliency_on_one_device"}
 # The modules whose tests use them: under ``make test`` (``pytest -n 2``, pytest-xdist) one worker
 # runs these modules, so the dataset and the models are built once, while the other runs the rest.
@@ -301,6 +303,6 @@ def saliency_on_one_device(tmp_path_factory, shapes32_dir, trained_similarity):
     from experiments import saliency_eval
 
     workdir = tmp_path_factory.mktemp("saliency_one_device")
-    summary = saliency_eval.run(stage_config("experiments/configs/saliency_shapes.py:runlocal", data_dir=shapes32_dir,
-                                             mesh_devices=1, similarity_workdir=str(trained_similarity)), str(workdir))
+    summary = saliency_eval.run(stage_config(SALIENCY, data_dir=shapes32_dir, mesh_devices=1,
+                                             similarity_workdir=str(trained_similarity)), str(workdir))
     return workdir, summary

@@ -15,9 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_module, stage_config
-
-SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
+from conftest import ROOT, SALIENCY, run_module, stage_config
 
 
 def test_bad_config_argument_fails_at_start(tmp_path):

@@ -11,9 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, stage_config, subprocess_env
-
-SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
+from conftest import ROOT, SALIENCY, stage_config, subprocess_env
 
 
 def test_experiments_on_eight_devices(tmp_path, shapes32_dir, trained_similarity, saliency_on_one_device):
@@ -61,7 +59,7 @@ def test_saliency_eval_two_processes(tmp_path, trained_similarity, saliency_on_o
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal",
+    common = [f"--config={SALIENCY}",
               f"--config.similarity_workdir={trained_similarity}", "--config.rows=rise:fixed",
               "--config.rows=random:fixed"]
     env = subprocess_env(devices=2)
@@ -130,7 +128,7 @@ def test_saliency_eval_killed_anywhere_resumes_to_the_same_results(tmp_path, sha
     def run_here(workdir, rows=("rise:fixed", "perturbation:fixed")):
         saliency_eval.run(stage_config(SALIENCY, rows=list(rows), **settings), str(workdir))
 
-    common = ["--config=experiments/configs/saliency_shapes.py:runlocal", f"--config.data_dir={shapes32_dir}",
+    common = [f"--config={SALIENCY}", f"--config.data_dir={shapes32_dir}",
               f"--config.similarity_workdir={trained_similarity}", "--config.num_pairs=4", "--config.insertion_steps=11",
               "--config.methods.rise.num_masks=100", "--config.methods.perturbation.num_steps=20",
               "--config.query_batch=1"]

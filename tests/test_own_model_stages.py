@@ -8,12 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import stage_config
+from conftest import SALIENCY, stage_config
 from experiments import explain_attributes, saliency_eval, sane, train_attributes, validation
 from experiments.stages import STAGE_RECORD, ensure_stage
 from test_models import torchvision_state_dict
 
-SALIENCY = "experiments/configs/saliency_shapes.py:runlocal"
 ATTRIBUTES = "experiments/configs/attributes_shapes.py:runlocal"
 EXPLAIN = "experiments/configs/explain_attributes_shapes.py:runlocal"
 
